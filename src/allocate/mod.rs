@@ -1,0 +1,52 @@
+//! Allocation: how sparse each matrix (and, for NeuroAL's row step, each row) should be, given
+//! the global target.
+
+use crate::graph::Discovery;
+use crate::prune::MaskRule;
+use serde::Serialize;
+
+/// How the global sparsity is distributed (`--top-up`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TopUp {
+    /// Every matrix gets the target sparsity.
+    Uniform,
+    /// Outlier-weighted layerwise sparsity (Yin et al. 2024).
+    Owl,
+    /// Heavy-tailed self-regularization based allocation (Lu et al. 2024).
+    Alpha,
+    /// Training-free mask refinement (Zhang et al. 2024).
+    Dsnot,
+    /// Neuron alignment search over block and row sparsity (this tool's default).
+    Neuroal,
+}
+
+/// Which NeuroAL steps run (`--neuroal-step`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NeuroalStep {
+    /// Block-wise λ search only.
+    Block,
+    /// Row-wise λ search only (on uniform blocks).
+    Row,
+    /// Block search, then row search.
+    Both,
+}
+
+/// The sparsity rule of every prunable linear, in the order of [`Discovery::linears`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SparsityPlan {
+    /// One rule per linear.
+    pub rules: Vec<MaskRule>,
+}
+
+/// Every linear gets `sparsity` with `"row"` granularity (spec §3.1).
+pub fn uniform(discovery: &Discovery, sparsity: f64) -> SparsityPlan {
+    SparsityPlan {
+        rules: discovery
+            .linears
+            .iter()
+            .map(|_| MaskRule::Row(sparsity))
+            .collect(),
+    }
+}

@@ -1,0 +1,85 @@
+//! Text in, token ids out: the tokenizer beside the model (or `--tokenizer`), and the windows
+//! that calibration and evaluation cut from tokenized text.
+
+use crate::error::{Error, Result};
+use std::path::{Path, PathBuf};
+use tokenizers::Tokenizer;
+
+/// A loaded tokenizer and where it came from.
+pub struct TextTokenizer {
+    tokenizer: Tokenizer,
+    /// The `tokenizer.json` file.
+    pub path: PathBuf,
+}
+
+impl TextTokenizer {
+    /// Loads `explicit`, or `tokenizer.json` in the model's folder.
+    pub fn load(model_dir: &Path, explicit: Option<&Path>) -> Result<Self> {
+        let path = match explicit {
+            Some(p) => p.to_path_buf(),
+            None => model_dir.join("tokenizer.json"),
+        };
+        if !path.is_file() {
+            return Err(Error::Tokenizer {
+                path,
+                message: if explicit.is_some() {
+                    "does not exist".into()
+                } else {
+                    "not found next to the model; pass --tokenizer path/to/tokenizer.json".into()
+                },
+            });
+        }
+        let tokenizer = Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
+            path: path.clone(),
+            message: format!("cannot be loaded as a Hugging Face tokenizer.json: {e}"),
+        })?;
+        Ok(Self { tokenizer, path })
+    }
+
+    /// Token ids of the whole text of `file` (special tokens as the tokenizer's post-processor adds them).
+    pub fn encode_file(&self, file: &Path) -> Result<Vec<u32>> {
+        let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+        let encoding =
+            self.tokenizer
+                .encode(text.as_str(), true)
+                .map_err(|e| Error::Tokenizer {
+                    path: self.path.clone(),
+                    message: format!("failed on {}: {e}", file.display()),
+                })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+}
+
+/// Non-overlapping windows of `seqlen` tokens from the start of `tokens`, the remainder dropped
+/// (the evaluation convention of the reference, spec §4.1), at most `max_windows` of them.
+pub fn consecutive_windows(
+    tokens: &[u32],
+    seqlen: usize,
+    max_windows: Option<usize>,
+) -> Vec<&[u32]> {
+    if seqlen == 0 {
+        return Vec::new();
+    }
+    let n = tokens.len() / seqlen;
+    let n = max_windows.map_or(n, |m| n.min(m));
+    tokens.chunks_exact(seqlen).take(n).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consecutive_windows;
+
+    #[test]
+    fn windows_do_not_overlap_and_drop_the_remainder() {
+        let tokens: Vec<u32> = (0..10).collect();
+        let w = consecutive_windows(&tokens, 4, None);
+        assert_eq!(w, vec![&[0, 1, 2, 3][..], &[4, 5, 6, 7][..]]);
+        assert_eq!(consecutive_windows(&tokens, 3, Some(2)).len(), 2);
+        assert!(consecutive_windows(&tokens, 11, None).is_empty());
+    }
+}

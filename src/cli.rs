@@ -1,0 +1,196 @@
+//! Command-line flags, kept apart from the validated [`PruneConfig`] the library receives.
+
+use clap::{Args, Parser, Subcommand};
+use neuroal_onnx::allocate::{NeuroalStep, TopUp};
+use neuroal_onnx::pipeline::PruneConfig;
+use neuroal_onnx::prune::PruneMethod;
+use neuroal_onnx::runtime::Device;
+use neuroal_onnx::{Error, Result};
+use std::path::PathBuf;
+
+/// One-shot pruning of exported decoder-only LLMs in ONNX (NeuroAL and its competitors).
+///
+/// Reads IN.onnx, writes the pruned OUT.onnx (weights in OUT.onnx.data) and OUT.report.json.
+#[derive(Debug, Parser)]
+#[command(
+    name = "neuroal-onnx",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub prune: PruneArgs,
+}
+
+/// Subcommands besides the default pruning job.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the decoder blocks, the prunable linears and the weights left alone.
+    Inspect {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Flags of the pruning job.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// The exported model to prune (never modified).
+    #[arg(required = true)]
+    pub input: Option<PathBuf>,
+    /// Where to write the pruned model.
+    #[arg(required = true)]
+    pub output: Option<PathBuf>,
+    /// Fraction of the prunable weights to set to zero, in [0, 1).
+    #[arg(long, required = true, allow_negative_numbers = true)]
+    pub sparsity: Option<f64>,
+    /// Base score that ranks the weights.
+    #[arg(long, value_enum, default_value = "wanda")]
+    pub prune_method: PruneMethod,
+    /// How the sparsity is distributed over blocks and rows.
+    #[arg(long, value_enum, default_value = "neuroal")]
+    pub top_up: TopUp,
+    /// Which NeuroAL search steps to run.
+    #[arg(long, value_enum, default_value = "both")]
+    pub neuroal_step: NeuroalStep,
+    /// Calibration windows.
+    #[arg(long, default_value_t = 128)]
+    pub nsamples: usize,
+    /// Tokens per calibration and evaluation window (capped by the text).
+    #[arg(long, default_value_t = 2048)]
+    pub seqlen: usize,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Calibration text file (repeat for several documents).
+    #[arg(long)]
+    pub calib: Vec<PathBuf>,
+    /// tokenizer.json to use (default: the one next to the model).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Held-out text to measure perplexity on, dense and pruned (repeatable).
+    #[arg(long)]
+    pub eval_text: Vec<PathBuf>,
+    /// Evaluate at most this many windows of each text.
+    #[arg(long)]
+    pub eval_windows: Option<usize>,
+    /// Where ONNX Runtime runs.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
+    /// libonnxruntime to load (default: $ORT_DYLIB_PATH, then the project's .cache/ort).
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+    /// N:M structured sparsity along the input dimension, e.g. 2:4.
+    #[arg(long, value_parser = parse_nm)]
+    pub nm: Option<(usize, usize)>,
+    /// OWL outlier threshold M.
+    #[arg(long, default_value_t = 5.0)]
+    pub owl_m: f64,
+    /// OWL sparsity spread λ.
+    #[arg(long, default_value_t = 0.08)]
+    pub owl_lambda: f64,
+    /// AlphaPruning spread ε.
+    #[arg(long, default_value_t = 0.3)]
+    pub alpha_epsilon: f64,
+    /// Evaluation tasks: language modelling, zero-shot, both or none.
+    #[arg(long, default_value = "lm", value_parser = ["lm", "zero-shot", "both", "none"])]
+    pub tasks: String,
+    /// Zero-shot task file (JSON lines of context, choices, gold).
+    #[arg(long)]
+    pub task_file: Option<PathBuf>,
+    /// ONNX Runtime threads (0: all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_nm(s: &str) -> std::result::Result<(usize, usize), String> {
+    let (n, m) = s
+        .split_once(':')
+        .ok_or_else(|| format!("'{s}' is not N:M (e.g. 2:4)"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}': N is not a number"))?;
+    let m: usize = m
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}': M is not a number"))?;
+    if m == 0 || n == 0 || n >= m {
+        return Err(format!(
+            "'{s}': need 0 < N < M (N weights of every M are pruned)"
+        ));
+    }
+    Ok((n, m))
+}
+
+impl PruneArgs {
+    /// The validated library configuration.
+    pub fn into_config(self, command_line: Vec<String>) -> Result<PruneConfig> {
+        let missing = |what: &str| Error::invalid(what, "is required");
+        if self.tasks == "zero-shot" || self.tasks == "both" || self.task_file.is_some() {
+            return Err(Error::not_implemented(
+                "zero-shot evaluation (--tasks zero-shot/both, --task-file)",
+                "use --tasks lm with --eval-text",
+            ));
+        }
+        let default_owl = (self.owl_m, self.owl_lambda, self.alpha_epsilon) == (5.0, 0.08, 0.3);
+        if !default_owl && self.top_up == TopUp::Uniform {
+            return Err(Error::invalid(
+                "--owl-m/--owl-lambda/--alpha-epsilon",
+                "apply only to --top-up owl or alpha",
+            ));
+        }
+        let eval_texts = if self.tasks == "none" {
+            Vec::new()
+        } else {
+            self.eval_text
+        };
+        let config = PruneConfig {
+            input: self.input.ok_or_else(|| missing("IN"))?,
+            output: self.output.ok_or_else(|| missing("OUT"))?,
+            sparsity: self.sparsity.ok_or_else(|| missing("--sparsity"))?,
+            method: self.prune_method,
+            top_up: self.top_up,
+            neuroal_step: self.neuroal_step,
+            nsamples: self.nsamples,
+            seqlen: self.seqlen,
+            seed: self.seed,
+            calib: self.calib,
+            tokenizer: self.tokenizer,
+            eval_texts,
+            eval_windows: self.eval_windows,
+            device: self.device,
+            ort_lib: self.ort_lib,
+            nm: self.nm,
+            threads: self.threads,
+            command_line,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_nm;
+
+    #[test]
+    fn nm_patterns() {
+        assert_eq!(parse_nm("2:4"), Ok((2, 4)));
+        for bad in ["2", "4:2", "0:4", "a:4", "2:0", "4:4"] {
+            assert!(parse_nm(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The canonical `[out, in]` view of a linear's weight: read from whatever layout and type it is
+//! stored in, and written back the same way.
+
+use super::discover::{Layout, Linear};
+use crate::error::{Error, Result};
+use crate::onnx::OnnxModel;
+
+impl Linear {
+    /// The weight as row-major `[out_features, in_features]` fp32.
+    pub fn read_out_in(&self, model: &OnnxModel) -> Result<Vec<f32>> {
+        let tensor = model
+            .initializer(&self.weight)
+            .ok_or_else(|| Error::tensor(&self.weight.name, "is no longer in the model"))?;
+        let bytes = model.tensor_bytes(&self.weight.graph, tensor)?;
+        let n = self.numel();
+        if bytes.len() != n * self.dtype.size() {
+            return Err(Error::tensor(
+                &self.weight.name,
+                format!(
+                    "holds {} bytes, expected {} for [{}, {}] {:?}",
+                    bytes.len(),
+                    n * self.dtype.size(),
+                    self.out_features,
+                    self.in_features,
+                    self.dtype
+                ),
+            ));
+        }
+        let mut stored = vec![0.0f32; n];
+        self.dtype.decode(&bytes, &mut stored);
+        Ok(match self.layout {
+            Layout::OutIn => stored,
+            Layout::InOut => transpose(&stored, self.in_features, self.out_features),
+        })
+    }
+
+    /// Encodes a row-major `[out_features, in_features]` matrix in the weight's stored layout and
+    /// type, ready to replace the initializer's bytes.
+    pub fn encode_out_in(&self, out_in: &[f32]) -> Vec<u8> {
+        assert_eq!(out_in.len(), self.numel(), "matrix size");
+        match self.layout {
+            Layout::OutIn => self.dtype.encode(out_in),
+            Layout::InOut => {
+                self.dtype
+                    .encode(&transpose(out_in, self.out_features, self.in_features))
+            }
+        }
+    }
+}
+
+/// Transposes a row-major `[rows, cols]` matrix.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0f32; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transpose;
+
+    #[test]
+    fn transpose_moves_rows_to_columns() {
+        let m = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // [[1,2,3],[4,5,6]]
+        assert_eq!(transpose(&m, 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
+        assert_eq!(transpose(&transpose(&m, 2, 3), 3, 2), m.to_vec());
+    }
+}

@@ -1,0 +1,18 @@
+//! ONNX files: the protobuf types, loading with external data, tensor decoding, and writing.
+//!
+//! This is the only module that touches the protobuf types' storage details; the rest of the crate
+//! asks it for a tensor's little-endian bytes and hands it replacement bytes to write.
+
+#[allow(clippy::all, missing_docs, rustdoc::all)]
+pub mod proto;
+
+mod dtype;
+mod external;
+mod model;
+mod save;
+mod walk;
+
+pub use dtype::{data_type_name, WeightDtype};
+pub use model::{OnnxModel, TensorKey};
+pub use save::{data_file_for, save_model, SaveOptions, SavedModel};
+pub use walk::{subgraphs, visit_graphs, visit_graphs_mut, MAX_GRAPH_DEPTH};

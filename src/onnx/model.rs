@@ -1,0 +1,293 @@
+//! A loaded ONNX model: the decoded `ModelProto`, its folder and its mapped external data.
+
+use super::dtype::{data_type_name, element_size};
+use super::external::{ExternalRef, ExternalStore};
+use super::proto::tensor_proto::{DataLocation, DataType};
+use super::proto::{GraphProto, ModelProto, TensorProto};
+use super::walk::visit_graphs;
+use crate::error::{Error, Result};
+use memmap2::Mmap;
+use prost::bytes::Bytes;
+use prost::Message;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Identifies an initializer: the graph that holds it (see [`super::visit_graphs`]) and its name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct TensorKey {
+    /// Path of the graph holding the initializer, `""` for the main graph.
+    pub graph: String,
+    /// The initializer's name.
+    pub name: String,
+}
+
+/// An ONNX model opened for reading. Inline weights stay in the memory-mapped model file and
+/// external ones in their memory-mapped data files: nothing is copied until asked for.
+pub struct OnnxModel {
+    /// The model file as given.
+    pub path: PathBuf,
+    /// The folder that external data locations are relative to.
+    pub dir: PathBuf,
+    /// The decoded model.
+    pub proto: ModelProto,
+    external: ExternalStore,
+    external_refs: HashMap<TensorKey, ExternalRef>,
+}
+
+impl OnnxModel {
+    /// Opens `path`, decodes it and checks every initializer: external references must stay inside
+    /// the model's folder and lie inside their files, and every tensor's data must match its type
+    /// and shape.
+    pub fn load(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: read-only private map of a file this tool never writes; see ExternalStore.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let not_onnx = |reason: String| Error::NotOnnx {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if map.is_empty() {
+            return Err(not_onnx("the file is empty".into()));
+        }
+        let proto = ModelProto::decode(Bytes::from_owner(map))
+            .map_err(|e| not_onnx(format!("protobuf decoding failed: {e}")))?;
+        let graph = match &proto.graph {
+            Some(g) if !g.node.is_empty() => g,
+            _ => return Err(not_onnx("it holds no graph".into())),
+        };
+        if proto.ir_version() <= 0 || proto.opset_import.is_empty() {
+            return Err(not_onnx("no IR version or opset imports".into()));
+        }
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut external = ExternalStore::new(&dir)?;
+        let mut external_refs = HashMap::new();
+        let mut first_error = None;
+        let depth = visit_graphs(graph, &mut |graph_path, g, _| {
+            if first_error.is_some() {
+                return;
+            }
+            if let Err(e) = index_graph(graph_path, g, &mut external, &mut external_refs) {
+                first_error = Some(e);
+            }
+        });
+        if let Err(deep) = depth {
+            return Err(Error::graph(
+                path,
+                format!(
+                    "subgraphs nested more than {} levels deep (at '{deep}'); this is not an exported LLM",
+                    super::walk::MAX_GRAPH_DEPTH
+                ),
+            ));
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            dir,
+            proto,
+            external,
+            external_refs,
+        })
+    }
+
+    /// The main graph (present: checked by [`Self::load`]).
+    pub fn graph(&self) -> &GraphProto {
+        self.proto.graph.as_ref().expect("checked at load")
+    }
+
+    /// The little-endian bytes of an initializer's data, wherever it is stored: `raw_data`, the
+    /// typed fields, or an external file. `graph` is the path of the graph holding it.
+    pub fn tensor_bytes<'a>(
+        &'a self,
+        graph: &str,
+        tensor: &'a TensorProto,
+    ) -> Result<Cow<'a, [u8]>> {
+        if tensor.data_location() == DataLocation::External {
+            let key = TensorKey {
+                graph: graph.to_string(),
+                name: tensor.name().to_string(),
+            };
+            let r = self.external_refs.get(&key).ok_or_else(|| {
+                Error::tensor(tensor.name(), "external data was not indexed at load")
+            })?;
+            return Ok(Cow::Borrowed(self.external.bytes(r)));
+        }
+        inline_bytes(tensor)
+    }
+
+    /// The initializer identified by `key`, searching the graph at `key.graph`.
+    pub fn initializer(&self, key: &TensorKey) -> Option<&TensorProto> {
+        let mut found = None;
+        let _ = visit_graphs(self.graph(), &mut |path, g, _| {
+            if found.is_none() && path == key.graph {
+                found = g.initializer.iter().find(|t| t.name() == key.name);
+            }
+        });
+        found
+    }
+
+    /// Canonical paths of all files this model reads: the model and its external data files.
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.external.paths().map(Path::to_path_buf).collect();
+        if let Ok(p) = self.path.canonicalize() {
+            files.push(p);
+        }
+        files
+    }
+}
+
+/// Checks the initializers of one graph and registers its external references.
+fn index_graph(
+    graph_path: &str,
+    graph: &GraphProto,
+    external: &mut ExternalStore,
+    refs: &mut HashMap<TensorKey, ExternalRef>,
+) -> Result<()> {
+    let mut seen = HashSet::new();
+    for tensor in &graph.initializer {
+        let name = tensor.name();
+        if !seen.insert(name) {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "is defined twice as an initializer of graph '{}'; the model is malformed",
+                    display_graph(graph_path)
+                ),
+            ));
+        }
+        let expected = expected_bytes(tensor)?;
+        if tensor.data_location() == DataLocation::External {
+            let entries: Vec<(String, String)> = tensor
+                .external_data
+                .iter()
+                .map(|e| (e.key().to_string(), e.value().to_string()))
+                .collect();
+            let r = external.register(name, &entries, expected)?;
+            refs.insert(
+                TensorKey {
+                    graph: graph_path.to_string(),
+                    name: name.to_string(),
+                },
+                r,
+            );
+        } else if let Some(expected) = expected {
+            let actual = inline_len(tensor)?;
+            if actual as u64 != expected {
+                return Err(Error::tensor(
+                    name,
+                    format!(
+                        "holds {actual} bytes of {} data but its shape {:?} needs {expected}",
+                        data_type_name(tensor.data_type()),
+                        tensor.dims
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Human name of a graph path.
+pub(crate) fn display_graph(path: &str) -> &str {
+    if path.is_empty() {
+        "main"
+    } else {
+        path
+    }
+}
+
+/// Number of elements of a tensor, with overflow and negative dims refused.
+pub(crate) fn numel(tensor: &TensorProto) -> Result<u64> {
+    tensor.dims.iter().try_fold(1u64, |acc, &d| {
+        u64::try_from(d)
+            .ok()
+            .and_then(|d| acc.checked_mul(d))
+            .ok_or_else(|| {
+                Error::tensor(
+                    tensor.name(),
+                    format!("has an impossible shape {:?}", tensor.dims),
+                )
+            })
+    })
+}
+
+/// Byte size the tensor's type and shape call for (`None` for strings and sub-byte types).
+fn expected_bytes(tensor: &TensorProto) -> Result<Option<u64>> {
+    let n = numel(tensor)?;
+    Ok(match element_size(tensor.data_type()) {
+        Some(size) => Some(n.checked_mul(size as u64).ok_or_else(|| {
+            Error::tensor(
+                tensor.name(),
+                format!("has an impossible shape {:?}", tensor.dims),
+            )
+        })?),
+        None => None,
+    })
+}
+
+/// Byte length of inline data, without materialising typed fields.
+fn inline_len(tensor: &TensorProto) -> Result<usize> {
+    if tensor.raw_data.is_some() {
+        return Ok(tensor.raw_data().len());
+    }
+    Ok(inline_bytes(tensor)?.len())
+}
+
+/// Little-endian bytes of inline tensor data (`raw_data` or the typed fields).
+fn inline_bytes(tensor: &TensorProto) -> Result<Cow<'_, [u8]>> {
+    if tensor.raw_data.is_some() {
+        return Ok(Cow::Borrowed(tensor.raw_data()));
+    }
+    let dt = DataType::try_from(tensor.data_type()).unwrap_or(DataType::Undefined);
+    let mut out = Vec::new();
+    match dt {
+        DataType::Float | DataType::Complex64 => tensor
+            .float_data
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Double | DataType::Complex128 => tensor
+            .double_data
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Int64 => tensor
+            .int64_data
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Uint64 | DataType::Uint32 => {
+            for v in &tensor.uint64_data {
+                if dt == DataType::Uint32 {
+                    out.extend_from_slice(&(*v as u32).to_le_bytes());
+                } else {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        DataType::Int32 => tensor
+            .int32_data
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        DataType::Int16 | DataType::Uint16 | DataType::Float16 | DataType::Bfloat16 => tensor
+            .int32_data
+            .iter()
+            .for_each(|v| out.extend_from_slice(&(*v as u16).to_le_bytes())),
+        DataType::Int8 | DataType::Uint8 | DataType::Bool => {
+            tensor.int32_data.iter().for_each(|v| out.push(*v as u8))
+        }
+        _ => {
+            return Err(Error::tensor(
+                tensor.name(),
+                format!(
+                    "stores {} data inline in a form neuroal-onnx does not read",
+                    data_type_name(tensor.data_type())
+                ),
+            ))
+        }
+    }
+    Ok(Cow::Owned(out))
+}

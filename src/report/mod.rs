@@ -1,0 +1,163 @@
+//! The report a run leaves next to its output: what was done, to which files, and what it cost
+//! in quality, as JSON for pipelines (`OUT.report.json`).
+
+use crate::allocate::TopUp;
+use crate::atomic::write_atomically;
+use crate::error::Result;
+use crate::eval::Perplexity;
+use crate::prune::PruneMethod;
+use crate::runtime::Device;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Version of the report's JSON layout; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything a run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// `neuroal-onnx` and its version.
+    pub tool: String,
+    /// The tool's version.
+    pub tool_version: String,
+    /// The command line as given.
+    pub command_line: Vec<String>,
+    /// ONNX Runtime, when it was used.
+    pub onnx_runtime: Option<RuntimeInfo>,
+    /// The input model.
+    pub input: InputInfo,
+    /// The files written.
+    pub output: OutputInfo,
+    /// The method and its parameters.
+    pub method: MethodInfo,
+    /// Target and measured sparsity.
+    pub sparsity: SparsityInfo,
+    /// Perplexity per evaluation text.
+    pub evaluation: Vec<TextEvaluation>,
+    /// Wall time of each stage, seconds.
+    pub timings_s: BTreeMap<String, f64>,
+}
+
+/// The ONNX Runtime that ran the model.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuntimeInfo {
+    /// Version, when known.
+    pub version: Option<String>,
+    /// The library file.
+    pub library: PathBuf,
+    /// The device sessions ran on.
+    pub device: Device,
+}
+
+/// The input model.
+#[derive(Clone, Debug, Serialize)]
+pub struct InputInfo {
+    /// The model file.
+    pub model: PathBuf,
+    /// Decoder blocks found.
+    pub blocks: usize,
+    /// Prunable linears found.
+    pub prunable_linears: usize,
+    /// Weights in those linears.
+    pub prunable_params: usize,
+    /// Weights deliberately left alone.
+    pub excluded_weights: usize,
+}
+
+/// The files written.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputInfo {
+    /// The pruned model.
+    pub model: PathBuf,
+    /// Its external data file.
+    pub data_file: Option<PathBuf>,
+    /// Tensors stored in the data file.
+    pub external_tensors: usize,
+}
+
+/// The method and its parameters.
+#[derive(Clone, Debug, Serialize)]
+pub struct MethodInfo {
+    /// Base score.
+    pub prune_method: PruneMethod,
+    /// Allocation.
+    pub top_up: TopUp,
+    /// Target fraction of prunable weights set to zero.
+    pub sparsity: f64,
+    /// Seed of every random choice.
+    pub seed: u64,
+}
+
+/// Target and measured sparsity.
+#[derive(Clone, Debug, Serialize)]
+pub struct SparsityInfo {
+    /// The target.
+    pub target: f64,
+    /// Zeros / weights over all prunable linears after pruning.
+    pub measured: f64,
+    /// Per block.
+    pub per_block: Vec<BlockSparsity>,
+    /// Per matrix.
+    pub per_matrix: Vec<MatrixSparsity>,
+}
+
+/// One block's sparsity.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockSparsity {
+    /// Block index.
+    pub block: usize,
+    /// Zeros / weights in the block's linears.
+    pub measured: f64,
+}
+
+/// One matrix's sparsity.
+#[derive(Clone, Debug, Serialize)]
+pub struct MatrixSparsity {
+    /// Block index.
+    pub block: usize,
+    /// Module path below the block.
+    pub module: String,
+    /// The weight initializer.
+    pub weight: String,
+    /// `[out, in]`.
+    pub shape: [usize; 2],
+    /// Mean target over rows.
+    pub target: f64,
+    /// Zeros / weights after pruning.
+    pub measured: f64,
+}
+
+/// Quality on one held-out text.
+#[derive(Clone, Debug, Serialize)]
+pub struct TextEvaluation {
+    /// The text file.
+    pub text: PathBuf,
+    /// Tokens in the text.
+    pub tokens: usize,
+    /// The input model's perplexity.
+    pub dense: Perplexity,
+    /// The output model's perplexity.
+    pub pruned: Perplexity,
+}
+
+impl Report {
+    /// Serialises the report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+
+    /// Writes the report as JSON to `path`, atomically.
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        let mut text = self.to_json();
+        text.push('\n');
+        write_atomically(path, text.as_bytes())
+    }
+}
+
+/// `OUT.report.json` for output model `OUT.onnx`.
+pub fn report_path(output: &Path) -> PathBuf {
+    output.with_extension("report.json")
+}

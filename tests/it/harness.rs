@@ -1,0 +1,165 @@
+//! Test harness: fixture paths, running the binary, scratch folders, tensor comparison.
+
+use neuroal_onnx::onnx::{visit_graphs, OnnxModel};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The generated fixtures; fails with the command to run when they are missing.
+pub fn fixtures() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/fixtures");
+    assert!(
+        dir.join("tiny").is_dir() && dir.join("smollm2").is_dir() && dir.join("austen").is_dir(),
+        "fixtures missing in {}: run `make setup` first",
+        dir.display()
+    );
+    dir
+}
+
+/// One tiny fixture: its folder, model file and manifest.
+pub struct Fixture {
+    pub name: String,
+    pub dir: PathBuf,
+    pub model: PathBuf,
+    pub manifest: Value,
+}
+
+/// A fixture folder under `.cache/fixtures` (`tiny/llama`, `smollm2`).
+pub fn fixture(rel: &str) -> Fixture {
+    let dir = fixtures().join(rel);
+    let text = std::fs::read_to_string(dir.join("fixture.json"))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let manifest: Value = serde_json::from_str(&text).expect("manifest is JSON");
+    let model = dir.join(manifest["model_file"].as_str().unwrap_or("model.onnx"));
+    Fixture {
+        name: rel.rsplit('/').next().unwrap_or(rel).to_string(),
+        dir,
+        model,
+        manifest,
+    }
+}
+
+/// Every tiny fixture, sorted by name.
+pub fn tiny_fixtures() -> Vec<Fixture> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures().join("tiny"))
+        .expect("tiny fixtures")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("fixture.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 8,
+        "expected the 8 tiny fixtures, found {names:?}"
+    );
+    names
+        .iter()
+        .map(|n| fixture(&format!("tiny/{n}")))
+        .collect()
+}
+
+/// The result of running the binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Asserts success and returns self.
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `neuroal-onnx` with `args`.
+pub fn run<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_neuroal-onnx"))
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A scratch folder removed at the end of the test.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// Copies every file of a fixture folder into `to` and returns the copied model path.
+pub fn copy_fixture(fx: &Fixture, to: &Path) -> PathBuf {
+    for entry in std::fs::read_dir(&fx.dir).expect("fixture dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+    to.join(fx.model.file_name().expect("model file name"))
+}
+
+/// Name → content of every file in a folder (to prove nothing changed or appeared).
+pub fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).expect("read"),
+            )
+        })
+        .collect()
+}
+
+/// (graph path, initializer name) → little-endian data bytes of every initializer of a model.
+pub fn initializer_bytes(model: &OnnxModel) -> BTreeMap<(String, String), Vec<u8>> {
+    let mut out = BTreeMap::new();
+    visit_graphs(model.graph(), &mut |path, g, _| {
+        for t in &g.initializer {
+            let bytes = model
+                .tensor_bytes(path, t)
+                .expect("tensor bytes")
+                .into_owned();
+            out.insert((path.to_string(), t.name().to_string()), bytes);
+        }
+    })
+    .expect("graph depth");
+    out
+}
+
+/// The reference logits of a tiny fixture, `[seq, vocab]` row-major, and its input ids.
+pub fn reference(fx: &Fixture) -> (Vec<i64>, Vec<f32>, usize) {
+    let r = &fx.manifest["reference"];
+    let ids: Vec<i64> = r["input_ids"][0]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|v| v.as_i64().expect("id"))
+        .collect();
+    let raw = std::fs::read(fx.dir.join(r["logits_file"].as_str().expect("file"))).expect("logits");
+    let logits: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let vocab = fx.manifest["vocab"].as_u64().expect("vocab") as usize;
+    assert_eq!(logits.len(), ids.len() * vocab);
+    (ids, logits, vocab)
+}
+
+/// An Austen text fixture.
+pub fn austen(book: &str) -> PathBuf {
+    fixtures().join("austen").join(format!("{book}.txt"))
+}

@@ -1,0 +1,10 @@
+//! Integration tests of `neuroal-onnx`: the real binary and the library on generated fixtures
+//! (`make setup` makes them in .cache/fixtures).
+
+mod bad_input;
+mod cli;
+mod discovery;
+mod harness;
+mod onnx_io;
+mod runtime;
+mod smollm2;

@@ -1,0 +1,208 @@
+//! Writing: the same graph, untouched tensors bit-identical, pruned rows exact, external data
+//! aligned, inputs never modified.
+
+use crate::harness::{initializer_bytes, run, scratch, snapshot, tiny_fixtures};
+use neuroal_onnx::graph::Linear;
+use neuroal_onnx::onnx::proto::tensor_proto::DataLocation;
+use neuroal_onnx::onnx::{visit_graphs, OnnxModel};
+use neuroal_onnx::pipeline::inspect;
+use neuroal_onnx::prune::row_prune_count;
+use std::collections::HashSet;
+
+/// The graph with every initializer's data removed: what must not change.
+fn structure(model: &OnnxModel) -> neuroal_onnx::onnx::proto::ModelProto {
+    let mut proto = model.proto.clone();
+    neuroal_onnx::onnx::visit_graphs_mut(proto.graph.as_mut().unwrap(), &mut |_, g| {
+        for t in &mut g.initializer {
+            t.raw_data = None;
+            t.float_data.clear();
+            t.int32_data.clear();
+            t.int64_data.clear();
+            t.double_data.clear();
+            t.uint64_data.clear();
+            t.external_data.clear();
+            t.data_location = None;
+        }
+    });
+    proto
+}
+
+fn prune(model: &std::path::Path, out: &std::path::Path, method: &str, sparsity: &str) {
+    run([
+        model.as_os_str(),
+        out.as_os_str(),
+        "--sparsity".as_ref(),
+        sparsity.as_ref(),
+        "--prune-method".as_ref(),
+        method.as_ref(),
+        "--top-up".as_ref(),
+        "uniform".as_ref(),
+        "--quiet".as_ref(),
+    ])
+    .ok();
+}
+
+#[test]
+fn dense_round_trip_keeps_graph_and_every_tensor_bit_identical() {
+    for fx in tiny_fixtures() {
+        let dir = scratch();
+        let out = dir.path().join("out.onnx");
+        let before = snapshot(&fx.dir);
+        prune(&fx.model, &out, "dense", "0.5");
+        assert_eq!(
+            snapshot(&fx.dir),
+            before,
+            "{}: input files changed",
+            fx.name
+        );
+        let input = OnnxModel::load(&fx.model).unwrap();
+        let output = OnnxModel::load(&out).unwrap();
+        assert_eq!(
+            initializer_bytes(&output),
+            initializer_bytes(&input),
+            "{}: tensors",
+            fx.name
+        );
+        assert_eq!(
+            structure(&output),
+            structure(&input),
+            "{}: graph, I/O, opsets",
+            fx.name
+        );
+    }
+}
+
+#[test]
+fn external_data_is_one_aligned_file_next_to_the_output() {
+    let fx = tiny_fixtures()
+        .into_iter()
+        .find(|f| f.name == "llama")
+        .unwrap();
+    let dir = scratch();
+    let out = dir.path().join("pruned.onnx");
+    prune(&fx.model, &out, "magnitude", "0.5");
+    let files: HashSet<String> = snapshot(dir.path()).into_keys().collect();
+    let want: HashSet<String> = ["pruned.onnx", "pruned.onnx.data", "pruned.report.json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(files, want, "no temporary files are left behind");
+    let model = OnnxModel::load(&out).unwrap();
+    let mut external = 0;
+    visit_graphs(model.graph(), &mut |_, g, _| {
+        for t in &g.initializer {
+            if t.data_location() == DataLocation::External {
+                external += 1;
+                let get = |k: &str| {
+                    t.external_data
+                        .iter()
+                        .find(|e| e.key() == k)
+                        .map(|e| e.value().to_string())
+                };
+                assert_eq!(get("location").as_deref(), Some("pruned.onnx.data"));
+                let offset: u64 = get("offset").unwrap().parse().unwrap();
+                assert_eq!(offset % 4096, 0, "{} at offset {offset}", t.name());
+            }
+        }
+    })
+    .unwrap();
+    assert!(
+        external >= 21,
+        "every linear weight is large enough to go external"
+    );
+}
+
+/// Checks one pruned linear against the original: exact per-row counts, the smallest magnitudes
+/// pruned, survivors unchanged.
+fn check_linear(name: &str, linear: &Linear, before: &[f32], after: &[f32], sparsity: f64) {
+    let cols = linear.in_features;
+    let want = row_prune_count(cols, sparsity);
+    for (r, (b, a)) in before.chunks(cols).zip(after.chunks(cols)).enumerate() {
+        // Weights that were already zero rank lowest and count towards the row's budget.
+        let zeros_before = b.iter().filter(|v| **v == 0.0).count();
+        let zeros_after = a.iter().filter(|v| **v == 0.0).count();
+        assert_eq!(
+            zeros_after,
+            want.max(zeros_before),
+            "{name} {} row {r}: zeros",
+            linear.module
+        );
+        let max_pruned = (0..cols)
+            .filter(|&c| a[c] == 0.0)
+            .map(|c| b[c].abs())
+            .fold(0.0f32, f32::max);
+        for c in 0..cols {
+            if a[c] != 0.0 {
+                assert_eq!(
+                    a[c].to_bits(),
+                    b[c].to_bits(),
+                    "{name} row {r} col {c}: kept weight changed"
+                );
+                assert!(
+                    b[c].abs() >= max_pruned,
+                    "{name} row {r}: kept |w| below a pruned one"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn magnitude_prunes_exact_per_row_counts_in_every_convention() {
+    for (fx, sparsity) in tiny_fixtures()
+        .into_iter()
+        .zip([0.3, 0.5, 0.7, 0.9, 0.6, 0.75, 0.55, 0.45].iter().cycle())
+    {
+        let dir = scratch();
+        let out = dir.path().join("out.onnx");
+        prune(&fx.model, &out, "magnitude", &sparsity.to_string());
+        let (input, discovery) = inspect(&fx.model).unwrap();
+        let (output, discovery_out) = inspect(&out).unwrap();
+        assert_eq!(
+            discovery_out.linears.len(),
+            discovery.linears.len(),
+            "{}: discovery after writing",
+            fx.name
+        );
+        for linear in &discovery.linears {
+            let before = linear.read_out_in(&input).unwrap();
+            let after = linear.read_out_in(&output).unwrap();
+            check_linear(&fx.name, linear, &before, &after, *sparsity);
+        }
+        // Everything that is not a prunable weight is bit-identical.
+        let weights: HashSet<(String, String)> = discovery
+            .linears
+            .iter()
+            .map(|l| (l.weight.graph.clone(), l.weight.name.clone()))
+            .collect();
+        let a = initializer_bytes(&input);
+        let b = initializer_bytes(&output);
+        assert_eq!(a.len(), b.len(), "{}: same initializers", fx.name);
+        for (key, bytes) in &a {
+            if !weights.contains(key) {
+                assert_eq!(Some(bytes), b.get(key), "{}: {key:?} changed", fx.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn same_input_and_flags_give_byte_identical_output() {
+    let fx = tiny_fixtures()
+        .into_iter()
+        .find(|f| f.name == "genai")
+        .unwrap();
+    let dir = scratch();
+    let (a, b) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
+    prune(&fx.model, &a, "magnitude", "0.6");
+    prune(&fx.model, &b, "magnitude", "0.6");
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    assert_eq!(
+        read(&dir.path().join("a.onnx.data")),
+        read(&dir.path().join("b.onnx.data"))
+    );
+    // The model files differ only in the data file's name.
+    let model_a = String::from_utf8_lossy(&read(&a)).replace("a.onnx.data", "X");
+    let model_b = String::from_utf8_lossy(&read(&b)).replace("b.onnx.data", "X");
+    assert_eq!(model_a, model_b);
+}
