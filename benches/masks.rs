@@ -22,7 +22,13 @@ fn masks(c: &mut Criterion) {
     let mut group = c.benchmark_group("magnitude_row_mask");
     group.sample_size(10);
     // SmolLM2-135M's shapes, then LLaMA-7B's ([out, in]).
-    for (rows, cols) in [(576, 576), (1536, 576), (576, 1536), (4096, 4096), (11008, 4096)] {
+    for (rows, cols) in [
+        (576, 576),
+        (1536, 576),
+        (576, 1536),
+        (4096, 4096),
+        (11008, 4096),
+    ] {
         let w = weights(rows * cols);
         group.throughput(Throughput::Elements((rows * cols) as u64));
         group.bench_with_input(

@@ -1,7 +1,7 @@
 //! The whole job, stage by stage: validate, load, discover, allocate, prune, write, evaluate,
 //! report. The CLI builds a [`PruneConfig`] and calls [`prune`]; nothing here parses arguments.
 
-use crate::allocate::{self, NeuroalStep, TopUp};
+use crate::allocate::{self, NeuroalStep, SparsityPlan, TopUp};
 use crate::atomic::AtomicFile;
 use crate::calib::TextTokenizer;
 use crate::error::{Error, Result};
@@ -131,74 +131,21 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         discovery.prunable_params() as f64 / 1e6
     ));
 
-    // Evaluation needs a tokenizer and ONNX Runtime; both are checked before any pruning work.
-    let evaluation = if config.eval_texts.is_empty() {
-        None
-    } else {
-        let tokenizer = TextTokenizer::load(&model.dir, config.tokenizer.as_deref())?;
-        let library = locate_library(config.ort_lib.as_deref())?;
-        let runtime = Runtime::new(&library, config.device, config.threads)?;
-        let mut texts = Vec::new();
-        for path in &config.eval_texts {
-            let tokens = tokenizer.encode_file(path)?;
-            if tokens.len() < 2 {
-                return Err(Error::invalid(
-                    "--eval-text",
-                    format!("{} holds no text to evaluate on", path.display()),
-                ));
-            }
-            texts.push((path.clone(), tokens));
-        }
-        Some((runtime, texts))
-    };
-    let eval_seqlen = |tokens: &[u32]| config.seqlen.min(tokens.len());
-
-    let mut dense_ppl: Vec<Perplexity> = Vec::new();
-    if let Some((runtime, texts)) = &evaluation {
+    // Tokenizer, texts and ONNX Runtime are checked before any pruning work.
+    let evaluation = EvalSet::prepare(config, &model, progress)?;
+    let mut dense_ppl = Vec::new();
+    if let Some(eval) = &evaluation {
         let stage = progress.stage("evaluate dense");
-        let mut lm = CausalLm::open(runtime, &model)?;
-        for (path, tokens) in texts {
-            let label = format!("dense {}", file_label(path));
-            dense_ppl.push(perplexity(
-                &mut lm,
-                tokens,
-                eval_seqlen(tokens),
-                config.eval_windows,
-                progress,
-                &label,
-            )?);
-        }
+        dense_ppl = eval.perplexities(&model, "dense", progress)?;
         timings.insert("evaluate_dense".to_string(), stage.finish());
     }
 
     let stage = progress.stage("prune");
     let plan = allocate::uniform(&discovery, config.sparsity);
-    let mut replacements: HashMap<TensorKey, Vec<u8>> = HashMap::new();
-    let mut per_matrix = Vec::new();
-    for (i, (linear, rule)) in discovery.linears.iter().zip(&plan.rules).enumerate() {
-        progress.item("matrices", i, discovery.linears.len());
-        let mut weights = linear.read_out_in(&model)?;
-        if config.method != PruneMethod::Dense {
-            let scores = prune::magnitude(&weights);
-            let mask = prune::prune_mask(&scores, linear.out_features, linear.in_features, rule);
-            mask.apply(&mut weights);
-            replacements.insert(linear.weight.clone(), linear.encode_out_in(&weights));
-        }
-        let zeros = weights.iter().filter(|w| **w == 0.0).count();
-        per_matrix.push(MatrixSparsity {
-            block: linear.block,
-            module: linear.module.clone(),
-            weight: linear.weight.name.clone(),
-            shape: [linear.out_features, linear.in_features],
-            target: if config.method == PruneMethod::Dense {
-                0.0
-            } else {
-                mean_target(rule, linear.out_features)
-            },
-            measured: zeros as f64 / linear.numel() as f64,
-        });
-    }
-    progress.item("matrices", discovery.linears.len(), discovery.linears.len());
+    let PrunedWeights {
+        replacements,
+        per_matrix,
+    } = prune_weights(config.method, &model, &discovery, &plan, progress)?;
     timings.insert("prune".to_string(), stage.finish());
 
     let stage = progress.stage("write");
@@ -213,22 +160,13 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
 
     let mut evaluations = Vec::new();
     let mut runtime_info = None;
-    if let Some((runtime, texts)) = &evaluation {
+    if let Some(eval) = &evaluation {
         let stage = progress.stage("evaluate pruned");
         let pruned_model = OnnxModel::load(&config.output)?;
-        let mut lm = CausalLm::open(runtime, &pruned_model)?;
-        for ((path, tokens), dense) in texts.iter().zip(dense_ppl) {
-            let label = format!("pruned {}", file_label(path));
-            let pruned = perplexity(
-                &mut lm,
-                tokens,
-                eval_seqlen(tokens),
-                config.eval_windows,
-                progress,
-                &label,
-            )?;
+        let pruned_ppl = eval.perplexities(&pruned_model, "pruned", progress)?;
+        for (((text, tokens), dense), pruned) in eval.texts.iter().zip(dense_ppl).zip(pruned_ppl) {
             evaluations.push(TextEvaluation {
-                text: path.clone(),
+                text: text.clone(),
                 tokens: tokens.len(),
                 dense,
                 pruned,
@@ -236,9 +174,10 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         }
         timings.insert("evaluate_pruned".to_string(), stage.finish());
         runtime_info = Some(RuntimeInfo {
-            version: runtime.version(),
-            library: runtime.library().to_path_buf(),
-            device: runtime.device(),
+            version: eval.runtime.version(),
+            library: eval.runtime.library().to_path_buf(),
+            device: eval.runtime.device(),
+            cuda_fallback: eval.runtime.fallback_reason(),
         });
     }
 
@@ -272,6 +211,115 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     };
     report.write_json(&report_path(&config.output))?;
     Ok(report)
+}
+
+/// The outcome of pruning every linear.
+struct PrunedWeights {
+    /// New bytes of each changed weight, in its stored layout and type.
+    replacements: HashMap<TensorKey, Vec<u8>>,
+    /// Each matrix's sparsity, in discovery order.
+    per_matrix: Vec<MatrixSparsity>,
+}
+
+/// Scores every linear, masks it under its rule and encodes the result in the stored layout.
+fn prune_weights(
+    method: PruneMethod,
+    model: &OnnxModel,
+    discovery: &Discovery,
+    plan: &SparsityPlan,
+    progress: &Progress,
+) -> Result<PrunedWeights> {
+    let mut replacements = HashMap::new();
+    let mut per_matrix = Vec::new();
+    let total = discovery.linears.len();
+    for (i, (linear, rule)) in discovery.linears.iter().zip(&plan.rules).enumerate() {
+        progress.item("matrices", i, total);
+        let mut weights = linear.read_out_in(model)?;
+        let target = if method == PruneMethod::Dense {
+            0.0
+        } else {
+            let scores = prune::magnitude(&weights);
+            let mask = prune::prune_mask(&scores, linear.out_features, linear.in_features, rule);
+            mask.apply(&mut weights);
+            replacements.insert(linear.weight.clone(), linear.encode_out_in(&weights));
+            mean_target(rule, linear.out_features)
+        };
+        let zeros = weights.iter().filter(|w| **w == 0.0).count();
+        per_matrix.push(MatrixSparsity {
+            block: linear.block,
+            module: linear.module.clone(),
+            weight: linear.weight.name.clone(),
+            shape: [linear.out_features, linear.in_features],
+            target,
+            measured: zeros as f64 / linear.numel() as f64,
+        });
+    }
+    progress.item("matrices", total, total);
+    Ok(PrunedWeights {
+        replacements,
+        per_matrix,
+    })
+}
+
+/// Held-out texts, tokenized once, and the runtime that scores models on them.
+struct EvalSet {
+    runtime: Runtime,
+    texts: Vec<(PathBuf, Vec<u32>)>,
+    seqlen: usize,
+    max_windows: Option<usize>,
+}
+
+impl EvalSet {
+    /// Loads the tokenizer, tokenizes every `--eval-text` and loads ONNX Runtime; `None` when
+    /// there is nothing to evaluate.
+    fn prepare(
+        config: &PruneConfig,
+        model: &OnnxModel,
+        progress: &Progress,
+    ) -> Result<Option<Self>> {
+        if config.eval_texts.is_empty() {
+            return Ok(None);
+        }
+        let tokenizer = TextTokenizer::load(&model.dir, config.tokenizer.as_deref())?;
+        let mut texts = Vec::new();
+        for path in &config.eval_texts {
+            let tokens = tokenizer.encode_file(path)?;
+            if tokens.len() < 2 {
+                return Err(Error::invalid(
+                    "--eval-text",
+                    format!("{} holds no text to evaluate on", path.display()),
+                ));
+            }
+            texts.push((path.clone(), tokens));
+        }
+        let library = locate_library(config.ort_lib.as_deref())?;
+        let runtime = Runtime::new(&library, config.device, config.threads, progress)?;
+        Ok(Some(Self {
+            runtime,
+            texts,
+            seqlen: config.seqlen,
+            max_windows: config.eval_windows,
+        }))
+    }
+
+    /// Perplexity of `model` on every text; windows are `--seqlen` long, or the whole text when
+    /// it is shorter.
+    fn perplexities(
+        &self,
+        model: &OnnxModel,
+        which: &str,
+        progress: &Progress,
+    ) -> Result<Vec<Perplexity>> {
+        let mut lm = CausalLm::open(&self.runtime, model)?;
+        self.texts
+            .iter()
+            .map(|(path, tokens)| {
+                let label = format!("{which} {}", file_label(path));
+                let seqlen = self.seqlen.min(tokens.len());
+                perplexity(&mut lm, tokens, seqlen, self.max_windows, progress, &label)
+            })
+            .collect()
+    }
 }
 
 /// Checks that every input exists and the output can be written, before hours of work.

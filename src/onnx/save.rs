@@ -184,36 +184,36 @@ fn place_tensor(
         return Ok(false); // strings have no byte layout; they stay as they are
     }
     let was_external = tensor.data_location() == DataLocation::External;
-    let bytes: Vec<u8>;
-    let data: &[u8] = match replacement {
-        Some(r) => r,
-        None => {
-            let original = model.tensor_bytes(graph_path, tensor)?;
-            if !was_external && original.len() < options.external_threshold {
-                return Ok(false); // small inline tensor: keep it exactly as it is
-            }
-            bytes = original.into_owned();
-            &bytes
-        }
+    let data: std::borrow::Cow<[u8]> = match replacement {
+        Some(r) => std::borrow::Cow::Borrowed(r.as_slice()),
+        None => model.tensor_bytes(graph_path, tensor)?,
     };
-    clear_data(tensor);
+    if replacement.is_none() && !was_external && data.len() < options.external_threshold {
+        return Ok(false); // small inline tensor: keep it exactly as it is
+    }
     if data.len() < options.external_threshold {
-        tensor.raw_data = Some(Bytes::copy_from_slice(data));
+        let inline = Bytes::copy_from_slice(&data);
+        clear_data(tensor);
+        tensor.raw_data = Some(inline);
         return Ok(false);
     }
+    // Large tensors are streamed from where they are (often a memory map): never copied whole.
     let padding = (ALIGNMENT - *offset % ALIGNMENT) % ALIGNMENT;
     writer
         .write_all(&vec![0u8; padding as usize])
-        .and_then(|_| writer.write_all(data))
+        .and_then(|_| writer.write_all(&data))
         .map_err(WriteError::Io)?;
+    let length = data.len() as u64;
     *offset += padding;
+    let start = *offset;
+    *offset += length;
+    clear_data(tensor);
     tensor.data_location = Some(DataLocation::External as i32);
     tensor.external_data = vec![
         entry("location", data_name),
-        entry("offset", &offset.to_string()),
-        entry("length", &data.len().to_string()),
+        entry("offset", &start.to_string()),
+        entry("length", &length.to_string()),
     ];
-    *offset += data.len() as u64;
     Ok(true)
 }
 

@@ -50,6 +50,8 @@ pub struct RuntimeInfo {
     pub library: PathBuf,
     /// The device sessions ran on.
     pub device: Device,
+    /// Why `--device auto` did not use CUDA, when it did not.
+    pub cuda_fallback: Option<String>,
 }
 
 /// The input model.

@@ -6,6 +6,7 @@ mod lm;
 pub use lm::CausalLm;
 
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use ort::session::Session;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -75,15 +76,23 @@ pub struct Runtime {
     requested: Device,
     /// The device sessions actually use, decided by the first session (`Auto` falls back once).
     resolved: Mutex<Option<Device>>,
+    /// Why `Auto` fell back to the CPU, when it did.
+    fallback: Mutex<Option<String>>,
     threads: usize,
+    progress: Progress,
 }
 
 static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
 
 impl Runtime {
     /// Loads the library at `library` (once per process) and prepares sessions for `device`.
-    /// `threads` = 0 lets ONNX Runtime choose.
-    pub fn new(library: &Path, device: Device, threads: usize) -> Result<Self> {
+    /// `threads` = 0 lets ONNX Runtime choose; a fallback to the CPU is noted on `progress`.
+    pub fn new(
+        library: &Path,
+        device: Device,
+        threads: usize,
+        progress: &Progress,
+    ) -> Result<Self> {
         if ENVIRONMENT.get().is_none() {
             let builder = ort::init_from(library)
                 .map_err(|e| Error::Runtime(format!("cannot load {}: {e}", library.display())))?;
@@ -97,7 +106,9 @@ impl Runtime {
             library: library.to_path_buf(),
             requested: device,
             resolved: Mutex::new(None),
+            fallback: Mutex::new(None),
             threads,
+            progress: progress.clone(),
         })
     }
 
@@ -120,6 +131,11 @@ impl Runtime {
             .lock()
             .map(|d| d.unwrap_or(self.requested))
             .unwrap_or(self.requested)
+    }
+
+    /// Why `--device auto` fell back to the CPU, when it did.
+    pub fn fallback_reason(&self) -> Option<String> {
+        self.fallback.lock().ok().and_then(|f| f.clone())
     }
 
     /// Opens a session on `model`, on the resolved device.
@@ -153,11 +169,13 @@ impl Runtime {
                         b
                     }
                     Err(e) if device == Device::Auto => {
-                        let reason = e.to_string();
-                        eprintln!(
-                            "note: CUDA execution provider unavailable ({}); running ONNX Runtime on the CPU",
-                            reason.trim_end_matches('.')
-                        );
+                        let reason = e.to_string().trim_end_matches('.').to_string();
+                        self.progress.note(&format!(
+                            "note: CUDA execution provider unavailable ({reason}); running ONNX Runtime on the CPU"
+                        ));
+                        if let Ok(mut f) = self.fallback.lock() {
+                            *f = Some(reason);
+                        }
                         *resolved = Some(Device::Cpu);
                         base()?
                     }

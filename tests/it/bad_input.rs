@@ -1,7 +1,7 @@
 //! Bad input gets a one- or two-line error naming the file, tensor or flag, a non-zero exit
 //! code, and no output file.
 
-use crate::harness::{copy_fixture, fixture, run, scratch, snapshot};
+use crate::harness::{copy_fixture, fixture, job, run, scratch, snapshot};
 use neuroal_onnx::onnx::proto::tensor_proto::DataType;
 use neuroal_onnx::onnx::proto::ModelProto;
 use prost::Message;
@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 fn fails(model: &Path, out: &Path, extra: &[&str], code: i32, needles: &[&str]) {
     let out_dir = out.parent().filter(|p| p.is_dir()).map(Path::to_path_buf);
     let before = out_dir.as_deref().map(snapshot);
-    let mut args = vec![
-        model.to_str().unwrap(),
-        out.to_str().unwrap(),
+    let mut flags = vec![
         "--prune-method",
         "magnitude",
         "--top-up",
@@ -22,10 +20,10 @@ fn fails(model: &Path, out: &Path, extra: &[&str], code: i32, needles: &[&str]) 
         "--quiet",
     ];
     if !extra.contains(&"--sparsity") {
-        args.extend(["--sparsity", "0.5"]);
+        flags.extend(["--sparsity", "0.5"]);
     }
-    args.extend(extra);
-    let r = run(&args);
+    flags.extend(extra);
+    let r = run(job(model, out, &flags));
     assert_eq!(
         r.code, code,
         "exit code for {needles:?}; stderr: {}",
@@ -235,6 +233,18 @@ fn bad_flags_and_outputs() {
     let file = out_dir.path().join("a-file");
     std::fs::write(&file, "x").unwrap();
     fails(&fx.model, &file.join("out.onnx"), &[], 1, &["a-file"]);
+    // An ONNX Runtime library that does not exist.
+    let text = crate::harness::austen("persuasion");
+    let eval = ["--eval-text", text.to_str().unwrap(), "--eval-windows", "1"];
+    let mut flags = eval.to_vec();
+    flags.extend(["--ort-lib", "/nonexistent/libonnxruntime.so"]);
+    fails(
+        &fx.model,
+        &out,
+        &flags,
+        2,
+        &["--ort-lib", "/nonexistent/libonnxruntime.so"],
+    );
     // An evaluation text that does not exist.
     fails(
         &fx.model,

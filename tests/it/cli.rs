@@ -1,6 +1,6 @@
 //! The pruning command end to end on a tiny model: report, summary, exit codes.
 
-use crate::harness::{austen, fixture, run, scratch, snapshot};
+use crate::harness::{austen, fixture, job, run, scratch, snapshot};
 use serde_json::Value;
 
 #[test]
@@ -9,25 +9,27 @@ fn magnitude_with_evaluation_writes_model_report_and_summary() {
     let dir = scratch();
     let out = dir.path().join("llama-0.5.onnx");
     let text = austen("persuasion");
-    let r = run([
-        fx.model.as_os_str(),
-        out.as_os_str(),
-        "--sparsity".as_ref(),
-        "0.5".as_ref(),
-        "--prune-method".as_ref(),
-        "magnitude".as_ref(),
-        "--top-up".as_ref(),
-        "uniform".as_ref(),
-        "--eval-text".as_ref(),
-        text.as_os_str(),
-        "--seqlen".as_ref(),
-        "64".as_ref(),
-        "--eval-windows".as_ref(),
-        "3".as_ref(),
-        "--device".as_ref(),
-        "cpu".as_ref(),
-        "--json".as_ref(),
-    ])
+    let r = run(job(
+        &fx.model,
+        &out,
+        &[
+            "--sparsity",
+            "0.5",
+            "--prune-method",
+            "magnitude",
+            "--top-up",
+            "uniform",
+            "--eval-text",
+            text.to_str().unwrap(),
+            "--seqlen",
+            "64",
+            "--eval-windows",
+            "3",
+            "--device",
+            "cpu",
+            "--json",
+        ],
+    ))
     .ok();
     let printed: Value = serde_json::from_str(&r.stdout).expect("--json prints the report");
     let written: Value = serde_json::from_str(
@@ -73,17 +75,19 @@ fn summary_names_the_outputs_and_quiet_silences_progress() {
     let fx = fixture("tiny/opt");
     let dir = scratch();
     let out = dir.path().join("opt.onnx");
-    let r = run([
-        fx.model.as_os_str(),
-        out.as_os_str(),
-        "--sparsity".as_ref(),
-        "0.7".as_ref(),
-        "--prune-method".as_ref(),
-        "magnitude".as_ref(),
-        "--top-up".as_ref(),
-        "uniform".as_ref(),
-        "--quiet".as_ref(),
-    ])
+    let r = run(job(
+        &fx.model,
+        &out,
+        &[
+            "--sparsity",
+            "0.7",
+            "--prune-method",
+            "magnitude",
+            "--top-up",
+            "uniform",
+            "--quiet",
+        ],
+    ))
     .ok();
     assert!(r.stderr.is_empty(), "--quiet: {}", r.stderr);
     assert!(
@@ -111,14 +115,9 @@ fn methods_not_built_yet_are_refused_before_any_work() {
             "2:4",
         ],
     ] {
-        let mut all = vec![
-            fx.model.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "--sparsity",
-            "0.5",
-        ];
-        all.extend(&args);
-        let r = run(&all);
+        let mut flags = vec!["--sparsity", "0.5"];
+        flags.extend(&args);
+        let r = run(job(&fx.model, &out, &flags));
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
         assert!(
             r.stderr.contains("not implemented yet"),

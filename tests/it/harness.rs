@@ -3,6 +3,7 @@
 use neuroal_onnx::onnx::{visit_graphs, OnnxModel};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -93,6 +94,13 @@ where
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Arguments of a pruning job: input model, output, then `flags`.
+pub fn job(model: &Path, out: &Path, flags: &[&str]) -> Vec<OsString> {
+    let mut args = vec![model.as_os_str().to_owned(), out.as_os_str().to_owned()];
+    args.extend(flags.iter().map(OsString::from));
+    args
 }
 
 /// A scratch folder removed at the end of the test.

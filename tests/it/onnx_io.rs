@@ -1,13 +1,14 @@
 //! Writing: the same graph, untouched tensors bit-identical, pruned rows exact, external data
 //! aligned, inputs never modified.
 
-use crate::harness::{initializer_bytes, run, scratch, snapshot, tiny_fixtures};
+use crate::harness::{initializer_bytes, job, run, scratch, snapshot, tiny_fixtures};
 use neuroal_onnx::graph::Linear;
 use neuroal_onnx::onnx::proto::tensor_proto::DataLocation;
 use neuroal_onnx::onnx::{visit_graphs, OnnxModel};
 use neuroal_onnx::pipeline::inspect;
 use neuroal_onnx::prune::row_prune_count;
 use std::collections::HashSet;
+use std::path::Path;
 
 /// The graph with every initializer's data removed: what must not change.
 fn structure(model: &OnnxModel) -> neuroal_onnx::onnx::proto::ModelProto {
@@ -27,19 +28,17 @@ fn structure(model: &OnnxModel) -> neuroal_onnx::onnx::proto::ModelProto {
     proto
 }
 
-fn prune(model: &std::path::Path, out: &std::path::Path, method: &str, sparsity: &str) {
-    run([
-        model.as_os_str(),
-        out.as_os_str(),
-        "--sparsity".as_ref(),
-        sparsity.as_ref(),
-        "--prune-method".as_ref(),
-        method.as_ref(),
-        "--top-up".as_ref(),
-        "uniform".as_ref(),
-        "--quiet".as_ref(),
-    ])
-    .ok();
+fn prune(model: &Path, out: &Path, method: &str, sparsity: &str) {
+    let flags = [
+        "--sparsity",
+        sparsity,
+        "--prune-method",
+        method,
+        "--top-up",
+        "uniform",
+        "--quiet",
+    ];
+    run(job(model, out, &flags)).ok();
 }
 
 #[test]
@@ -196,7 +195,7 @@ fn same_input_and_flags_give_byte_identical_output() {
     let (a, b) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
     prune(&fx.model, &a, "magnitude", "0.6");
     prune(&fx.model, &b, "magnitude", "0.6");
-    let read = |p: &std::path::Path| std::fs::read(p).unwrap();
+    let read = |p: &Path| std::fs::read(p).unwrap();
     assert_eq!(
         read(&dir.path().join("a.onnx.data")),
         read(&dir.path().join("b.onnx.data"))
@@ -205,4 +204,72 @@ fn same_input_and_flags_give_byte_identical_output() {
     let model_a = String::from_utf8_lossy(&read(&a)).replace("a.onnx.data", "X");
     let model_b = String::from_utf8_lossy(&read(&b)).replace("b.onnx.data", "X");
     assert_eq!(model_a, model_b);
+}
+
+#[test]
+fn outputs_over_2_gib_are_written_and_load_back() {
+    use neuroal_onnx::onnx::proto::tensor_proto::DataType;
+    use neuroal_onnx::onnx::proto::{ModelProto, StringStringEntryProto, TensorProto};
+    use neuroal_onnx::progress::Progress;
+    use neuroal_onnx::runtime::{locate_library, CausalLm, Device, Runtime};
+    use prost::Message;
+
+    let fx = crate::harness::fixture("tiny/llama");
+    let dir = scratch();
+    let model_path = crate::harness::copy_fixture(&fx, dir.path());
+    // A 2.4 GB initializer in a sparse file, placed first so that every weight written after it
+    // sits past the 2 GiB mark of the output's data file.
+    const BIG: u64 = 600_000_000;
+    std::fs::File::create(dir.path().join("big.bin"))
+        .unwrap()
+        .set_len(BIG * 4)
+        .unwrap();
+    let mut proto = ModelProto::decode(std::fs::read(&model_path).unwrap().as_slice()).unwrap();
+    let entry = |k: &str, v: String| StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v),
+    };
+    let big = TensorProto {
+        name: Some("big.unused".into()),
+        dims: vec![BIG as i64],
+        data_type: Some(DataType::Float as i32),
+        data_location: Some(DataLocation::External as i32),
+        external_data: vec![
+            entry("location", "big.bin".into()),
+            entry("offset", "0".into()),
+            entry("length", (BIG * 4).to_string()),
+        ],
+        ..Default::default()
+    };
+    proto.graph.as_mut().unwrap().initializer.insert(0, big);
+    std::fs::write(&model_path, proto.encode_to_vec()).unwrap();
+
+    let out = dir.path().join("out.onnx");
+    prune(&model_path, &out, "dense", "0.5");
+    let data_len = std::fs::metadata(dir.path().join("out.onnx.data"))
+        .unwrap()
+        .len();
+    assert!(data_len > (BIG * 4), "data file of {data_len} bytes");
+    let input = OnnxModel::load(&model_path).unwrap();
+    let output = OnnxModel::load(&out).unwrap();
+    let (_, discovery) = inspect(&out).unwrap();
+    for linear in &discovery.linears {
+        assert_eq!(
+            linear.read_out_in(&output).unwrap(),
+            linear.read_out_in(&input).unwrap()
+        );
+    }
+    let big = output.initializer(&neuroal_onnx::onnx::TensorKey {
+        graph: String::new(),
+        name: "big.unused".into(),
+    });
+    let bytes = output.tensor_bytes("", big.unwrap()).unwrap();
+    assert_eq!(bytes.len() as u64, BIG * 4);
+    // The model still runs, and gives the input model's logits.
+    let lib = locate_library(None).unwrap();
+    let rt = Runtime::new(&lib, Device::Cpu, 1, &Progress::silent()).unwrap();
+    let ids: Vec<i64> = (0..8).collect();
+    let a = CausalLm::open(&rt, &input).unwrap().logits(&ids).unwrap();
+    let b = CausalLm::open(&rt, &output).unwrap().logits(&ids).unwrap();
+    assert_eq!(a, b);
 }

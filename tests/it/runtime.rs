@@ -9,7 +9,7 @@ use neuroal_onnx::runtime::{locate_library, CausalLm, Device, Runtime};
 
 fn runtime() -> Runtime {
     let lib = locate_library(None).expect("libonnxruntime: run `make setup`");
-    Runtime::new(&lib, Device::Cpu, 1).expect("ONNX Runtime loads")
+    Runtime::new(&lib, Device::Cpu, 1, &Progress::silent()).expect("ONNX Runtime loads")
 }
 
 #[test]

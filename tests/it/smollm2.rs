@@ -1,7 +1,7 @@
 //! The real model end to end: SmolLM2-135M pruned by magnitude at 70% and evaluated on held-out
 //! Austen (Persuasion; calibration books are never used for evaluation).
 
-use crate::harness::{austen, fixture, run, scratch};
+use crate::harness::{austen, fixture, job, run, scratch};
 use neuroal_onnx::calib::TextTokenizer;
 use neuroal_onnx::pipeline::inspect;
 use neuroal_onnx::prune::row_prune_count;
@@ -29,25 +29,28 @@ fn magnitude_at_70_percent_on_smollm2() {
     let fx = fixture("smollm2");
     let dir = scratch();
     let out = dir.path().join("smollm2-0.7.onnx");
-    let r = run([
-        fx.model.as_os_str(),
-        out.as_os_str(),
-        "--sparsity".as_ref(),
-        "0.7".as_ref(),
-        "--prune-method".as_ref(),
-        "magnitude".as_ref(),
-        "--top-up".as_ref(),
-        "uniform".as_ref(),
-        "--eval-text".as_ref(),
-        austen("persuasion").as_os_str(),
-        "--seqlen".as_ref(),
-        "256".as_ref(),
-        "--eval-windows".as_ref(),
-        "2".as_ref(),
-        "--device".as_ref(),
-        "cpu".as_ref(),
-        "--quiet".as_ref(),
-    ])
+    let text = austen("persuasion");
+    let r = run(job(
+        &fx.model,
+        &out,
+        &[
+            "--sparsity",
+            "0.7",
+            "--prune-method",
+            "magnitude",
+            "--top-up",
+            "uniform",
+            "--eval-text",
+            text.to_str().unwrap(),
+            "--seqlen",
+            "256",
+            "--eval-windows",
+            "2",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    ))
     .ok();
     assert!(r.stdout.contains("perplexity on"), "{}", r.stdout);
     let report: Value = serde_json::from_str(
