@@ -168,8 +168,8 @@ struct Scope<'a> {
 pub fn discover(model: &OnnxModel) -> Result<Discovery> {
     let mut uses: BTreeMap<TensorKey, (&TensorProto, Vec<Use>)> = BTreeMap::new();
     let mut order: HashMap<TensorKey, usize> = HashMap::new();
-    // Direct consumers of every initializer, per graph: a weight consumed by anything other than
-    // the chain of one linear per graph is shared.
+    // Direct consumers of every initializer (node identity, name): a weight consumed by anything
+    // other than the head of a linear's Transpose/Cast chain is shared.
     let mut direct: HashMap<TensorKey, Vec<(usize, String)>> = HashMap::new();
     let mut chain_heads: HashMap<TensorKey, Vec<usize>> = HashMap::new();
     let mut scopes: Vec<Scope> = Vec::new();
