@@ -3,7 +3,9 @@
 
 mod discover;
 mod naming;
+mod partition;
 mod weights;
 
 pub use discover::{discover, Discovery, Exclusion, ExclusionReason, Layout, Linear, LinearNode};
 pub use naming::{module_path, ModulePath};
+pub use partition::{Partition, Stage, StageKind};

@@ -1,9 +1,13 @@
 //! ONNX Runtime: finding the library, choosing the execution provider, and running causal LMs.
 //! This is the only module that touches `ort`.
 
+mod feeds;
 mod lm;
+mod stage;
 
+pub use feeds::GraphFeeds;
 pub use lm::CausalLm;
+pub use stage::{Activation, StageSession};
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -138,8 +142,21 @@ impl Runtime {
         self.fallback.lock().ok().and_then(|f| f.clone())
     }
 
-    /// Opens a session on `model`, on the resolved device.
+    /// Opens a session on the model file `model`, on the resolved device.
     pub fn session(&self, model: &Path) -> Result<Session> {
+        self.open(model, |b| b.commit_from_file(model))
+    }
+
+    /// Opens a session on a serialized model held in memory; `label` names it in errors.
+    pub fn session_from_memory(&self, bytes: &[u8], label: &Path) -> Result<Session> {
+        self.open(label, |b| b.commit_from_memory(bytes))
+    }
+
+    fn open(
+        &self,
+        model: &Path,
+        commit: impl FnOnce(&mut ort::session::builder::SessionBuilder) -> ort::Result<Session>,
+    ) -> Result<Session> {
         let env = ENVIRONMENT
             .get()
             .ok_or_else(|| Error::Runtime("the environment is not initialised".into()))?;
@@ -190,6 +207,6 @@ impl Runtime {
         if resolved.is_none() {
             *resolved = Some(device);
         }
-        builder.commit_from_file(model).map_err(|e| fail(&e))
+        commit(&mut builder).map_err(|e| fail(&e))
     }
 }

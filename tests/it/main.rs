@@ -8,3 +8,4 @@ mod harness;
 mod onnx_io;
 mod runtime;
 mod smollm2;
+mod stages;

@@ -1,6 +1,10 @@
 //! The whole job, stage by stage: validate, load, discover, allocate, prune, write, evaluate,
 //! report. The CLI builds a [`PruneConfig`] and calls [`prune`]; nothing here parses arguments.
 
+mod staged;
+
+pub use staged::StagedRun;
+
 use crate::allocate::{self, NeuroalStep, SparsityPlan, TopUp};
 use crate::atomic::AtomicFile;
 use crate::calib::TextTokenizer;

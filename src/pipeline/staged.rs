@@ -1,0 +1,122 @@
+//! Token windows flowing through a partitioned decoder one stage at a time: the prefix once,
+//! then each block on every window, its outputs kept for the stages that read them.
+
+use crate::error::{Error, Result};
+use crate::graph::{Linear, Partition, Stage};
+use crate::onnx::proto::TypeProto;
+use crate::onnx::OnnxModel;
+use crate::runtime::{Activation, GraphFeeds, Runtime, StageSession};
+use std::collections::HashMap;
+
+/// Windows in flight through a [`Partition`].
+pub struct StagedRun<'a> {
+    model: &'a OnnxModel,
+    partition: &'a Partition,
+    runtime: &'a Runtime,
+    /// Per window: every tensor a later stage still reads.
+    carry: Vec<HashMap<String, Activation>>,
+    /// ONNX types of carried tensors, for declaring stage inputs.
+    types: HashMap<String, TypeProto>,
+    /// Index of the next stage to run.
+    next: usize,
+}
+
+impl<'a> StagedRun<'a> {
+    /// Feeds the graph inputs of every window and runs the prefix.
+    pub fn start(
+        model: &'a OnnxModel,
+        partition: &'a Partition,
+        runtime: &'a Runtime,
+        windows: &[Vec<i64>],
+    ) -> Result<Self> {
+        let feeds = GraphFeeds::new(&model.path, &partition.graph_inputs)?;
+        let carry = windows
+            .iter()
+            .map(|w| Ok(feeds.values(w)?.into_iter().collect()))
+            .collect::<Result<Vec<HashMap<String, Activation>>>>()?;
+        let mut run = Self {
+            model,
+            partition,
+            runtime,
+            carry,
+            types: HashMap::new(),
+            next: 0,
+        };
+        let prefix = run.open(&[], &[])?;
+        run.advance(prefix, &[])?;
+        Ok(run)
+    }
+
+    /// The stage that runs next.
+    pub fn stage(&self) -> &'a Stage {
+        &self.partition.stages[self.next]
+    }
+
+    /// Number of windows.
+    pub fn windows(&self) -> usize {
+        self.carry.len()
+    }
+
+    /// Opens a session on the next stage, with the weights of `weights` as inputs (fed on every
+    /// run) and `captures` as extra outputs.
+    pub fn open(&mut self, weights: &[&Linear], captures: &[String]) -> Result<StageSession> {
+        let stage = self.stage();
+        for name in &stage.inputs {
+            if !self.types.contains_key(name) {
+                if let Some(value) = self.carry.first().and_then(|c| c.get(name)) {
+                    self.types.insert(name.clone(), value.onnx_type()?);
+                }
+            }
+        }
+        let proto = self
+            .partition
+            .stage_model(self.model, stage, &self.types, weights, captures)?;
+        StageSession::open(self.runtime, &proto, &format!("{:?}", stage.kind))
+    }
+
+    /// Runs the next stage on window `window` with `weights` fed as inputs, returning `outputs`.
+    pub fn run(
+        &self,
+        session: &mut StageSession,
+        window: usize,
+        weights: &[(&str, &Activation)],
+        outputs: &[String],
+    ) -> Result<Vec<Activation>> {
+        let carry = &self.carry[window];
+        let mut inputs: Vec<(&str, &Activation)> = Vec::with_capacity(self.stage().inputs.len() + weights.len());
+        for name in &self.stage().inputs {
+            let value = carry.get(name).ok_or_else(|| {
+                Error::Runtime(format!("stage input '{name}' was not produced by an earlier stage"))
+            })?;
+            inputs.push((name.as_str(), value));
+        }
+        inputs.extend_from_slice(weights);
+        session.run(&inputs, outputs)
+    }
+
+    /// Runs the next stage on every window, keeps its outputs for later stages, drops what no
+    /// later stage reads, and moves on.
+    pub fn advance(&mut self, mut session: StageSession, weights: &[(&str, &Activation)]) -> Result<()> {
+        let outputs = self.stage().outputs.clone();
+        for w in 0..self.carry.len() {
+            let produced = self.run(&mut session, w, weights, &outputs)?;
+            for (name, value) in outputs.iter().zip(produced) {
+                self.carry[w].insert(name.clone(), value);
+            }
+        }
+        self.next += 1;
+        let still_read: std::collections::HashSet<&str> = self.partition.stages[self.next.min(self.partition.stages.len())..]
+            .iter()
+            .flat_map(|s| s.inputs.iter().map(String::as_str))
+            .collect();
+        for carry in &mut self.carry {
+            carry.retain(|name, _| still_read.contains(name.as_str()));
+        }
+        Ok(())
+    }
+
+    /// Whether every stage but the suffix has run.
+    pub fn at_suffix(&self) -> bool {
+        self.next + 1 == self.partition.stages.len()
+    }
+}

@@ -1,0 +1,160 @@
+//! Running one stage of a partitioned decoder, and the tensors that pass between stages.
+
+use super::Runtime;
+use crate::error::{Error, Result};
+use crate::onnx::proto::tensor_shape_proto::{dimension, Dimension};
+use crate::onnx::proto::{type_proto, ModelProto, TensorShapeProto, TypeProto};
+use crate::onnx::WeightDtype;
+use ndarray::{ArrayD, IxDyn};
+use ort::session::{RunOptions, Session, SessionInputValue};
+use ort::value::{DynValue, PrimitiveTensorElementType, Tensor, TensorElementType, ValueType};
+use prost::Message;
+use std::borrow::Cow;
+use std::path::Path;
+
+/// A tensor held by ONNX Runtime: a stage's input or output (hidden states, masks, captured
+/// linear inputs, weights fed as inputs).
+pub struct Activation(DynValue);
+
+fn runtime_err(e: impl std::fmt::Display) -> Error {
+    Error::Runtime(e.to_string())
+}
+
+impl Activation {
+    /// A tensor holding `array`.
+    pub fn from_array<T>(array: ArrayD<T>) -> Result<Self>
+    where
+        T: PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
+    {
+        Ok(Self(Tensor::from_array(array).map_err(runtime_err)?.into_dyn()))
+    }
+
+    /// A weight tensor of shape `dims` from little-endian `bytes` of type `dtype`.
+    pub fn weight(dtype: WeightDtype, dims: &[usize], bytes: &[u8]) -> Result<Self> {
+        let shape = IxDyn(dims);
+        let bad = |e: ndarray::ShapeError| Error::Runtime(e.to_string());
+        match dtype {
+            WeightDtype::Float32 => {
+                let v: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                Self::from_array(ArrayD::from_shape_vec(shape, v).map_err(bad)?)
+            }
+            WeightDtype::Float16 => {
+                let v: Vec<half::f16> = bytes
+                    .chunks_exact(2)
+                    .map(|b| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])))
+                    .collect();
+                Self::from_array(ArrayD::from_shape_vec(shape, v).map_err(bad)?)
+            }
+            WeightDtype::Bfloat16 => {
+                let v: Vec<half::bf16> = bytes
+                    .chunks_exact(2)
+                    .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])))
+                    .collect();
+                Self::from_array(ArrayD::from_shape_vec(shape, v).map_err(bad)?)
+            }
+        }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> Vec<usize> {
+        match self.0.dtype() {
+            ValueType::Tensor { shape, .. } => shape.iter().map(|&d| d.max(0) as usize).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The values of a float32 tensor, row-major.
+    pub fn as_f32(&self) -> Result<&[f32]> {
+        self.0
+            .try_extract_tensor::<f32>()
+            .map(|(_, data)| data)
+            .map_err(|e| Error::Runtime(format!("expected a float32 activation: {e}")))
+    }
+
+    /// Its ONNX type: element type and rank, every dimension symbolic.
+    pub fn onnx_type(&self) -> Result<TypeProto> {
+        let ValueType::Tensor { ty, shape, .. } = self.0.dtype() else {
+            return Err(Error::Runtime("a stage passed on a non-tensor value".into()));
+        };
+        let dims = (0..shape.len())
+            .map(|i| Dimension {
+                value: Some(dimension::Value::DimParam(format!("d{i}"))),
+                ..Default::default()
+            })
+            .collect();
+        Ok(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(onnx_element_type(*ty)?),
+                shape: Some(TensorShapeProto { dim: dims }),
+            })),
+            ..Default::default()
+        })
+    }
+
+    /// Borrowed as a session input.
+    pub(crate) fn input(&self) -> SessionInputValue<'_> {
+        SessionInputValue::from(&self.0)
+    }
+}
+
+/// The ONNX `TensorProto.DataType` of an ONNX Runtime element type.
+fn onnx_element_type(ty: TensorElementType) -> Result<i32> {
+    use TensorElementType as T;
+    Ok(match ty {
+        T::Float32 => 1,
+        T::Uint8 => 2,
+        T::Int8 => 3,
+        T::Uint16 => 4,
+        T::Int16 => 5,
+        T::Int32 => 6,
+        T::Int64 => 7,
+        T::String => 8,
+        T::Bool => 9,
+        T::Float16 => 10,
+        T::Float64 => 11,
+        T::Uint32 => 12,
+        T::Uint64 => 13,
+        T::Bfloat16 => 16,
+        other => return Err(Error::Runtime(format!("unsupported element type {other:?} between stages"))),
+    })
+}
+
+/// A session over one stage model, run with named inputs and selected outputs.
+pub struct StageSession {
+    session: Session,
+}
+
+impl StageSession {
+    /// Opens `model` (built in memory by the partition); `label` names it in errors.
+    pub fn open(runtime: &Runtime, model: &ModelProto, label: &str) -> Result<Self> {
+        let bytes = model.encode_to_vec();
+        let session = runtime.session_from_memory(&bytes, Path::new(label))?;
+        Ok(Self { session })
+    }
+
+    /// Runs with `inputs` and returns `outputs`, in that order.
+    pub fn run(&mut self, inputs: &[(&str, &Activation)], outputs: &[String]) -> Result<Vec<Activation>> {
+        let values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = inputs
+            .iter()
+            .map(|(name, value)| (Cow::Borrowed(*name), value.input()))
+            .collect();
+        let mut selector = ort::session::OutputSelector::no_default();
+        for o in outputs {
+            selector = selector.with(o);
+        }
+        let options = RunOptions::new().map_err(runtime_err)?.with_outputs(selector);
+        let mut results = self.session.run_with_options(values, &options).map_err(runtime_err)?;
+        outputs
+            .iter()
+            .map(|o| {
+                results
+                    .remove(o.as_str())
+                    .map(Activation)
+                    .ok_or_else(|| Error::Runtime(format!("stage produced no '{o}'")))
+            })
+            .collect()
+    }
+}
