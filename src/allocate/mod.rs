@@ -1,6 +1,7 @@
 //! Allocation: how sparse each matrix (and, for NeuroAL's row step, each row) should be, given
 //! the global target.
 
+use crate::error::{Error, Result};
 use crate::graph::Discovery;
 use crate::prune::MaskRule;
 use serde::Serialize;
@@ -40,13 +41,27 @@ pub struct SparsityPlan {
     pub rules: Vec<MaskRule>,
 }
 
-/// Every linear gets `sparsity` with `"row"` granularity (spec §3.1).
-pub fn uniform(discovery: &Discovery, sparsity: f64) -> SparsityPlan {
-    SparsityPlan {
-        rules: discovery
-            .linears
-            .iter()
-            .map(|_| MaskRule::Row(sparsity))
-            .collect(),
-    }
+/// Every linear gets `sparsity` with `"row"` granularity (spec §3.1), or the N:M pattern `nm`
+/// (whose groups must tile every matrix's input dimension).
+pub fn uniform(
+    discovery: &Discovery,
+    sparsity: f64,
+    nm: Option<(usize, usize)>,
+) -> Result<SparsityPlan> {
+    let rules = discovery
+        .linears
+        .iter()
+        .map(|l| match nm {
+            None => Ok(MaskRule::Row(sparsity)),
+            Some((n, m)) if l.in_features % m == 0 => Ok(MaskRule::NofM { n, m }),
+            Some((n, m)) => Err(Error::invalid(
+                "--nm",
+                format!(
+                    "{n}:{m} needs input widths divisible by {m}, but '{}' ({}) has {} inputs",
+                    l.weight.name, l.module, l.in_features
+                ),
+            )),
+        })
+        .collect::<Result<_>>()?;
+    Ok(SparsityPlan { rules })
 }

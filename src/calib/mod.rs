@@ -1,6 +1,12 @@
 //! Text in, token ids out: the tokenizer beside the model (or `--tokenizer`), and the windows
 //! that calibration and evaluation cut from tokenized text.
 
+mod rng;
+mod windows;
+
+pub use rng::Rng;
+pub use windows::sample_windows;
+
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use tokenizers::Tokenizer;
@@ -52,6 +58,40 @@ impl TextTokenizer {
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
+    }
+}
+
+/// Token-id documents from a `.json` file: an array of ids (one document) or an array of arrays
+/// (several documents).
+pub fn read_token_ids(path: &Path) -> Result<Vec<Vec<u32>>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bad = |why: &str| {
+        Error::invalid(
+            "--calib",
+            format!(
+                "{}: {why}; expected a JSON array of token ids or an array of such arrays",
+                path.display()
+            ),
+        )
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
+    let ids = |v: &serde_json::Value| -> Result<Vec<u32>> {
+        v.as_array()
+            .ok_or_else(|| bad("not an array"))?
+            .iter()
+            .map(|x| {
+                x.as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .ok_or_else(|| bad("an entry is not a token id"))
+            })
+            .collect()
+    };
+    match value.as_array() {
+        Some(items) if items.iter().all(|v| v.is_array()) && !items.is_empty() => {
+            items.iter().map(ids).collect()
+        }
+        Some(_) => Ok(vec![ids(&value)?]),
+        None => Err(bad("not an array")),
     }
 }
 

@@ -107,6 +107,8 @@ pub struct Discovery {
     pub excluded: Vec<Exclusion>,
     /// Number of distinct blocks.
     pub n_blocks: usize,
+    /// Rows of the token embedding (the vocabulary the model accepts), when found.
+    pub vocab: Option<usize>,
 }
 
 impl Discovery {
@@ -154,6 +156,8 @@ enum UseKind {
     /// The table of a `Gather` indexed by a graph input (`input_ids`, `position_ids`).
     Gather {
         indices: String,
+        /// Reached through a transpose (the genai builder's tied `[hidden, vocab]` head).
+        transposed: bool,
     },
     Quantized(&'static str),
 }
@@ -248,10 +252,22 @@ pub fn discover(model: &OnnxModel) -> Result<Discovery> {
             ),
         ));
     }
+    let vocab = uses.values().find_map(|(tensor, us)| {
+        us.iter().find_map(|u| match &u.kind {
+            UseKind::Gather {
+                indices,
+                transposed,
+            } if indices == "input_ids" => {
+                usize::try_from(tensor.dims[usize::from(*transposed)]).ok()
+            }
+            _ => None,
+        })
+    });
     Ok(Discovery {
         linears,
         excluded,
         n_blocks,
+        vocab,
     })
 }
 
@@ -291,7 +307,7 @@ fn judge(
     let gathers = uses.len() - linear_uses.len();
     if linear_uses.is_empty() {
         let indices = uses.iter().find_map(|u| match &u.kind {
-            UseKind::Gather { indices } => Some(indices.as_str()),
+            UseKind::Gather { indices, .. } => Some(indices.as_str()),
             _ => None,
         });
         let what = if indices == Some("position_ids") {
@@ -529,8 +545,17 @@ fn classify<'a>(scopes: &[Scope<'a>], node: &'a NodeProto) -> Option<(Traced<'a>
             let indices = gathered_input(scopes, node)?;
             let traced = trace(scopes, node.input.first()?, node)?;
             match traced {
-                Traced::Weight { tensor, .. } if tensor.dims.len() == 2 => {
-                    Some((traced, UseKind::Gather { indices }))
+                Traced::Weight {
+                    tensor, transposes, ..
+                } if tensor.dims.len() == 2 => {
+                    let transposed = transposes % 2 == 1;
+                    Some((
+                        traced,
+                        UseKind::Gather {
+                            indices,
+                            transposed,
+                        },
+                    ))
                 }
                 _ => None,
             }

@@ -65,10 +65,8 @@ fn from_components(parts: &[&str]) -> Option<ModulePath> {
         for (candidate, skip) in [(parts[i].to_string(), 1), (joined, 2)] {
             if let Some(c) = block_regex().captures(&format!(".{candidate}.")) {
                 if let Ok(block) = c[1].parse() {
+                    // Empty for nodes of the block itself (`/model/layers.3/Add_1`).
                     let rest = &parts[(i + skip).min(parts.len())..];
-                    if rest.is_empty() {
-                        continue;
-                    }
                     return Some(ModulePath {
                         block: Some(block),
                         module: rest.join("."),
@@ -196,6 +194,7 @@ mod tests {
                 path(Some(4), "attn.qkv_proj"),
             ),
             ("/lm_head/MatMul", path(None, "lm_head")),
+            ("/model/layers.29/Add_1", path(Some(29), "")),
         ];
         for (name, want) in cases {
             assert_eq!(

@@ -55,7 +55,11 @@ impl Partition {
     /// Cuts `model` into stages, using `discovery` to know which blocks exist.
     pub fn new(model: &OnnxModel, discovery: &Discovery) -> Result<Self> {
         let graph = model.graph();
-        let (nodes, mut initializers, removed_input) = flatten_merged(graph)?;
+        let Flattened {
+            nodes,
+            mut initializers,
+            removed_input,
+        } = flatten_merged(graph)?;
         for t in &graph.initializer {
             initializers.insert(
                 t.name().to_string(),
@@ -68,14 +72,20 @@ impl Partition {
         let graph_inputs: Vec<ValueInfoProto> = graph
             .input
             .iter()
-            .filter(|i| !initializers.contains_key(i.name()) && Some(i.name()) != removed_input.as_deref())
+            .filter(|i| {
+                !initializers.contains_key(i.name()) && Some(i.name()) != removed_input.as_deref()
+            })
             .cloned()
             .collect();
         let graph_outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
 
         // Stage of each node: its block from its name, else from dataflow.
         let blocks: BTreeSet<usize> = discovery.linears.iter().map(|l| l.block).collect();
-        let block_stage: HashMap<usize, usize> = blocks.iter().enumerate().map(|(i, b)| (*b, i + 1)).collect();
+        let block_stage: HashMap<usize, usize> = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (*b, i + 1))
+            .collect();
         let suffix = blocks.len() + 1;
         let node_inputs: Vec<Vec<String>> = nodes.iter().map(all_inputs).collect();
         let mut producer: HashMap<&str, usize> = HashMap::new();
@@ -86,7 +96,11 @@ impl Partition {
         }
         let named: Vec<Option<usize>> = nodes
             .iter()
-            .map(|n| module_path(n, "").and_then(|p| p.block).and_then(|b| block_stage.get(&b).copied()))
+            .map(|n| {
+                module_path(n, "")
+                    .and_then(|p| p.block)
+                    .and_then(|b| block_stage.get(&b).copied())
+            })
             .collect();
         let producers_of = |i: usize| {
             node_inputs[i]
@@ -94,6 +108,17 @@ impl Partition {
                 .filter_map(|n| producer.get(n.as_str()).copied())
                 .filter(move |&p| p < i)
         };
+        // Nodes that read only initializers (constants, a transposed tied embedding) are run
+        // where they are needed, instead of being carried for every window.
+        let graph_input_names: HashSet<&str> = graph_inputs.iter().map(|i| i.name()).collect();
+        let mut data_dependent = vec![false; nodes.len()];
+        for i in 0..nodes.len() {
+            data_dependent[i] = named[i].is_some()
+                || node_inputs[i]
+                    .iter()
+                    .any(|n| graph_input_names.contains(n.as_str()))
+                || producers_of(i).any(|p| data_dependent[p]);
+        }
         // A named node runs in its block; any other node as soon as what it reads is ready.
         let mut stage_of = vec![0usize; nodes.len()];
         for i in 0..nodes.len() {
@@ -112,10 +137,25 @@ impl Partition {
             }
         }
         for i in 0..nodes.len() {
-            let after_suffix = producers_of(i).any(|p| stage_of[p] == suffix);
+            let after_suffix = producers_of(i).any(|p| data_dependent[p] && stage_of[p] == suffix);
             let tail = stage_of[i] == suffix - 1 && !needed_by_block[i];
-            if named[i].is_none() && (after_suffix || tail) {
+            if named[i].is_none() && data_dependent[i] && (after_suffix || tail) {
                 stage_of[i] = suffix;
+            }
+        }
+        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+        for i in 0..nodes.len() {
+            for p in producers_of(i).collect::<Vec<_>>() {
+                consumers[p].push(i);
+            }
+        }
+        for i in (0..nodes.len()).rev() {
+            if !data_dependent[i] {
+                stage_of[i] = consumers[i]
+                    .iter()
+                    .map(|&c| stage_of[c])
+                    .min()
+                    .unwrap_or(suffix);
             }
         }
 
@@ -134,7 +174,6 @@ impl Partition {
                 outputs: Vec::new(),
             })
             .collect();
-        let graph_input_names: HashSet<&str> = graph_inputs.iter().map(|i| i.name()).collect();
         let mut last_reader: HashMap<String, usize> = HashMap::new();
         for (i, node) in nodes.iter().enumerate() {
             let s = stage_of[i];
@@ -166,7 +205,10 @@ impl Partition {
                     None => {
                         return Err(Error::graph(
                             &model.path,
-                            format!("node '{}' reads '{input}', which nothing produces", node.name()),
+                            format!(
+                                "node '{}' reads '{input}', which nothing produces",
+                                node.name()
+                            ),
                         ))
                     }
                 }
@@ -174,7 +216,9 @@ impl Partition {
         }
         for (name, &p) in &producer {
             let s = stage_of[p];
-            if last_reader.get(*name).is_some_and(|&r| r > s) || (s == suffix && graph_outputs.contains(name)) {
+            if last_reader.get(*name).is_some_and(|&r| r > s)
+                || (s == suffix && graph_outputs.contains(name))
+            {
                 push_unique(&mut stages[s].outputs, name);
             }
         }
@@ -196,7 +240,9 @@ impl Partition {
 
     /// The block stages, in order.
     pub fn blocks(&self) -> impl Iterator<Item = &Stage> {
-        self.stages.iter().filter(|s| matches!(s.kind, StageKind::Block(_)))
+        self.stages
+            .iter()
+            .filter(|s| matches!(s.kind, StageKind::Block(_)))
     }
 
     /// A self-contained model of `stage`: its nodes, every initializer they read (inline), inputs
@@ -225,7 +271,12 @@ impl Partition {
                 .find(|i| i.name() == name)
                 .map(|i| i.r#type.clone())
                 .or_else(|| input_types.get(name).map(|t| Some(t.clone())))
-                .ok_or_else(|| Error::graph(&model.path, format!("no type known for stage input '{name}'")))?;
+                .ok_or_else(|| {
+                    Error::graph(
+                        &model.path,
+                        format!("no type known for stage input '{name}'"),
+                    )
+                })?;
             input.push(ValueInfoProto {
                 name: Some(name.clone()),
                 r#type: typed,
@@ -319,9 +370,15 @@ fn inline(model: &OnnxModel, key: &TensorKey, t: &TensorProto) -> Result<TensorP
 
 /// Every value a node reads, including outer-scope values read inside its subgraphs.
 fn all_inputs(node: &NodeProto) -> Vec<String> {
-    let mut out: Vec<String> = node.input.iter().filter(|i| !i.is_empty()).cloned().collect();
+    let mut out: Vec<String> = node
+        .input
+        .iter()
+        .filter(|i| !i.is_empty())
+        .cloned()
+        .collect();
     for (_, g) in subgraphs(node) {
-        let mut defined: HashSet<String> = g.initializer.iter().map(|t| t.name().to_string()).collect();
+        let mut defined: HashSet<String> =
+            g.initializer.iter().map(|t| t.name().to_string()).collect();
         defined.extend(g.input.iter().map(|i| i.name().to_string()));
         for n in &g.node {
             for i in all_inputs(n) {
@@ -335,17 +392,25 @@ fn all_inputs(node: &NodeProto) -> Vec<String> {
     out
 }
 
+/// A decoder's nodes with a merged decoder's cache switch removed.
+struct Flattened {
+    /// The nodes, in graph order.
+    nodes: Vec<NodeProto>,
+    /// Initializers of the inlined branch.
+    initializers: HashMap<String, TensorKey>,
+    /// The graph input that selected the branch (`use_cache_branch`), now unused.
+    removed_input: Option<String>,
+}
+
 /// The main graph's nodes with a merged decoder's `If` on `use_cache_branch` replaced by its
-/// no-cache (else) branch; also the branch's own initializers, and the removed input's name.
-fn flatten_merged(
-    graph: &GraphProto,
-) -> Result<(Vec<NodeProto>, HashMap<String, TensorKey>, Option<String>)> {
+/// no-cache (else) branch.
+fn flatten_merged(graph: &GraphProto) -> Result<Flattened> {
     let mut nodes = Vec::new();
     let mut initializers = HashMap::new();
     let mut removed = None;
     for node in &graph.node {
-        let is_cache_switch =
-            node.op_type() == "If" && node.input.first().map(String::as_str) == Some("use_cache_branch");
+        let is_cache_switch = node.op_type() == "If"
+            && node.input.first().map(String::as_str) == Some("use_cache_branch");
         if !is_cache_switch {
             nodes.push(node.clone());
             continue;
@@ -356,7 +421,14 @@ fn flatten_merged(
             .find(|a| a.name() == "else_branch")
             .and_then(|a| a.g.as_ref())
             .ok_or_else(|| Error::tensor(node.name(), "an If without else_branch"))?;
-        let path = format!("{}/else_branch", if node.name().is_empty() { "<If>" } else { node.name() });
+        let path = format!(
+            "{}/else_branch",
+            if node.name().is_empty() {
+                "<If>"
+            } else {
+                node.name()
+            }
+        );
         for t in &branch.initializer {
             initializers.insert(
                 t.name().to_string(),
@@ -381,5 +453,9 @@ fn flatten_merged(
         }
         removed = Some("use_cache_branch".to_string());
     }
-    Ok((nodes, initializers, removed))
+    Ok(Flattened {
+        nodes,
+        initializers,
+        removed_input: removed,
+    })
 }

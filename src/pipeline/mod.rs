@@ -1,22 +1,25 @@
 //! The whole job, stage by stage: validate, load, discover, allocate, prune, write, evaluate,
 //! report. The CLI builds a [`PruneConfig`] and calls [`prune`]; nothing here parses arguments.
 
+mod sequential;
 mod staged;
 
+pub use sequential::SequentialTimings;
 pub use staged::StagedRun;
 
 use crate::allocate::{self, NeuroalStep, SparsityPlan, TopUp};
 use crate::atomic::AtomicFile;
-use crate::calib::TextTokenizer;
+use crate::calib::{read_token_ids, sample_windows, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::eval::{perplexity, Perplexity};
+use crate::graph::Linear;
 use crate::graph::{discover, Discovery};
 use crate::onnx::{save_model, OnnxModel, SaveOptions, TensorKey};
 use crate::progress::Progress;
-use crate::prune::{self, MaskRule, PruneMethod};
+use crate::prune::{self, PruneMethod};
 use crate::report::{
-    report_path, BlockSparsity, InputInfo, MatrixSparsity, MethodInfo, OutputInfo, Report,
-    RuntimeInfo, SparsityInfo, TextEvaluation,
+    report_path, BlockSparsity, CalibrationInfo, InputInfo, MatrixSparsity, MethodInfo, OutputInfo,
+    Report, RuntimeInfo, SparsityInfo, TextEvaluation,
 };
 use crate::runtime::{locate_library, CausalLm, Device, Runtime};
 use std::collections::{BTreeMap, HashMap};
@@ -43,7 +46,7 @@ pub struct PruneConfig {
     pub seqlen: usize,
     /// Seed of every random choice.
     pub seed: u64,
-    /// Calibration text files.
+    /// Calibration documents: text files, or `.json` files of token ids.
     pub calib: Vec<PathBuf>,
     /// `tokenizer.json` (default: next to the model).
     pub tokenizer: Option<PathBuf>,
@@ -63,6 +66,9 @@ pub struct PruneConfig {
     pub command_line: Vec<String>,
 }
 
+/// Calibration text shorter than this many tokens is refused: no sensible window fits.
+pub const MIN_CALIBRATION_TOKENS: usize = 64;
+
 impl PruneConfig {
     /// Checks ranges and refuses what this version does not do yet, before any work starts.
     pub fn validate(&self) -> Result<()> {
@@ -78,11 +84,8 @@ impl PruneConfig {
         if self.seqlen < 2 {
             return Err(Error::invalid("--seqlen", "must be at least 2 tokens"));
         }
-        if self.method.needs_calibration() {
-            return Err(Error::not_implemented(
-                format!("--prune-method {}", name(self.method)),
-                "this version prunes with --prune-method magnitude or dense",
-            ));
+        if self.nsamples == 0 {
+            return Err(Error::invalid("--nsamples", "must be at least 1"));
         }
         if self.top_up != TopUp::Uniform {
             return Err(Error::not_implemented(
@@ -90,16 +93,22 @@ impl PruneConfig {
                 "this version allocates with --top-up uniform",
             ));
         }
-        if self.nm.is_some() {
+        if self.method.needs_calibration() && self.calib.is_empty() {
             return Err(Error::not_implemented(
-                "--nm",
-                "drop --nm for unstructured sparsity",
+                format!(
+                    "--prune-method {} without --calib (self-generated calibration)",
+                    name(self.method)
+                ),
+                "pass --calib with text files (or .json token ids) to calibrate on",
             ));
         }
-        if !self.calib.is_empty() {
-            return Err(Error::not_implemented(
+        if !self.method.needs_calibration() && !self.calib.is_empty() {
+            return Err(Error::invalid(
                 "--calib",
-                "magnitude pruning needs no calibration data; drop --calib",
+                format!(
+                    "--prune-method {} uses no calibration data; drop --calib",
+                    name(self.method)
+                ),
             ));
         }
         Ok(())
@@ -134,40 +143,80 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         discovery.linears.len(),
         discovery.prunable_params() as f64 / 1e6
     ));
+    let plan = allocate::uniform(&discovery, config.sparsity, config.nm)?;
 
-    // Tokenizer, texts and ONNX Runtime are checked before any pruning work.
-    let evaluation = EvalSet::prepare(config, &model, progress)?;
+    // Everything that can fail on the user's input is checked before the long work starts.
+    let tokenizer =
+        if config.calib.iter().any(|p| !is_token_file(p)) || !config.eval_texts.is_empty() {
+            let t = TextTokenizer::load(&model.dir, config.tokenizer.as_deref())?;
+            check_vocabulary(&t, &discovery)?;
+            Some(t)
+        } else {
+            None
+        };
+    let calibration = if config.method.needs_calibration() {
+        Some(Calibration::prepare(config, tokenizer.as_ref(), progress)?)
+    } else {
+        None
+    };
+    let evaluation = match &tokenizer {
+        Some(t) if !config.eval_texts.is_empty() => Some(EvalSet::prepare(config, t)?),
+        _ => None,
+    };
+    let runtime = if calibration.is_some() || evaluation.is_some() {
+        let library = locate_library(config.ort_lib.as_deref())?;
+        Some(Runtime::new(
+            &library,
+            config.device,
+            config.threads,
+            progress,
+        )?)
+    } else {
+        None
+    };
+
     let mut dense_ppl = Vec::new();
-    if let Some(eval) = &evaluation {
+    if let (Some(eval), Some(rt)) = (&evaluation, &runtime) {
         let stage = progress.stage("evaluate dense");
-        dense_ppl = eval.perplexities(&model, "dense", progress)?;
+        dense_ppl = eval.perplexities(rt, &model, "dense", progress)?;
         timings.insert("evaluate_dense".to_string(), stage.finish());
     }
 
     let stage = progress.stage("prune");
-    let plan = allocate::uniform(&discovery, config.sparsity);
-    let PrunedWeights {
-        replacements,
-        per_matrix,
-    } = prune_weights(config.method, &model, &discovery, &plan, progress)?;
+    let pruned = match (&calibration, &runtime) {
+        (Some(calib), Some(rt)) => {
+            let (pruned, parts) = sequential::prune_sequential(
+                &model,
+                &discovery,
+                rt,
+                &calib.windows,
+                config.method,
+                &plan,
+                progress,
+            )?;
+            timings.insert("prune_forward".to_string(), parts.forward);
+            timings.insert("prune_statistics".to_string(), parts.statistics);
+            timings.insert("prune_masks".to_string(), parts.masks);
+            pruned
+        }
+        _ => prune_without_data(config.method, &model, &discovery, &plan, progress)?,
+    };
     timings.insert("prune".to_string(), stage.finish());
 
     let stage = progress.stage("write");
     let saved = save_model(
         &model,
-        &replacements,
+        &pruned.replacements,
         &config.output,
         &SaveOptions::default(),
     )?;
     timings.insert("write".to_string(), stage.finish());
-    drop(replacements);
 
     let mut evaluations = Vec::new();
-    let mut runtime_info = None;
-    if let Some(eval) = &evaluation {
+    if let (Some(eval), Some(rt)) = (&evaluation, &runtime) {
         let stage = progress.stage("evaluate pruned");
         let pruned_model = OnnxModel::load(&config.output)?;
-        let pruned_ppl = eval.perplexities(&pruned_model, "pruned", progress)?;
+        let pruned_ppl = eval.perplexities(rt, &pruned_model, "pruned", progress)?;
         for (((text, tokens), dense), pruned) in eval.texts.iter().zip(dense_ppl).zip(pruned_ppl) {
             evaluations.push(TextEvaluation {
                 text: text.clone(),
@@ -177,12 +226,6 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
             });
         }
         timings.insert("evaluate_pruned".to_string(), stage.finish());
-        runtime_info = Some(RuntimeInfo {
-            version: eval.runtime.version(),
-            library: eval.runtime.library().to_path_buf(),
-            device: eval.runtime.device(),
-            cuda_fallback: eval.runtime.fallback_reason(),
-        });
     }
 
     let report = Report {
@@ -190,7 +233,12 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         tool: env!("CARGO_PKG_NAME").to_string(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         command_line: config.command_line.clone(),
-        onnx_runtime: runtime_info,
+        onnx_runtime: runtime.as_ref().map(|rt| RuntimeInfo {
+            version: rt.version(),
+            library: rt.library().to_path_buf(),
+            device: rt.device(),
+            cuda_fallback: rt.fallback_reason(),
+        }),
         input: InputInfo {
             model: config.input.clone(),
             blocks: discovery.n_blocks,
@@ -207,122 +255,36 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
             prune_method: config.method,
             top_up: config.top_up,
             sparsity: config.sparsity,
+            nm: config.nm.map(|(n, m)| format!("{n}:{m}")),
             seed: config.seed,
         },
-        sparsity: summarize_sparsity(config.sparsity, &discovery, per_matrix),
+        calibration: calibration.map(|c| c.info),
+        sparsity: summarize_sparsity(config.sparsity, &discovery, pruned.per_matrix),
         evaluation: evaluations,
         timings_s: timings,
+        peak_rss_mib: crate::report::peak_rss_mib(),
     };
     report.write_json(&report_path(&config.output))?;
     Ok(report)
 }
 
-/// The outcome of pruning every linear.
-struct PrunedWeights {
-    /// New bytes of each changed weight, in its stored layout and type.
-    replacements: HashMap<TensorKey, Vec<u8>>,
-    /// Each matrix's sparsity, in discovery order.
-    per_matrix: Vec<MatrixSparsity>,
+/// Whether a calibration file holds token ids (`.json`) rather than text.
+fn is_token_file(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
 }
 
-/// Scores every linear, masks it under its rule and encodes the result in the stored layout.
-fn prune_weights(
-    method: PruneMethod,
-    model: &OnnxModel,
-    discovery: &Discovery,
-    plan: &SparsityPlan,
-    progress: &Progress,
-) -> Result<PrunedWeights> {
-    let mut replacements = HashMap::new();
-    let mut per_matrix = Vec::new();
-    let total = discovery.linears.len();
-    for (i, (linear, rule)) in discovery.linears.iter().zip(&plan.rules).enumerate() {
-        progress.item("matrices", i, total);
-        let mut weights = linear.read_out_in(model)?;
-        let target = if method == PruneMethod::Dense {
-            0.0
-        } else {
-            let scores = prune::magnitude(&weights);
-            let mask = prune::prune_mask(&scores, linear.out_features, linear.in_features, rule);
-            mask.apply(&mut weights);
-            replacements.insert(linear.weight.clone(), linear.encode_out_in(&weights));
-            mean_target(rule, linear.out_features)
-        };
-        let zeros = weights.iter().filter(|w| **w == 0.0).count();
-        per_matrix.push(MatrixSparsity {
-            block: linear.block,
-            module: linear.module.clone(),
-            weight: linear.weight.name.clone(),
-            shape: [linear.out_features, linear.in_features],
-            target,
-            measured: zeros as f64 / linear.numel() as f64,
-        });
-    }
-    progress.item("matrices", total, total);
-    Ok(PrunedWeights {
-        replacements,
-        per_matrix,
-    })
-}
-
-/// Held-out texts, tokenized once, and the runtime that scores models on them.
-struct EvalSet {
-    runtime: Runtime,
-    texts: Vec<(PathBuf, Vec<u32>)>,
-    seqlen: usize,
-    max_windows: Option<usize>,
-}
-
-impl EvalSet {
-    /// Loads the tokenizer, tokenizes every `--eval-text` and loads ONNX Runtime; `None` when
-    /// there is nothing to evaluate.
-    fn prepare(
-        config: &PruneConfig,
-        model: &OnnxModel,
-        progress: &Progress,
-    ) -> Result<Option<Self>> {
-        if config.eval_texts.is_empty() {
-            return Ok(None);
-        }
-        let tokenizer = TextTokenizer::load(&model.dir, config.tokenizer.as_deref())?;
-        let mut texts = Vec::new();
-        for path in &config.eval_texts {
-            let tokens = tokenizer.encode_file(path)?;
-            if tokens.len() < 2 {
-                return Err(Error::invalid(
-                    "--eval-text",
-                    format!("{} holds no text to evaluate on", path.display()),
-                ));
-            }
-            texts.push((path.clone(), tokens));
-        }
-        let library = locate_library(config.ort_lib.as_deref())?;
-        let runtime = Runtime::new(&library, config.device, config.threads, progress)?;
-        Ok(Some(Self {
-            runtime,
-            texts,
-            seqlen: config.seqlen,
-            max_windows: config.eval_windows,
-        }))
-    }
-
-    /// Perplexity of `model` on every text; windows are `--seqlen` long, or the whole text when
-    /// it is shorter.
-    fn perplexities(
-        &self,
-        model: &OnnxModel,
-        which: &str,
-        progress: &Progress,
-    ) -> Result<Vec<Perplexity>> {
-        let mut lm = CausalLm::open(&self.runtime, model)?;
-        self.texts
-            .iter()
-            .map(|(path, tokens)| {
-                let label = format!("{which} {}", file_label(path));
-                let seqlen = self.seqlen.min(tokens.len());
-                perplexity(&mut lm, tokens, seqlen, self.max_windows, progress, &label)
-            })
-            .collect()
+/// A tokenizer with more tokens than the model's embedding rows does not belong to the model.
+fn check_vocabulary(tokenizer: &TextTokenizer, discovery: &Discovery) -> Result<()> {
+    match discovery.vocab {
+        Some(rows) if tokenizer.vocab_size() > rows => Err(Error::Tokenizer {
+            path: tokenizer.path.clone(),
+            message: format!(
+                "has {} tokens but the model's embedding has {rows} rows; it belongs to another model (pass the right --tokenizer)",
+                tokenizer.vocab_size()
+            ),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -349,7 +311,7 @@ fn preflight(config: &PruneConfig) -> Result<()> {
         if !path.is_file() {
             return Err(Error::io(
                 path,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such text file"),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
             ));
         }
     }
@@ -358,17 +320,193 @@ fn preflight(config: &PruneConfig) -> Result<()> {
     Ok(())
 }
 
+/// The new weights and the sparsity of every matrix.
+#[derive(Default)]
+pub(crate) struct PrunedWeights {
+    /// New bytes of each changed weight, in its stored layout and type.
+    replacements: HashMap<TensorKey, Vec<u8>>,
+    /// Each matrix's sparsity, in discovery order.
+    per_matrix: Vec<MatrixSparsity>,
+}
+
+impl PrunedWeights {
+    /// Records a pruned matrix (`[out, in]` values) and, when it changed, its new stored bytes.
+    pub(crate) fn record(
+        &mut self,
+        linear: &Linear,
+        weights: &[f32],
+        target: f64,
+        bytes: Option<Vec<u8>>,
+    ) {
+        let zeros = weights.iter().filter(|w| **w == 0.0).count();
+        self.per_matrix.push(MatrixSparsity {
+            block: linear.block,
+            module: linear.module.clone(),
+            weight: linear.weight.name.clone(),
+            shape: [linear.out_features, linear.in_features],
+            target,
+            measured: zeros as f64 / linear.numel() as f64,
+        });
+        if let Some(bytes) = bytes {
+            self.replacements.insert(linear.weight.clone(), bytes);
+        }
+    }
+}
+
+/// Prunes every linear with a method that needs no data (magnitude, dense).
+fn prune_without_data(
+    method: PruneMethod,
+    model: &OnnxModel,
+    discovery: &Discovery,
+    plan: &SparsityPlan,
+    progress: &Progress,
+) -> Result<PrunedWeights> {
+    let mut pruned = PrunedWeights::default();
+    let total = discovery.linears.len();
+    for (i, (linear, rule)) in discovery.linears.iter().zip(&plan.rules).enumerate() {
+        progress.item("matrices", i, total);
+        let mut weights = linear.read_out_in(model)?;
+        if method == PruneMethod::Dense {
+            pruned.record(linear, &weights, 0.0, None);
+        } else {
+            prune::prune_matrix(
+                method,
+                &linear.weight.name,
+                &mut weights,
+                linear.out_features,
+                linear.in_features,
+                None,
+                rule,
+            )?;
+            let bytes = linear.encode_out_in(&weights);
+            pruned.record(
+                linear,
+                &weights,
+                rule.mean_sparsity(linear.out_features),
+                Some(bytes),
+            );
+        }
+    }
+    progress.item("matrices", total, total);
+    Ok(pruned)
+}
+
+/// The calibration windows of a run and what the report says of them.
+struct Calibration {
+    windows: Vec<Vec<i64>>,
+    info: CalibrationInfo,
+}
+
+impl Calibration {
+    /// Reads every `--calib` document (text through the tokenizer, `.json` as token ids) and
+    /// draws `--nsamples` windows of `--seqlen` tokens (capped by the longest document).
+    fn prepare(
+        config: &PruneConfig,
+        tokenizer: Option<&TextTokenizer>,
+        progress: &Progress,
+    ) -> Result<Self> {
+        let mut documents = Vec::new();
+        for path in &config.calib {
+            let docs = if is_token_file(path) {
+                read_token_ids(path)?
+            } else {
+                let t =
+                    tokenizer.ok_or_else(|| Error::invalid("--calib", "text needs a tokenizer"))?;
+                vec![t.encode_file(path)?]
+            };
+            documents.extend(docs);
+        }
+        let longest = documents.iter().map(Vec::len).max().unwrap_or(0);
+        if longest < MIN_CALIBRATION_TOKENS {
+            return Err(Error::invalid(
+                "--calib",
+                format!(
+                    "{} hold(s) at most {longest} tokens per document; calibration needs at least {MIN_CALIBRATION_TOKENS}",
+                    config.calib.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        let seqlen = config.seqlen.min(longest - 1);
+        if seqlen < config.seqlen {
+            progress.note(&format!(
+                "  calibration windows shortened to {seqlen} tokens: the longest document has {longest}"
+            ));
+        }
+        let windows = sample_windows(&documents, config.nsamples, seqlen, config.seed)?
+            .into_iter()
+            .map(|w| w.into_iter().map(i64::from).collect())
+            .collect();
+        Ok(Self {
+            windows,
+            info: CalibrationInfo {
+                source: if config.calib.iter().all(|p| is_token_file(p)) {
+                    "token_ids"
+                } else {
+                    "text"
+                }
+                .to_string(),
+                files: config.calib.clone(),
+                documents: documents.len(),
+                windows: config.nsamples,
+                seqlen,
+            },
+        })
+    }
+}
+
+/// Held-out texts, tokenized once.
+struct EvalSet {
+    texts: Vec<(PathBuf, Vec<u32>)>,
+    seqlen: usize,
+    max_windows: Option<usize>,
+}
+
+impl EvalSet {
+    /// Tokenizes every `--eval-text`.
+    fn prepare(config: &PruneConfig, tokenizer: &TextTokenizer) -> Result<Self> {
+        let mut texts = Vec::new();
+        for path in &config.eval_texts {
+            let tokens = tokenizer.encode_file(path)?;
+            if tokens.len() < 2 {
+                return Err(Error::invalid(
+                    "--eval-text",
+                    format!("{} holds no text to evaluate on", path.display()),
+                ));
+            }
+            texts.push((path.clone(), tokens));
+        }
+        Ok(Self {
+            texts,
+            seqlen: config.seqlen,
+            max_windows: config.eval_windows,
+        })
+    }
+
+    /// Perplexity of `model` on every text; windows are `--seqlen` long, or the whole text when
+    /// it is shorter.
+    fn perplexities(
+        &self,
+        runtime: &Runtime,
+        model: &OnnxModel,
+        which: &str,
+        progress: &Progress,
+    ) -> Result<Vec<Perplexity>> {
+        let mut lm = CausalLm::open(runtime, model)?;
+        self.texts
+            .iter()
+            .map(|(path, tokens)| {
+                let label = format!("{which} {}", file_label(path));
+                let seqlen = self.seqlen.min(tokens.len());
+                perplexity(&mut lm, tokens, seqlen, self.max_windows, progress, &label)
+            })
+            .collect()
+    }
+}
+
 fn file_label(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
-}
-
-fn mean_target(rule: &MaskRule, rows: usize) -> f64 {
-    match rule {
-        MaskRule::Row(s) => *s,
-        MaskRule::Neuron(per_row) => per_row.iter().sum::<f64>() / rows.max(1) as f64,
-    }
 }
 
 fn summarize_sparsity(

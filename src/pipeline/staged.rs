@@ -68,9 +68,9 @@ impl<'a> StagedRun<'a> {
                 }
             }
         }
-        let proto = self
-            .partition
-            .stage_model(self.model, stage, &self.types, weights, captures)?;
+        let proto =
+            self.partition
+                .stage_model(self.model, stage, &self.types, weights, captures)?;
         StageSession::open(self.runtime, &proto, &format!("{:?}", stage.kind))
     }
 
@@ -83,10 +83,13 @@ impl<'a> StagedRun<'a> {
         outputs: &[String],
     ) -> Result<Vec<Activation>> {
         let carry = &self.carry[window];
-        let mut inputs: Vec<(&str, &Activation)> = Vec::with_capacity(self.stage().inputs.len() + weights.len());
+        let mut inputs: Vec<(&str, &Activation)> =
+            Vec::with_capacity(self.stage().inputs.len() + weights.len());
         for name in &self.stage().inputs {
             let value = carry.get(name).ok_or_else(|| {
-                Error::Runtime(format!("stage input '{name}' was not produced by an earlier stage"))
+                Error::Runtime(format!(
+                    "stage input '{name}' was not produced by an earlier stage"
+                ))
             })?;
             inputs.push((name.as_str(), value));
         }
@@ -96,7 +99,11 @@ impl<'a> StagedRun<'a> {
 
     /// Runs the next stage on every window, keeps its outputs for later stages, drops what no
     /// later stage reads, and moves on.
-    pub fn advance(&mut self, mut session: StageSession, weights: &[(&str, &Activation)]) -> Result<()> {
+    pub fn advance(
+        &mut self,
+        mut session: StageSession,
+        weights: &[(&str, &Activation)],
+    ) -> Result<()> {
         let outputs = self.stage().outputs.clone();
         for w in 0..self.carry.len() {
             let produced = self.run(&mut session, w, weights, &outputs)?;
@@ -105,7 +112,8 @@ impl<'a> StagedRun<'a> {
             }
         }
         self.next += 1;
-        let still_read: std::collections::HashSet<&str> = self.partition.stages[self.next.min(self.partition.stages.len())..]
+        let still_read: std::collections::HashSet<&str> = self.partition.stages
+            [self.next.min(self.partition.stages.len())..]
             .iter()
             .flat_map(|s| s.inputs.iter().map(String::as_str))
             .collect();

@@ -16,6 +16,25 @@ pub enum MaskRule {
     Row(f64),
     /// One sparsity per row (`"neuron"` granularity, after the NeuroAL row step).
     Neuron(Vec<f64>),
+    /// N of every M consecutive input columns pruned (`--nm N:M`), lowest score first, the
+    /// lower column index first on ties. `cols` must be a multiple of M.
+    NofM {
+        /// Pruned per group.
+        n: usize,
+        /// Group size.
+        m: usize,
+    },
+}
+
+impl MaskRule {
+    /// The fraction of a `rows`-row matrix this rule aims to prune (mean over rows).
+    pub fn mean_sparsity(&self, rows: usize) -> f64 {
+        match self {
+            MaskRule::Row(s) => *s,
+            MaskRule::Neuron(per_row) => per_row.iter().sum::<f64>() / rows.max(1) as f64,
+            MaskRule::NofM { n, m } => *n as f64 / *m as f64,
+        }
+    }
 }
 
 /// Entries pruned per row under `"row"` granularity: `floor(cols · s)`.
@@ -59,8 +78,13 @@ impl RowMask {
 /// The mask of a row-major `[rows, cols]` score matrix under `rule` (rows in parallel).
 pub fn prune_mask(scores: &[f32], rows: usize, cols: usize, rule: &MaskRule) -> RowMask {
     assert_eq!(scores.len(), rows * cols, "scores must be rows × cols");
-    if let MaskRule::Neuron(per_row) = rule {
-        assert_eq!(per_row.len(), rows, "one sparsity per row");
+    match rule {
+        MaskRule::Neuron(per_row) => assert_eq!(per_row.len(), rows, "one sparsity per row"),
+        MaskRule::NofM { n, m } => assert!(
+            n < m && cols.is_multiple_of(*m),
+            "N:M groups must tile the row"
+        ),
+        MaskRule::Row(_) => {}
     }
     let mut pruned = vec![false; rows * cols];
     if cols > 0 {
@@ -78,6 +102,14 @@ pub fn prune_mask(scores: &[f32], rows: usize, cols: usize, rule: &MaskRule) -> 
                     false,
                     mask_row,
                 ),
+                MaskRule::NofM { n, m } => {
+                    for (scores, mask) in score_row
+                        .chunks_exact(*m)
+                        .zip(mask_row.chunks_exact_mut(*m))
+                    {
+                        prune_lowest(scores, *n, true, mask);
+                    }
+                }
             });
     }
     RowMask { rows, cols, pruned }
@@ -181,6 +213,16 @@ mod tests {
                 "neuron trial {trial}"
             );
         }
+    }
+
+    #[test]
+    fn n_of_m_prunes_within_each_group() {
+        let scores = [4.0f32, 1.0, 3.0, 2.0, 0.0, 0.0, 9.0, 9.0];
+        let mask = prune_mask(&scores, 1, 8, &MaskRule::NofM { n: 2, m: 4 });
+        assert_eq!(
+            mask.pruned,
+            [false, true, false, true, true, true, false, false]
+        );
     }
 
     #[test]

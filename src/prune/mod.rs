@@ -2,9 +2,13 @@
 
 mod mask;
 mod score;
+mod sparsegpt;
+mod stats;
 
 pub use mask::{neuron_prune_count, prune_mask, row_prune_count, MaskRule, RowMask};
-pub use score::magnitude;
+pub use score::{magnitude, multiflow, wanda};
+pub use sparsegpt::sparsegpt;
+pub use stats::ActivationStats;
 
 use serde::Serialize;
 
@@ -29,4 +33,48 @@ impl PruneMethod {
     pub fn needs_calibration(self) -> bool {
         matches!(self, Self::Wanda | Self::Sparsegpt | Self::Multiflow)
     }
+}
+
+/// Prunes the row-major `[rows, cols]` matrix `weights` in place with `method` under `rule`.
+/// `stats` are the statistics of the matrix's input (required by the calibrated methods);
+/// `name` names the tensor in errors. SparseGPT takes the rule's mean sparsity (or its N:M
+/// pattern) and ignores per-row budgets, as the reference does.
+pub fn prune_matrix(
+    method: PruneMethod,
+    name: &str,
+    weights: &mut [f32],
+    rows: usize,
+    cols: usize,
+    stats: Option<&ActivationStats>,
+    rule: &MaskRule,
+) -> crate::Result<()> {
+    let needs_stats = || {
+        stats.ok_or_else(|| crate::Error::tensor(name, "no calibration statistics were collected"))
+    };
+    let scores = match method {
+        PruneMethod::Dense => return Ok(()),
+        PruneMethod::Magnitude => magnitude(weights),
+        PruneMethod::Wanda => wanda(weights, &needs_stats()?.norms()),
+        PruneMethod::Multiflow => multiflow(weights, &needs_stats()?.norms()),
+        PruneMethod::Sparsegpt => {
+            let hessian = needs_stats()?
+                .hessian()
+                .ok_or_else(|| crate::Error::tensor(name, "no Hessian was accumulated"))?;
+            let nm = match rule {
+                MaskRule::NofM { n, m } => Some((*n, *m)),
+                _ => None,
+            };
+            return sparsegpt(
+                name,
+                weights,
+                rows,
+                cols,
+                &hessian,
+                rule.mean_sparsity(rows),
+                nm,
+            );
+        }
+    };
+    prune_mask(&scores, rows, cols, rule).apply(weights);
+    Ok(())
 }

@@ -33,12 +33,16 @@ pub struct Report {
     pub output: OutputInfo,
     /// The method and its parameters.
     pub method: MethodInfo,
+    /// The calibration data, for the methods that use it.
+    pub calibration: Option<CalibrationInfo>,
     /// Target and measured sparsity.
     pub sparsity: SparsityInfo,
     /// Perplexity per evaluation text.
     pub evaluation: Vec<TextEvaluation>,
     /// Wall time of each stage, seconds.
     pub timings_s: BTreeMap<String, f64>,
+    /// Peak resident memory of the process, MiB (Linux `VmHWM`), when known.
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// The ONNX Runtime that ran the model.
@@ -89,8 +93,25 @@ pub struct MethodInfo {
     pub top_up: TopUp,
     /// Target fraction of prunable weights set to zero.
     pub sparsity: f64,
+    /// N:M structured sparsity, when asked for (`"2:4"`).
+    pub nm: Option<String>,
     /// Seed of every random choice.
     pub seed: u64,
+}
+
+/// The calibration data.
+#[derive(Clone, Debug, Serialize)]
+pub struct CalibrationInfo {
+    /// `text` (through the tokenizer) or `token_ids` (`.json` files).
+    pub source: String,
+    /// The `--calib` files.
+    pub files: Vec<PathBuf>,
+    /// Documents the windows were drawn from.
+    pub documents: usize,
+    /// Windows drawn (`--nsamples`).
+    pub windows: usize,
+    /// Tokens per window.
+    pub seqlen: usize,
 }
 
 /// Target and measured sparsity.
@@ -157,6 +178,14 @@ impl Report {
         text.push('\n');
         write_atomically(path, text.as_bytes())
     }
+}
+
+/// The process's peak resident set size in MiB, from `/proc/self/status` (Linux only).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// `OUT.report.json` for output model `OUT.onnx`.

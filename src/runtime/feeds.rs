@@ -69,7 +69,10 @@ impl GraphFeeds {
             };
             out.push((name.to_string(), kind));
         }
-        if !out.iter().any(|(_, k)| matches!(k, InputKind::InputIds { .. })) {
+        if !out
+            .iter()
+            .any(|(_, k)| matches!(k, InputKind::InputIds { .. }))
+        {
             return Err(Error::graph(path, "the graph has no 'input_ids' input"));
         }
         Ok(Self { inputs: out })
@@ -88,7 +91,9 @@ impl GraphFeeds {
                         ints(&[1, seq], (0..seq as i64).collect(), *int32)
                     }
                     InputKind::Past { heads, head_dim } => {
-                        Activation::from_array(Array::<f32, _>::zeros(IxDyn(&[1, *heads, 0, *head_dim])))
+                        Activation::from_array(Array::<f32, _>::zeros(IxDyn(&[
+                            1, *heads, 0, *head_dim,
+                        ])))
                     }
                     InputKind::UseCacheBranch => {
                         Activation::from_array(Array::from_elem(IxDyn(&[1]), false))

@@ -26,7 +26,9 @@ impl Activation {
     where
         T: PrimitiveTensorElementType + std::fmt::Debug + Clone + 'static,
     {
-        Ok(Self(Tensor::from_array(array).map_err(runtime_err)?.into_dyn()))
+        Ok(Self(
+            Tensor::from_array(array).map_err(runtime_err)?.into_dyn(),
+        ))
     }
 
     /// A weight tensor of shape `dims` from little-endian `bytes` of type `dtype`.
@@ -77,7 +79,9 @@ impl Activation {
     /// Its ONNX type: element type and rank, every dimension symbolic.
     pub fn onnx_type(&self) -> Result<TypeProto> {
         let ValueType::Tensor { ty, shape, .. } = self.0.dtype() else {
-            return Err(Error::Runtime("a stage passed on a non-tensor value".into()));
+            return Err(Error::Runtime(
+                "a stage passed on a non-tensor value".into(),
+            ));
         };
         let dims = (0..shape.len())
             .map(|i| Dimension {
@@ -118,7 +122,11 @@ fn onnx_element_type(ty: TensorElementType) -> Result<i32> {
         T::Uint32 => 12,
         T::Uint64 => 13,
         T::Bfloat16 => 16,
-        other => return Err(Error::Runtime(format!("unsupported element type {other:?} between stages"))),
+        other => {
+            return Err(Error::Runtime(format!(
+                "unsupported element type {other:?} between stages"
+            )))
+        }
     })
 }
 
@@ -136,7 +144,11 @@ impl StageSession {
     }
 
     /// Runs with `inputs` and returns `outputs`, in that order.
-    pub fn run(&mut self, inputs: &[(&str, &Activation)], outputs: &[String]) -> Result<Vec<Activation>> {
+    pub fn run(
+        &mut self,
+        inputs: &[(&str, &Activation)],
+        outputs: &[String],
+    ) -> Result<Vec<Activation>> {
         let values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = inputs
             .iter()
             .map(|(name, value)| (Cow::Borrowed(*name), value.input()))
@@ -145,8 +157,13 @@ impl StageSession {
         for o in outputs {
             selector = selector.with(o);
         }
-        let options = RunOptions::new().map_err(runtime_err)?.with_outputs(selector);
-        let mut results = self.session.run_with_options(values, &options).map_err(runtime_err)?;
+        let options = RunOptions::new()
+            .map_err(runtime_err)?
+            .with_outputs(selector);
+        let mut results = self
+            .session
+            .run_with_options(values, &options)
+            .map_err(runtime_err)?;
         outputs
             .iter()
             .map(|o| {

@@ -2,6 +2,7 @@
 //! (`make setup` makes them in .cache/fixtures).
 
 mod bad_input;
+mod calibrated;
 mod cli;
 mod discovery;
 mod harness;

@@ -15,28 +15,51 @@ fn runtime() -> Runtime {
 /// Max |staged − full| logits on `ids`, and the number of block stages.
 fn staged_vs_full(rt: &Runtime, fx: &Fixture, ids: &[i64]) -> (f32, usize) {
     let (model, discovery) = inspect(&fx.model).unwrap();
-    let partition = Partition::new(&model, &discovery).unwrap_or_else(|e| panic!("{}: {e}", fx.name));
+    let partition =
+        Partition::new(&model, &discovery).unwrap_or_else(|e| panic!("{}: {e}", fx.name));
     // Every block stage holds the nodes of its linears, and reads something an earlier stage made.
     for stage in partition.blocks() {
-        let StageKind::Block(b) = stage.kind else { unreachable!() };
-        let names: Vec<&str> = stage.nodes.iter().map(|&i| partition.nodes[i].name()).collect();
+        let StageKind::Block(b) = stage.kind else {
+            unreachable!()
+        };
+        let names: Vec<&str> = stage
+            .nodes
+            .iter()
+            .map(|&i| partition.nodes[i].name())
+            .collect();
         for linear in discovery.block(b) {
-            assert!(names.contains(&linear.nodes[0].name.as_str()), "{}: {} not in block {b}", fx.name, linear.module);
+            assert!(
+                names.contains(&linear.nodes[0].name.as_str()),
+                "{}: {} not in block {b}",
+                fx.name,
+                linear.module
+            );
         }
-        assert!(!stage.inputs.is_empty() && !stage.outputs.is_empty(), "{}: block {b} boundary", fx.name);
+        assert!(
+            !stage.inputs.is_empty() && !stage.outputs.is_empty(),
+            "{}: block {b} boundary",
+            fx.name
+        );
     }
     let full = CausalLm::open(rt, &model).unwrap().logits(ids).unwrap();
     let mut run = StagedRun::start(&model, &partition, rt, &[ids.to_vec()]).unwrap();
     while !run.at_suffix() {
         let session = run.open(&[], &[]).unwrap();
-        run.advance(session, &[]).unwrap_or_else(|e| panic!("{}: {e}", fx.name));
+        run.advance(session, &[])
+            .unwrap_or_else(|e| panic!("{}: {e}", fx.name));
     }
     assert_eq!(run.stage().kind, StageKind::Suffix);
     let mut suffix = run.open(&[], &[]).unwrap();
-    let logits = run.run(&mut suffix, 0, &[], &["logits".to_string()]).unwrap();
+    let logits = run
+        .run(&mut suffix, 0, &[], &["logits".to_string()])
+        .unwrap();
     let staged = logits[0].as_f32().unwrap();
     assert_eq!(staged.len(), full.len(), "{}", fx.name);
-    let diff = staged.iter().zip(full.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let diff = staged
+        .iter()
+        .zip(full.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     (diff, partition.blocks().count())
 }
 
@@ -47,7 +70,12 @@ fn stages_in_sequence_reproduce_the_full_model_in_every_convention() {
         let (ids, _, _) = reference(&fx);
         let (diff, blocks) = staged_vs_full(&rt, &fx, &ids);
         assert!(diff < 1e-4, "{}: staged logits differ by {diff}", fx.name);
-        assert_eq!(blocks as u64, fx.manifest["n_blocks"].as_u64().unwrap(), "{}: block stages", fx.name);
+        assert_eq!(
+            blocks as u64,
+            fx.manifest["n_blocks"].as_u64().unwrap(),
+            "{}: block stages",
+            fx.name
+        );
     }
 }
 

@@ -1,0 +1,98 @@
+//! Statistics of a linear's input activations, accumulated one calibration window at a time so
+//! that full activations are never held for more than one window.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+
+/// Per-input-channel statistics of the activations `X` (`[tokens, channels]`) a linear reads.
+#[derive(Clone, Debug)]
+pub struct ActivationStats {
+    /// Input channels (the linear's `in_features`).
+    pub channels: usize,
+    /// Windows added.
+    pub samples: usize,
+    /// Tokens added.
+    pub tokens: usize,
+    /// Σ x² per channel over all tokens (f64).
+    pub sumsq: Vec<f64>,
+    /// Σ x per channel over all tokens (f64).
+    pub sum: Vec<f64>,
+    /// Σ XᵀX, `[channels, channels]` row-major, when requested (SparseGPT).
+    pub gram: Option<Vec<f64>>,
+}
+
+impl ActivationStats {
+    /// Empty statistics; `with_gram` also accumulates XᵀX.
+    pub fn new(channels: usize, with_gram: bool) -> Self {
+        Self {
+            channels,
+            samples: 0,
+            tokens: 0,
+            sumsq: vec![0.0; channels],
+            sum: vec![0.0; channels],
+            gram: with_gram.then(|| vec![0.0; channels * channels]),
+        }
+    }
+
+    /// Adds one window's activations, row-major `[tokens, channels]`.
+    pub fn add(&mut self, x: &[f32]) {
+        assert_eq!(
+            x.len() % self.channels,
+            0,
+            "activations must be [tokens, channels]"
+        );
+        let tokens = x.len() / self.channels;
+        for row in x.chunks_exact(self.channels) {
+            for ((sq, s), &v) in self.sumsq.iter_mut().zip(&mut self.sum).zip(row) {
+                let v = v as f64;
+                *sq += v * v;
+                *s += v;
+            }
+        }
+        if let Some(gram) = &mut self.gram {
+            let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+            let xm = MatRef::from_row_major_slice(&x64, tokens, self.channels);
+            let g = MatMut::from_row_major_slice_mut(gram, self.channels, self.channels);
+            // Sequential on purpose: the sum must not depend on the thread count.
+            matmul(g, Accum::Add, xm.transpose(), xm, 1.0, Par::Seq);
+        }
+        self.samples += 1;
+        self.tokens += tokens;
+    }
+
+    /// Wanda's input-channel norms `a_j = sqrt(Σ x² / windows)` (spec §0.2).
+    pub fn norms(&self) -> Vec<f32> {
+        let n = self.samples.max(1) as f64;
+        self.sumsq.iter().map(|s| (s / n).sqrt() as f32).collect()
+    }
+
+    /// SparseGPT's Hessian `H = (2 / windows) Σ XᵀX` (spec §2.3), row-major.
+    pub fn hessian(&self) -> Option<Vec<f64>> {
+        let scale = 2.0 / self.samples.max(1) as f64;
+        self.gram
+            .as_ref()
+            .map(|g| g.iter().map(|v| v * scale).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ActivationStats;
+
+    #[test]
+    fn sums_norms_and_gram_of_two_windows() {
+        let mut s = ActivationStats::new(2, true);
+        s.add(&[1.0, 2.0, 3.0, 4.0]); // tokens (1,2), (3,4)
+        s.add(&[0.0, 1.0]);
+        assert_eq!((s.samples, s.tokens), (2, 3));
+        assert_eq!(s.sumsq, vec![10.0, 21.0]);
+        assert_eq!(s.sum, vec![4.0, 7.0]);
+        // XᵀX = [[1+9+0, 2+12+0], [2+12+0, 4+16+1]]
+        assert_eq!(s.gram.as_deref(), Some(&[10.0, 14.0, 14.0, 21.0][..]));
+        assert_eq!(s.hessian().unwrap(), vec![10.0, 14.0, 14.0, 21.0]); // 2/2 = 1
+        assert_eq!(
+            s.norms(),
+            vec![(5.0f64).sqrt() as f32, (10.5f64).sqrt() as f32]
+        );
+    }
+}

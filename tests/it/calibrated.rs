@@ -1,0 +1,365 @@
+//! Calibrated pruning (Wanda, SparseGPT, multiflow): masks equal an independent computation,
+//! pruning is sequential, runs are deterministic, bad calibration input is refused.
+
+use crate::harness::{fixture, job, run, scratch, snapshot, Fixture};
+use neuroal_onnx::calib::sample_windows;
+use neuroal_onnx::graph::Linear;
+use neuroal_onnx::onnx::proto::{ModelProto, ValueInfoProto};
+use neuroal_onnx::onnx::OnnxModel;
+use neuroal_onnx::pipeline::inspect;
+use neuroal_onnx::progress::Progress;
+use neuroal_onnx::prune::row_prune_count;
+use neuroal_onnx::runtime::{locate_library, Device, GraphFeeds, Runtime, StageSession};
+use std::path::{Path, PathBuf};
+
+const SEQLEN: usize = 32;
+const NSAMPLES: usize = 6;
+const SEED: u64 = 5;
+
+/// Three token-id documents written as a `.json` calibration file; returns the file and the docs.
+fn token_documents(dir: &Path) -> (PathBuf, Vec<Vec<u32>>) {
+    let mut state = 99u64;
+    let docs: Vec<Vec<u32>> = (0..3)
+        .map(|d| {
+            (0..80 + 10 * d)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    ((state >> 33) % 256) as u32
+                })
+                .collect()
+        })
+        .collect();
+    let path = dir.join("calib.json");
+    std::fs::write(&path, serde_json::to_string(&docs).unwrap()).unwrap();
+    (path, docs)
+}
+
+/// The full model (all data inline) with `names` added as outputs, run on every window; returns
+/// per name the Σ x² per channel over all windows and tokens (f64).
+fn channel_sumsq(model: &OnnxModel, names: &[String], windows: &[Vec<u32>]) -> Vec<Vec<f64>> {
+    let lib = locate_library(None).unwrap();
+    let rt = Runtime::new(&lib, Device::Cpu, 1, &Progress::silent()).unwrap();
+    let mut proto: ModelProto = model.proto.clone();
+    let graph = proto.graph.as_mut().unwrap();
+    for t in &mut graph.initializer {
+        let bytes = model.tensor_bytes("", t).unwrap().into_owned();
+        t.external_data.clear();
+        t.data_location = None;
+        t.raw_data = Some(bytes.into());
+    }
+    for n in names {
+        graph.output.push(ValueInfoProto {
+            name: Some(n.clone()),
+            ..Default::default()
+        });
+    }
+    let inputs: Vec<ValueInfoProto> = graph.input.clone();
+    let mut session = StageSession::open(&rt, &proto, "full model").unwrap();
+    let feeds = GraphFeeds::new(&model.path, &inputs).unwrap();
+    let mut sums: Vec<Vec<f64>> = Vec::new();
+    for w in windows {
+        let ids: Vec<i64> = w.iter().map(|&t| t as i64).collect();
+        let values = feeds.values(&ids).unwrap();
+        let refs: Vec<(&str, &_)> = values.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let outs = session.run(&refs, names).unwrap();
+        for (k, x) in outs.iter().enumerate() {
+            let c = *x.shape().last().unwrap();
+            if sums.len() <= k {
+                sums.push(vec![0.0; c]);
+            }
+            for row in x.as_f32().unwrap().chunks_exact(c) {
+                for (s, v) in sums[k].iter_mut().zip(row) {
+                    *s += (*v as f64) * (*v as f64);
+                }
+            }
+        }
+    }
+    sums
+}
+
+/// The Wanda mask of a linear by a stable sort per row of |W|·‖x_j‖ (true = pruned).
+fn expected_wanda_mask(w: &[f32], cols: usize, sumsq: &[f64], sparsity: f64) -> Vec<bool> {
+    let k = row_prune_count(cols, sparsity);
+    let mut mask = vec![false; w.len()];
+    for (r, row) in w.chunks_exact(cols).enumerate() {
+        let score: Vec<f64> = row
+            .iter()
+            .zip(sumsq)
+            .map(|(w, s)| w.abs() as f64 * s.sqrt())
+            .collect();
+        let mut order: Vec<usize> = (0..cols).collect();
+        order.sort_by(|a, b| score[*a].partial_cmp(&score[*b]).unwrap());
+        for &c in &order[..k] {
+            mask[r * cols + c] = true;
+        }
+    }
+    mask
+}
+
+fn input_of(l: &Linear) -> String {
+    l.nodes[0].input.clone()
+}
+
+fn wanda_on(fx: &Fixture, dir: &Path, calib: &Path, sparsity: &str) -> PathBuf {
+    let out = dir.join("wanda.onnx");
+    let flags = [
+        "--sparsity",
+        sparsity,
+        "--prune-method",
+        "wanda",
+        "--top-up",
+        "uniform",
+        "--calib",
+        calib.to_str().unwrap(),
+        "--nsamples",
+        "6",
+        "--seqlen",
+        "32",
+        "--seed",
+        "5",
+        "--quiet",
+    ];
+    run(job(&fx.model, &out, &flags)).ok();
+    out
+}
+
+#[test]
+fn wanda_masks_equal_an_independent_computation_and_are_sequential() {
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let (calib, docs) = token_documents(dir.path());
+    let out = wanda_on(&fx, dir.path(), &calib, "0.5");
+    let windows = sample_windows(&docs, NSAMPLES, SEQLEN, SEED).unwrap();
+    let (input, discovery) = inspect(&fx.model).unwrap();
+    let output = OnnxModel::load(&out).unwrap();
+    let zeros = |l: &Linear| -> Vec<bool> {
+        l.read_out_in(&output)
+            .unwrap()
+            .iter()
+            .map(|v| *v == 0.0)
+            .collect()
+    };
+
+    // Block 0: every linear's input comes from the dense block 0 on the model's embeddings.
+    let block0: Vec<&Linear> = discovery.block(0).collect();
+    let names: Vec<String> = block0.iter().map(|l| input_of(l)).collect();
+    let sums = channel_sumsq(&input, &names, &windows);
+    for (l, s) in block0.iter().zip(&sums) {
+        let w = l.read_out_in(&input).unwrap();
+        assert_eq!(
+            zeros(l),
+            expected_wanda_mask(&w, l.in_features, s, 0.5),
+            "block 0 {}",
+            l.module
+        );
+    }
+
+    // Block 1's q/k/v read the output of block 0: pruned block 0, not the dense one.
+    let qkv: Vec<&Linear> = discovery.block(1).take(3).collect();
+    let names: Vec<String> = qkv.iter().map(|l| input_of(l)).collect();
+    let after_pruned_block0 = channel_sumsq(&output, &names, &windows);
+    let after_dense_block0 = channel_sumsq(&input, &names, &windows);
+    assert_ne!(
+        after_pruned_block0[0], after_dense_block0[0],
+        "block 1's statistics depend on block 0's pruning"
+    );
+    let mut differs = false;
+    for (k, l) in qkv.iter().enumerate() {
+        let w = l.read_out_in(&input).unwrap();
+        let sequential = expected_wanda_mask(&w, l.in_features, &after_pruned_block0[k], 0.5);
+        assert_eq!(
+            zeros(l),
+            sequential,
+            "block 1 {}: pruned outputs are fed forward",
+            l.module
+        );
+        differs |=
+            sequential != expected_wanda_mask(&w, l.in_features, &after_dense_block0[k], 0.5);
+    }
+    assert!(
+        differs,
+        "the dense-input masks of block 1 would differ somewhere"
+    );
+}
+
+#[test]
+fn every_calibrated_method_prunes_every_convention_deterministically() {
+    let dir = scratch();
+    let (calib, _) = token_documents(dir.path());
+    for (name, method) in [
+        ("llama-merged", "sparsegpt"),
+        ("dynamo", "wanda"),
+        ("genai", "multiflow"),
+        ("opt", "sparsegpt"),
+        ("gpt2", "wanda"),
+        ("phi", "multiflow"),
+    ] {
+        let fx = fixture(&format!("tiny/{name}"));
+        let outs: Vec<PathBuf> = (0..2)
+            .map(|i| {
+                let out = dir.path().join(format!("{name}-{i}.onnx"));
+                let flags = [
+                    "--sparsity",
+                    "0.6",
+                    "--prune-method",
+                    method,
+                    "--top-up",
+                    "uniform",
+                    "--calib",
+                    calib.to_str().unwrap(),
+                    "--nsamples",
+                    "4",
+                    "--seqlen",
+                    "32",
+                    "--quiet",
+                ];
+                run(job(&fx.model, &out, &flags)).ok();
+                out
+            })
+            .collect();
+        let data = |p: &PathBuf| std::fs::read(p.with_extension("onnx.data")).unwrap();
+        assert_eq!(
+            data(&outs[0]),
+            data(&outs[1]),
+            "{name} {method}: same seed, same bytes"
+        );
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(outs[0].with_extension("report.json")).unwrap(),
+        )
+        .unwrap();
+        let measured = report["sparsity"]["measured"].as_f64().unwrap();
+        assert!(
+            (measured - 0.6).abs() < 0.01,
+            "{name} {method}: measured sparsity {measured}"
+        );
+        assert_eq!(report["calibration"]["source"], "token_ids");
+        assert_eq!(report["calibration"]["windows"], 4);
+    }
+}
+
+#[test]
+fn n_of_m_sparsity_prunes_two_of_every_four_inputs() {
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let (calib, _) = token_documents(dir.path());
+    for method in ["wanda", "sparsegpt", "magnitude"] {
+        let out = dir.path().join(format!("{method}.onnx"));
+        let mut flags = vec![
+            "--sparsity",
+            "0.5",
+            "--prune-method",
+            method,
+            "--top-up",
+            "uniform",
+            "--nm",
+            "2:4",
+            "--quiet",
+        ];
+        if method != "magnitude" {
+            flags.extend([
+                "--calib",
+                calib.to_str().unwrap(),
+                "--nsamples",
+                "4",
+                "--seqlen",
+                "32",
+            ]);
+        }
+        run(job(&fx.model, &out, &flags)).ok();
+        let (model, discovery) = inspect(&out).unwrap();
+        for l in &discovery.linears {
+            let w = l.read_out_in(&model).unwrap();
+            for group in w.chunks_exact(4) {
+                assert!(
+                    group.iter().filter(|v| **v == 0.0).count() >= 2,
+                    "{method} {}: {group:?}",
+                    l.module
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_calibration_input_is_refused_cleanly() {
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let out_dir = scratch();
+    let out = out_dir.path().join("out.onnx");
+    let expect = |flags: &[&str], code: i32, needles: &[&str]| {
+        let mut all = vec![
+            "--sparsity",
+            "0.5",
+            "--prune-method",
+            "wanda",
+            "--top-up",
+            "uniform",
+            "--quiet",
+        ];
+        all.extend(flags);
+        let r = run(job(&fx.model, &out, &all));
+        assert_eq!(r.code, code, "{flags:?}: {}", r.stderr);
+        assert!(
+            r.stderr.lines().filter(|l| !l.trim().is_empty()).count() <= 2,
+            "{}",
+            r.stderr
+        );
+        for n in needles {
+            assert!(
+                r.stderr.contains(n),
+                "{flags:?} should mention {n}: {}",
+                r.stderr
+            );
+        }
+        assert!(
+            snapshot(out_dir.path()).is_empty(),
+            "{flags:?}: nothing written"
+        );
+    };
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    expect(
+        &["--calib", empty.to_str().unwrap()],
+        2,
+        &["--calib", "empty.txt", "at least 64"],
+    );
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "It was a truth.").unwrap();
+    expect(
+        &["--calib", short.to_str().unwrap()],
+        2,
+        &["short.txt", "at most 15 tokens"],
+    );
+    let junk = dir.path().join("ids.json");
+    std::fs::write(&junk, "{\"not\": \"ids\"}").unwrap();
+    expect(
+        &["--calib", junk.to_str().unwrap()],
+        2,
+        &["ids.json", "array of token ids"],
+    );
+    // SmolLM2's tokenizer does not belong to the tiny model (256-token vocabulary).
+    let smol = fixture("smollm2").dir.join("tokenizer.json");
+    let text = crate::harness::austen("emma");
+    expect(
+        &[
+            "--calib",
+            text.to_str().unwrap(),
+            "--tokenizer",
+            smol.to_str().unwrap(),
+        ],
+        1,
+        &["tokenizer.json", "49152 tokens", "256 rows"],
+    );
+    // N:M groups that do not tile the inputs, and a pattern that is no pattern.
+    let (calib, _) = token_documents(dir.path());
+    expect(
+        &["--calib", calib.to_str().unwrap(), "--nm", "1:3"],
+        2,
+        &["--nm", "divisible by 3"],
+    );
+    expect(
+        &["--calib", calib.to_str().unwrap(), "--nm", "4:2"],
+        2,
+        &["--nm"],
+    );
+}
