@@ -55,10 +55,31 @@ impl TextTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// The id of the beginning-of-sequence token, when the tokenizer has one of the usual names.
+    pub fn bos_id(&self) -> Option<u32> {
+        ["<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>"]
+            .iter()
+            .find_map(|t| self.tokenizer.token_to_id(t))
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
     }
+}
+
+/// Draws a token from the softmax of `logits` (temperature 1) with `rng`.
+pub fn sample_token(logits: &[f32], rng: &mut Rng) -> u32 {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    let weights: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let mut target = rng.unit() * weights.iter().sum::<f64>();
+    for (i, w) in weights.iter().enumerate() {
+        target -= w;
+        if target < 0.0 {
+            return i as u32;
+        }
+    }
+    (logits.len().saturating_sub(1)) as u32
 }
 
 /// Token-id documents from a `.json` file: an array of ids (one document) or an array of arrays
@@ -112,7 +133,22 @@ pub fn consecutive_windows(
 
 #[cfg(test)]
 mod tests {
-    use super::consecutive_windows;
+    use super::{consecutive_windows, sample_token, Rng};
+
+    #[test]
+    fn sampling_follows_the_softmax() {
+        let mut rng = Rng::new(0);
+        // Probabilities 1/7, 2/7, 4/7 (log-weights 0, ln 2, ln 4) and one impossible token.
+        let logits = [0.0f32, 2f32.ln(), 4f32.ln(), -1e30];
+        let mut counts = [0usize; 4];
+        for _ in 0..70_000 {
+            counts[sample_token(&logits, &mut rng) as usize] += 1;
+        }
+        assert_eq!(counts[3], 0);
+        for (count, want) in counts.iter().zip([10_000.0, 20_000.0, 40_000.0]) {
+            assert!((*count as f64 - want).abs() < 0.03 * want, "{counts:?}");
+        }
+    }
 
     #[test]
     fn windows_do_not_overlap_and_drop_the_remainder() {

@@ -9,7 +9,7 @@ pub use staged::StagedRun;
 
 use crate::allocate::{self, NeuroalStep, SparsityPlan, TopUp};
 use crate::atomic::AtomicFile;
-use crate::calib::{read_token_ids, sample_windows, TextTokenizer};
+use crate::calib::{read_token_ids, sample_token, sample_windows, Rng, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::eval::{perplexity, Perplexity};
 use crate::graph::Linear;
@@ -93,15 +93,6 @@ impl PruneConfig {
                 "this version allocates with --top-up uniform",
             ));
         }
-        if self.method.needs_calibration() && self.calib.is_empty() {
-            return Err(Error::not_implemented(
-                format!(
-                    "--prune-method {} without --calib (self-generated calibration)",
-                    name(self.method)
-                ),
-                "pass --calib with text files (or .json token ids) to calibrate on",
-            ));
-        }
         if !self.method.needs_calibration() && !self.calib.is_empty() {
             return Err(Error::invalid(
                 "--calib",
@@ -146,24 +137,21 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     let plan = allocate::uniform(&discovery, config.sparsity, config.nm)?;
 
     // Everything that can fail on the user's input is checked before the long work starts.
-    let tokenizer =
-        if config.calib.iter().any(|p| !is_token_file(p)) || !config.eval_texts.is_empty() {
-            let t = TextTokenizer::load(&model.dir, config.tokenizer.as_deref())?;
-            check_vocabulary(&t, &discovery)?;
-            Some(t)
-        } else {
-            None
-        };
-    let calibration = if config.method.needs_calibration() {
-        Some(Calibration::prepare(config, tokenizer.as_ref(), progress)?)
+    let text_needed =
+        config.calib.iter().any(|p| !is_token_file(p)) || !config.eval_texts.is_empty();
+    let tokenizer = if text_needed || config.tokenizer.is_some() {
+        let t = TextTokenizer::load(&model.dir, config.tokenizer.as_deref())?;
+        check_vocabulary(&t, &discovery)?;
+        Some(t)
     } else {
-        None
+        // Self-generated calibration uses the tokenizer, when there is one, for its BOS id.
+        TextTokenizer::load(&model.dir, None).ok()
     };
     let evaluation = match &tokenizer {
         Some(t) if !config.eval_texts.is_empty() => Some(EvalSet::prepare(config, t)?),
         _ => None,
     };
-    let runtime = if calibration.is_some() || evaluation.is_some() {
+    let runtime = if config.method.needs_calibration() || evaluation.is_some() {
         let library = locate_library(config.ort_lib.as_deref())?;
         Some(Runtime::new(
             &library,
@@ -173,6 +161,18 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         )?)
     } else {
         None
+    };
+    let calibration = match &runtime {
+        Some(rt) if config.method.needs_calibration() && config.calib.is_empty() => {
+            let stage = progress.stage("generate calibration");
+            let c = Calibration::generate(config, rt, &model, tokenizer.as_ref(), progress)?;
+            timings.insert("generate_calibration".to_string(), stage.finish());
+            Some(c)
+        }
+        Some(_) if config.method.needs_calibration() => {
+            Some(Calibration::prepare(config, tokenizer.as_ref(), progress)?)
+        }
+        _ => None,
     };
 
     let mut dense_ppl = Vec::new();
@@ -449,6 +449,46 @@ impl Calibration {
                 documents: documents.len(),
                 windows: config.nsamples,
                 seqlen,
+            },
+        })
+    }
+}
+
+impl Calibration {
+    /// Windows the model writes itself, from its BOS token with seeded sampling, when no
+    /// calibration data is given (the plain command then needs nothing but the model).
+    fn generate(
+        config: &PruneConfig,
+        runtime: &Runtime,
+        model: &OnnxModel,
+        tokenizer: Option<&TextTokenizer>,
+        progress: &Progress,
+    ) -> Result<Self> {
+        let bos = tokenizer.and_then(TextTokenizer::bos_id).unwrap_or(0);
+        progress.note(&format!(
+            "  no --calib: the model writes {} windows of {} tokens from token {bos}",
+            config.nsamples, config.seqlen
+        ));
+        let mut lm = CausalLm::open(runtime, model)?;
+        let mut rng = Rng::new(config.seed);
+        let mut windows = Vec::with_capacity(config.nsamples);
+        // A few sequences at a time bound the cache's memory.
+        while windows.len() < config.nsamples {
+            let batch = (config.nsamples - windows.len()).min(8);
+            progress.item("windows", windows.len(), config.nsamples);
+            windows.extend(lm.generate(batch, config.seqlen, i64::from(bos), |row| {
+                i64::from(sample_token(row, &mut rng))
+            })?);
+        }
+        progress.item("windows", windows.len(), config.nsamples);
+        Ok(Self {
+            windows,
+            info: CalibrationInfo {
+                source: "self_generated".to_string(),
+                files: Vec::new(),
+                documents: 0,
+                windows: config.nsamples,
+                seqlen: config.seqlen,
             },
         })
     }

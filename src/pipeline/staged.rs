@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Linear, Partition, Stage};
 use crate::onnx::proto::TypeProto;
 use crate::onnx::OnnxModel;
-use crate::runtime::{Activation, GraphFeeds, Runtime, StageSession};
+use crate::runtime::{Activation, GraphFeeds, ModelSession, Runtime};
 use std::collections::HashMap;
 
 /// Windows in flight through a [`Partition`].
@@ -59,7 +59,7 @@ impl<'a> StagedRun<'a> {
 
     /// Opens a session on the next stage, with the weights of `weights` as inputs (fed on every
     /// run) and `captures` as extra outputs.
-    pub fn open(&mut self, weights: &[&Linear], captures: &[String]) -> Result<StageSession> {
+    pub fn open(&mut self, weights: &[&Linear], captures: &[String]) -> Result<ModelSession> {
         let stage = self.stage();
         for name in &stage.inputs {
             if !self.types.contains_key(name) {
@@ -71,13 +71,13 @@ impl<'a> StagedRun<'a> {
         let proto =
             self.partition
                 .stage_model(self.model, stage, &self.types, weights, captures)?;
-        StageSession::open(self.runtime, &proto, &format!("{:?}", stage.kind))
+        ModelSession::open(self.runtime, &proto, &format!("{:?}", stage.kind))
     }
 
     /// Runs the next stage on window `window` with `weights` fed as inputs, returning `outputs`.
     pub fn run(
         &self,
-        session: &mut StageSession,
+        session: &mut ModelSession,
         window: usize,
         weights: &[(&str, &Activation)],
         outputs: &[String],
@@ -101,7 +101,7 @@ impl<'a> StagedRun<'a> {
     /// later stage reads, and moves on.
     pub fn advance(
         &mut self,
-        mut session: StageSession,
+        mut session: ModelSession,
         weights: &[(&str, &Activation)],
     ) -> Result<()> {
         let outputs = self.stage().outputs.clone();

@@ -102,7 +102,8 @@ pub struct MethodInfo {
 /// The calibration data.
 #[derive(Clone, Debug, Serialize)]
 pub struct CalibrationInfo {
-    /// `text` (through the tokenizer) or `token_ids` (`.json` files).
+    /// `text` (through the tokenizer), `token_ids` (`.json` files) or `self_generated` (sampled
+    /// from the model itself, starting at its BOS token, when no `--calib` is given).
     pub source: String,
     /// The `--calib` files.
     pub files: Vec<PathBuf>,

@@ -78,25 +78,46 @@ impl GraphFeeds {
         Ok(Self { inputs: out })
     }
 
-    /// The value of every input for token window `ids`.
+    /// The value of every input for one window of token ids (batch 1, empty cache).
     pub fn values(&self, ids: &[i64]) -> Result<Vec<(String, Activation)>> {
-        let seq = ids.len();
+        self.step(ids, 1, 0, &mut std::collections::HashMap::new())
+    }
+
+    /// The value of every input for `batch` rows of `ids.len() / batch` new tokens after
+    /// `past_len` cached ones; cached key/values are taken from `past` (empty when absent).
+    pub fn step(
+        &self,
+        ids: &[i64],
+        batch: usize,
+        past_len: usize,
+        past: &mut std::collections::HashMap<String, Activation>,
+    ) -> Result<Vec<(String, Activation)>> {
+        let seq = ids.len() / batch.max(1);
+        let total = past_len + seq;
         self.inputs
             .iter()
             .map(|(name, kind)| {
                 let value = match kind {
-                    InputKind::InputIds { int32 } => ints(&[1, seq], ids.to_vec(), *int32),
-                    InputKind::AttentionMask { int32 } => ints(&[1, seq], vec![1; seq], *int32),
+                    InputKind::InputIds { int32 } => ints(&[batch, seq], ids.to_vec(), *int32),
+                    InputKind::AttentionMask { int32 } => {
+                        ints(&[batch, total], vec![1; batch * total], *int32)
+                    }
                     InputKind::PositionIds { int32 } => {
-                        ints(&[1, seq], (0..seq as i64).collect(), *int32)
+                        let positions =
+                            (0..batch).flat_map(|_| (past_len..total).map(|p| p as i64));
+                        ints(&[batch, seq], positions.collect(), *int32)
                     }
-                    InputKind::Past { heads, head_dim } => {
-                        Activation::from_array(Array::<f32, _>::zeros(IxDyn(&[
-                            1, *heads, 0, *head_dim,
-                        ])))
-                    }
+                    InputKind::Past { heads, head_dim } => match past.remove(name) {
+                        Some(cached) => Ok(cached),
+                        None if past_len == 0 => {
+                            Activation::from_array(Array::<f32, _>::zeros(IxDyn(&[
+                                batch, *heads, 0, *head_dim,
+                            ])))
+                        }
+                        None => Err(Error::Runtime(format!("no cached value for '{name}'"))),
+                    },
                     InputKind::UseCacheBranch => {
-                        Activation::from_array(Array::from_elem(IxDyn(&[1]), false))
+                        Activation::from_array(Array::from_elem(IxDyn(&[1]), past_len > 0))
                     }
                 }?;
                 Ok((name.clone(), value))

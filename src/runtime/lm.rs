@@ -2,19 +2,20 @@
 //! mask, position ids, empty past key/values, the merged decoder's `use_cache_branch`) and
 //! returns the logits.
 
-use super::{GraphFeeds, Runtime};
+use super::{Activation, GraphFeeds, ModelSession, Runtime};
 use crate::error::{Error, Result};
 use crate::onnx::proto::GraphProto;
 use crate::onnx::OnnxModel;
 use ndarray::Array2;
-use ort::session::{RunOptions, Session, SessionInputValue};
-use std::borrow::Cow;
+use std::collections::HashMap;
 
-/// A loaded causal LM ready to score token windows (batch 1).
+/// A loaded causal LM: scores token windows and generates text.
 pub struct CausalLm {
-    session: Session,
+    session: ModelSession,
     feeds: GraphFeeds,
     logits: String,
+    /// `(present output, past input)` pairs of the KV cache.
+    cache: Vec<(String, String)>,
 }
 
 impl CausalLm {
@@ -33,47 +34,103 @@ impl CausalLm {
         let logits = logits_output(graph).ok_or_else(|| {
             Error::graph(&model.path, "the graph has no outputs; expected 'logits'")
         })?;
-        let session = runtime.session(&model.path)?;
+        // present.N.key feeds past_key_values.N.key on the next step.
+        let cache = graph
+            .output
+            .iter()
+            .filter_map(|o| {
+                let suffix = o.name().strip_prefix("present")?;
+                let past = format!("past_key_values{suffix}");
+                inputs
+                    .iter()
+                    .any(|i| i.name() == past)
+                    .then(|| (o.name().to_string(), past))
+            })
+            .collect();
+        let session = ModelSession::open_file(runtime, &model.path)?;
         Ok(Self {
             session,
             feeds,
             logits,
+            cache,
         })
     }
 
     /// Runs one window of token ids and returns the logits, `[ids.len(), vocab]`.
     pub fn logits(&mut self, ids: &[i64]) -> Result<Array2<f32>> {
-        let seq = ids.len();
         let feeds = self.feeds.values(ids)?;
-        let values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = feeds
-            .iter()
-            .map(|(name, value)| (Cow::Borrowed(name.as_str()), value.input()))
-            .collect();
-        let options = RunOptions::new()
-            .map_err(runtime_err)?
-            .with_outputs(ort::session::OutputSelector::no_default().with(&self.logits));
-        let outputs = self
-            .session
-            .run_with_options(values, &options)
-            .map_err(runtime_err)?;
-        let view = outputs[self.logits.as_str()]
-            .try_extract_array::<f32>()
-            .map_err(|e| Error::Runtime(format!("output '{}': {e}", self.logits)))?;
-        let shape = view.shape().to_vec();
-        if shape.len() != 3 || shape[0] != 1 || shape[1] != seq {
-            return Err(Error::Runtime(format!(
-                "output '{}' has shape {shape:?}; expected [1, {seq}, vocab]",
-                self.logits
-            )));
+        let (logits, _) = self.step(&feeds, &[])?;
+        let [batch, seq, vocab] = logits.shape()[..] else {
+            return Err(self.bad_logits(&logits, ids.len()));
+        };
+        if batch != 1 || seq != ids.len() {
+            return Err(self.bad_logits(&logits, ids.len()));
         }
-        let vocab = shape[2];
-        let flat: Vec<f32> = view.iter().copied().collect();
-        Array2::from_shape_vec((seq, vocab), flat).map_err(|e| Error::Runtime(e.to_string()))
+        Array2::from_shape_vec((seq, vocab), logits.as_f32()?.to_vec())
+            .map_err(|e| Error::Runtime(e.to_string()))
     }
-}
 
-fn runtime_err(e: impl std::fmt::Display) -> Error {
-    Error::Runtime(e.to_string())
+    /// Generates `batch` sequences of `len` tokens that start with `bos`, with the KV cache;
+    /// `pick` chooses each next token from a row of logits (e.g. by seeded sampling).
+    pub fn generate(
+        &mut self,
+        batch: usize,
+        len: usize,
+        bos: i64,
+        mut pick: impl FnMut(&[f32]) -> i64,
+    ) -> Result<Vec<Vec<i64>>> {
+        if self.cache.is_empty() {
+            return Err(Error::Runtime(
+                "the model has no KV cache (present.* outputs for past_key_values.* inputs); it cannot generate its own calibration text".into(),
+            ));
+        }
+        let mut sequences = vec![vec![bos]; batch];
+        let mut past: HashMap<String, Activation> = HashMap::new();
+        let presents: Vec<String> = self.cache.iter().map(|(p, _)| p.clone()).collect();
+        for t in 0..len.saturating_sub(1) {
+            let next: Vec<i64> = sequences.iter().map(|s| s[t]).collect();
+            let feeds = self.feeds.step(&next, batch, t, &mut past)?;
+            let (logits, cache) = self.step(&feeds, &presents)?;
+            let vocab = *logits.shape().last().unwrap_or(&0);
+            for (s, row) in sequences
+                .iter_mut()
+                .zip(logits.as_f32()?.chunks_exact(vocab.max(1)))
+            {
+                s.push(pick(row));
+            }
+            past = self
+                .cache
+                .iter()
+                .map(|(_, input)| input.clone())
+                .zip(cache)
+                .collect();
+        }
+        Ok(sequences)
+    }
+
+    /// One run: the logits and the requested extra outputs.
+    fn step(
+        &mut self,
+        feeds: &[(String, Activation)],
+        extra: &[String],
+    ) -> Result<(Activation, Vec<Activation>)> {
+        let inputs: Vec<(&str, &Activation)> = feeds.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let mut names = vec![self.logits.clone()];
+        names.extend_from_slice(extra);
+        let mut outputs = self.session.run(&inputs, &names)?.into_iter();
+        let logits = outputs
+            .next()
+            .ok_or_else(|| Error::Runtime("no logits".into()))?;
+        Ok((logits, outputs.collect()))
+    }
+
+    fn bad_logits(&self, logits: &Activation, seq: usize) -> Error {
+        Error::Runtime(format!(
+            "output '{}' has shape {:?}; expected [1, {seq}, vocab]",
+            self.logits,
+            logits.shape()
+        ))
+    }
 }
 
 /// The `logits` output, or the first output.

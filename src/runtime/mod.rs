@@ -3,11 +3,11 @@
 
 mod feeds;
 mod lm;
-mod stage;
+mod session;
 
 pub use feeds::GraphFeeds;
 pub use lm::CausalLm;
-pub use stage::{Activation, StageSession};
+pub use session::{Activation, ModelSession};
 
 use crate::error::{Error, Result};
 use crate::progress::Progress;

@@ -9,7 +9,7 @@ use neuroal_onnx::onnx::OnnxModel;
 use neuroal_onnx::pipeline::inspect;
 use neuroal_onnx::progress::Progress;
 use neuroal_onnx::prune::row_prune_count;
-use neuroal_onnx::runtime::{locate_library, Device, GraphFeeds, Runtime, StageSession};
+use neuroal_onnx::runtime::{locate_library, Device, GraphFeeds, ModelSession, Runtime};
 use std::path::{Path, PathBuf};
 
 const SEQLEN: usize = 32;
@@ -54,7 +54,7 @@ fn channel_sumsq(model: &OnnxModel, names: &[String], windows: &[Vec<u32>]) -> V
         });
     }
     let inputs: Vec<ValueInfoProto> = graph.input.clone();
-    let mut session = StageSession::open(&rt, &proto, "full model").unwrap();
+    let mut session = ModelSession::open(&rt, &proto, "full model").unwrap();
     let feeds = GraphFeeds::new(&model.path, &inputs).unwrap();
     let mut sums: Vec<Vec<f64>> = Vec::new();
     for w in windows {
@@ -362,4 +362,64 @@ fn bad_calibration_input_is_refused_cleanly() {
         2,
         &["--nm"],
     );
+}
+
+#[test]
+fn without_calibration_data_the_model_writes_its_own() {
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let reports: Vec<serde_json::Value> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let out = dir.path().join(format!("{name}.onnx"));
+            let flags = [
+                "--sparsity",
+                "0.5",
+                "--prune-method",
+                "wanda",
+                "--top-up",
+                "uniform",
+                "--nsamples",
+                "3",
+                "--seqlen",
+                "24",
+                "--seed",
+                "11",
+                "--quiet",
+            ];
+            run(job(&fx.model, &out, &flags)).ok();
+            serde_json::from_str(
+                &std::fs::read_to_string(out.with_extension("report.json")).unwrap(),
+            )
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(reports[0]["calibration"]["source"], "self_generated");
+    assert_eq!(reports[0]["calibration"]["windows"], 3);
+    assert_eq!(reports[0]["sparsity"]["measured"], 0.5);
+    let data = |n: &str| std::fs::read(dir.path().join(format!("{n}.onnx.data"))).unwrap();
+    assert_eq!(
+        data("a"),
+        data("b"),
+        "seeded generation: same calibration, same masks"
+    );
+    // Another seed generates other windows and so, somewhere, other masks.
+    let out = dir.path().join("c.onnx");
+    let flags = [
+        "--sparsity",
+        "0.5",
+        "--prune-method",
+        "wanda",
+        "--top-up",
+        "uniform",
+        "--nsamples",
+        "3",
+        "--seqlen",
+        "24",
+        "--seed",
+        "12",
+        "--quiet",
+    ];
+    run(job(&fx.model, &out, &flags)).ok();
+    assert_ne!(data("a"), data("c"));
 }

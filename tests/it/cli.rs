@@ -104,8 +104,8 @@ fn methods_not_built_yet_are_refused_before_any_work() {
     let dir = scratch();
     let out = dir.path().join("out.onnx");
     for args in [
-        vec!["--prune-method", "wanda", "--top-up", "uniform"],
         vec!["--prune-method", "magnitude", "--top-up", "neuroal"],
+        vec!["--prune-method", "wanda", "--top-up", "dsnot"],
         vec!["--prune-method", "magnitude", "--top-up", "owl"],
     ] {
         let mut flags = vec!["--sparsity", "0.5"];

@@ -1,4 +1,5 @@
-//! Running one stage of a partitioned decoder, and the tensors that pass between stages.
+//! ONNX Runtime sessions run with named inputs and selected outputs, and the tensors they take
+//! and give (stage inputs and outputs, captured activations, weights fed as inputs).
 
 use super::Runtime;
 use crate::error::{Error, Result};
@@ -130,17 +131,24 @@ fn onnx_element_type(ty: TensorElementType) -> Result<i32> {
     })
 }
 
-/// A session over one stage model, run with named inputs and selected outputs.
-pub struct StageSession {
+/// A session run with named inputs and selected outputs.
+pub struct ModelSession {
     session: Session,
 }
 
-impl StageSession {
-    /// Opens `model` (built in memory by the partition); `label` names it in errors.
+impl ModelSession {
+    /// Opens a model built in memory (a stage of a partition); `label` names it in errors.
     pub fn open(runtime: &Runtime, model: &ModelProto, label: &str) -> Result<Self> {
         let bytes = model.encode_to_vec();
         let session = runtime.session_from_memory(&bytes, Path::new(label))?;
         Ok(Self { session })
+    }
+
+    /// Opens the model file at `path` (its external data next to it).
+    pub fn open_file(runtime: &Runtime, path: &Path) -> Result<Self> {
+        Ok(Self {
+            session: runtime.session(path)?,
+        })
     }
 
     /// Runs with `inputs` and returns `outputs`, in that order.
