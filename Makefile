@@ -45,8 +45,10 @@ demo: setup build
 		--prune-method magnitude --top-up uniform \
 		--eval-text $(FIXTURES)/austen/persuasion.txt --seqlen 512 --eval-windows 64
 
-bench: setup
-	cargo bench
+## bench: the CPU mask path (criterion) and one Wanda pass on SmolLM2 (stage times, peak RSS).
+bench: setup build
+	cargo bench --bench masks
+	scripts/bench-wanda.sh
 
 clean:
 	cargo clean

@@ -84,6 +84,17 @@ impl PruneConfig {
         if self.seqlen < 2 {
             return Err(Error::invalid("--seqlen", "must be at least 2 tokens"));
         }
+        if let Some((n, m)) = self.nm {
+            let implied = n as f64 / m as f64;
+            if (self.sparsity - implied).abs() > 1e-9 {
+                return Err(Error::invalid(
+                    "--sparsity",
+                    format!(
+                        "--nm {n}:{m} prunes {implied} of the weights; pass --sparsity {implied}"
+                    ),
+                ));
+            }
+        }
         if self.nsamples == 0 {
             return Err(Error::invalid("--nsamples", "must be at least 1"));
         }

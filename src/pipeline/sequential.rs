@@ -7,7 +7,7 @@ use super::PrunedWeights;
 use crate::allocate::SparsityPlan;
 use crate::error::{Error, Result};
 use crate::graph::{Discovery, Layout, Linear, Partition, StageKind};
-use crate::onnx::OnnxModel;
+use crate::onnx::{OnnxModel, TensorKey};
 use crate::progress::Progress;
 use crate::prune::{prune_matrix, ActivationStats, PruneMethod};
 use crate::runtime::{Activation, Runtime};
@@ -40,11 +40,11 @@ pub fn prune_sequential(
     let clock = Instant::now();
     let mut run = StagedRun::start(model, &partition, runtime, windows)?;
     timings.forward += clock.elapsed().as_secs_f64();
-    let index: HashMap<&str, usize> = discovery
+    let index: HashMap<&TensorKey, usize> = discovery
         .linears
         .iter()
         .enumerate()
-        .map(|(i, l)| (l.weight.name.as_str(), i))
+        .map(|(i, l)| (&l.weight, i))
         .collect();
     let mut pruned = PrunedWeights::default();
     let blocks = partition.blocks().count();
@@ -73,7 +73,9 @@ pub fn prune_sequential(
             });
             source.push(k);
         }
+        let clock = Instant::now();
         let mut session = run.open(&linears, &captures)?;
+        timings.forward += clock.elapsed().as_secs_f64();
         let dense: Vec<Activation> = linears
             .iter()
             .map(|l| weight_value(model, l, None))
@@ -107,7 +109,7 @@ pub fn prune_sequential(
         let clock = Instant::now();
         let mut pruned_values = Vec::with_capacity(linears.len());
         for (l, &k) in linears.iter().zip(&source) {
-            let i = index[l.weight.name.as_str()];
+            let i = index[&l.weight];
             let mut weights = l.read_out_in(model)?;
             prune_matrix(
                 method,

@@ -353,9 +353,9 @@ fn bad_calibration_input_is_refused_cleanly() {
     // N:M groups that do not tile the inputs, and a pattern that is no pattern.
     let (calib, _) = token_documents(dir.path());
     expect(
-        &["--calib", calib.to_str().unwrap(), "--nm", "1:3"],
+        &["--calib", calib.to_str().unwrap(), "--nm", "3:6"],
         2,
-        &["--nm", "divisible by 3"],
+        &["--nm", "divisible by 6"],
     );
     expect(
         &["--calib", calib.to_str().unwrap(), "--nm", "4:2"],
