@@ -10,7 +10,7 @@ mkdir -p "$out"
 fx=.cache/fixtures
 books=$fx/austen
 calib=(--calib $books/emma.txt --calib $books/mansfield_park.txt --calib $books/northanger_abbey.txt
-       --calib $books/sense_and_sensibility.txt --nsamples 32 --seqlen 512 --seed 0)
+       --calib $books/sense_and_sensibility.txt --nsamples 32 --seed 0)
 eval=(--eval-text $books/persuasion.txt --eval-windows 64 --seqlen 512)
 for sparsity in 0.5 0.7; do
   for method in magnitude wanda sparsegpt multiflow; do

@@ -1,6 +1,8 @@
 //! Allocation: how sparse each matrix (and, for NeuroAL's row step, each row) should be, given
 //! the global target.
 
+pub mod neuroal;
+
 use crate::error::{Error, Result};
 use crate::graph::Discovery;
 use crate::prune::MaskRule;

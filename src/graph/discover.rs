@@ -109,6 +109,9 @@ pub struct Discovery {
     pub n_blocks: usize,
     /// Rows of the token embedding (the vocabulary the model accepts), when found.
     pub vocab: Option<usize>,
+    /// Longest sequence the position tables (learned positions, rotary caches) allow, when the
+    /// graph has such tables.
+    pub max_positions: Option<usize>,
 }
 
 impl Discovery {
@@ -158,6 +161,8 @@ enum UseKind {
         indices: String,
         /// Reached through a transpose (the genai builder's tied `[hidden, vocab]` head).
         transposed: bool,
+        /// Constant added to the ids before the lookup.
+        offset: i64,
     },
     Quantized(&'static str),
 }
@@ -252,22 +257,32 @@ pub fn discover(model: &OnnxModel) -> Result<Discovery> {
             ),
         ));
     }
-    let vocab = uses.values().find_map(|(tensor, us)| {
-        us.iter().find_map(|u| match &u.kind {
-            UseKind::Gather {
+    // Lookup tables: rows of the token embedding; positions the position tables cover.
+    let mut vocab = None;
+    let mut max_positions: Option<usize> = None;
+    for (tensor, us) in uses.values() {
+        for u in us {
+            if let UseKind::Gather {
                 indices,
                 transposed,
-            } if indices == "input_ids" => {
-                usize::try_from(tensor.dims[usize::from(*transposed)]).ok()
+                offset,
+            } = &u.kind
+            {
+                let rows = tensor.dims[usize::from(*transposed)];
+                if indices == "input_ids" {
+                    vocab = vocab.or(usize::try_from(rows).ok());
+                } else if let Ok(n) = usize::try_from(rows - offset) {
+                    max_positions = Some(max_positions.map_or(n, |m| m.min(n)));
+                }
             }
-            _ => None,
-        })
-    });
+        }
+    }
     Ok(Discovery {
         linears,
         excluded,
         n_blocks,
         vocab,
+        max_positions,
     })
 }
 
@@ -542,7 +557,7 @@ fn classify<'a>(scopes: &[Scope<'a>], node: &'a NodeProto) -> Option<(Traced<'a>
         // (rotary caches) are not weights of interest; if one also fed a linear, the linear's
         // sharing check would catch it.
         "Gather" => {
-            let indices = gathered_input(scopes, node)?;
+            let (indices, offset) = gathered_input(scopes, node)?;
             let traced = trace(scopes, node.input.first()?, node)?;
             match traced {
                 Traced::Weight {
@@ -554,6 +569,7 @@ fn classify<'a>(scopes: &[Scope<'a>], node: &'a NodeProto) -> Option<(Traced<'a>
                         UseKind::Gather {
                             indices,
                             transposed,
+                            offset,
                         },
                     ))
                 }
@@ -565,13 +581,14 @@ fn classify<'a>(scopes: &[Scope<'a>], node: &'a NodeProto) -> Option<(Traced<'a>
 }
 
 /// The graph input (`input_ids` or `position_ids`) a `Gather`'s indices come from, directly or
-/// through a few index arithmetic ops (`Cast`, `Reshape`, `Unsqueeze`, `Add` of an offset, ...).
-fn gathered_input(scopes: &[Scope], node: &NodeProto) -> Option<String> {
-    fn search(producers: &HashMap<&str, &NodeProto>, name: &str, depth: usize) -> Option<String> {
+/// through a few index arithmetic ops (`Cast`, `Reshape`, `Unsqueeze`, `Add` of an offset, ...),
+/// with the constant offset added on the way (OPT's learned positions start at 2).
+fn gathered_input(scopes: &[Scope], node: &NodeProto) -> Option<(String, i64)> {
+    fn search(scopes: &[Scope], name: &str, depth: usize) -> Option<(String, i64)> {
         if name == "input_ids" || name == "position_ids" {
-            return Some(name.to_string());
+            return Some((name.to_string(), 0));
         }
-        let producer = producers.get(name)?;
+        let producer = scopes.last()?.producers.get(name)?;
         let index_op = matches!(
             producer.op_type(),
             "Cast" | "Identity" | "Reshape" | "Unsqueeze" | "Squeeze" | "Add" | "Sub"
@@ -579,12 +596,55 @@ fn gathered_input(scopes: &[Scope], node: &NodeProto) -> Option<String> {
         if depth == 0 || !index_op {
             return None;
         }
-        producer
-            .input
-            .iter()
-            .find_map(|i| search(producers, i, depth - 1))
+        producer.input.iter().find_map(|i| {
+            let (found, offset) = search(scopes, i, depth - 1)?;
+            let addend: i64 = match producer.op_type() {
+                "Add" | "Sub" => producer
+                    .input
+                    .iter()
+                    .filter(|other| *other != i)
+                    .filter_map(|other| constant_int(scopes, other))
+                    .sum(),
+                _ => 0,
+            };
+            let sign = if producer.op_type() == "Sub" { -1 } else { 1 };
+            Some((found, offset + sign * addend))
+        })
     }
-    search(&scopes.last()?.producers, node.input.get(1)?, 4)
+    search(scopes, node.input.get(1)?, 4)
+}
+
+/// The value of a scalar integer constant (an initializer or a `Constant` node's output).
+fn constant_int(scopes: &[Scope], name: &str) -> Option<i64> {
+    let tensor = match resolve(scopes, name) {
+        Some((_, t)) => t,
+        None => {
+            let node = scopes.last()?.producers.get(name)?;
+            if node.op_type() != "Constant" {
+                return None;
+            }
+            node.attribute
+                .iter()
+                .find(|a| a.name() == "value")?
+                .t
+                .as_ref()?
+        }
+    };
+    if tensor.dims.iter().product::<i64>() != 1 {
+        return None;
+    }
+    if let Some(&v) = tensor.int64_data.first() {
+        return Some(v);
+    }
+    if let Some(&v) = tensor.int32_data.first() {
+        return Some(i64::from(v));
+    }
+    let raw = tensor.raw_data();
+    match raw.len() {
+        8 => Some(i64::from_le_bytes(raw.try_into().ok()?)),
+        4 => Some(i64::from(i32::from_le_bytes(raw.try_into().ok()?))),
+        _ => None,
+    }
 }
 
 /// Follows a weight operand back through `Transpose`/`Cast`/`Identity`/`DequantizeLinear` to an

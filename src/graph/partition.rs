@@ -245,6 +245,65 @@ impl Partition {
             .filter(|s| matches!(s.kind, StageKind::Block(_)))
     }
 
+    /// For each of `linears` (the linears of `stage`, in order), the indices of those among them
+    /// whose output reaches its input through the stage's dataflow without crossing another
+    /// linear: attention reads q, k and v; the MLP's gate and up read o (through the residual
+    /// and norm); down reads gate and up.
+    pub fn producers(&self, stage: &Stage, linears: &[&Linear]) -> Vec<Vec<usize>> {
+        let in_stage: HashSet<usize> = stage.nodes.iter().copied().collect();
+        let mut producer: HashMap<&str, usize> = HashMap::new();
+        for &i in &stage.nodes {
+            for o in &self.nodes[i].output {
+                producer.insert(o.as_str(), i);
+            }
+        }
+        // The node applying each linear in the partitioned (no-cache) graph.
+        let node_linear: HashMap<usize, usize> = linears
+            .iter()
+            .enumerate()
+            .flat_map(|(k, l)| {
+                stage
+                    .nodes
+                    .iter()
+                    .filter(move |&&i| l.nodes.iter().any(|n| n.name == self.nodes[i].name()))
+                    .map(move |&i| (i, k))
+            })
+            .collect();
+        linears
+            .iter()
+            .map(|l| {
+                let mut found = Vec::new();
+                let mut seen = HashSet::new();
+                let start = l
+                    .nodes
+                    .iter()
+                    .find(|n| n.graph.is_empty() || n.graph.ends_with("/else_branch"))
+                    .unwrap_or(&l.nodes[0])
+                    .input
+                    .clone();
+                let mut queue = vec![start];
+                while let Some(tensor) = queue.pop() {
+                    let Some(&p) = producer.get(tensor.as_str()) else {
+                        continue;
+                    };
+                    if !in_stage.contains(&p) || !seen.insert(p) {
+                        continue;
+                    }
+                    match node_linear.get(&p) {
+                        Some(&k) => {
+                            if !found.contains(&k) {
+                                found.push(k);
+                            }
+                        }
+                        None => queue.extend(self.nodes[p].input.iter().cloned()),
+                    }
+                }
+                found.sort_unstable();
+                found
+            })
+            .collect()
+    }
+
     /// A self-contained model of `stage`: its nodes, every initializer they read (inline), inputs
     /// typed by `input_types` (graph inputs keep their declared types), the weights of `weights`
     /// turned into inputs, and `extra_outputs` (e.g. captured activations) besides its own.

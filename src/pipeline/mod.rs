@@ -1,10 +1,14 @@
 //! The whole job, stage by stage: validate, load, discover, allocate, prune, write, evaluate,
 //! report. The CLI builds a [`PruneConfig`] and calls [`prune`]; nothing here parses arguments.
 
+mod search;
 mod sequential;
 mod staged;
 
-pub use sequential::SequentialTimings;
+pub use search::{Candidate, SearchReport};
+pub use sequential::{Alignment, SequentialTimings};
+
+use sequential::SequentialPruner;
 pub use staged::StagedRun;
 
 use crate::allocate::{self, NeuroalStep, SparsityPlan, TopUp};
@@ -98,13 +102,25 @@ impl PruneConfig {
         if self.nsamples == 0 {
             return Err(Error::invalid("--nsamples", "must be at least 1"));
         }
-        if self.top_up != TopUp::Uniform {
+        if !matches!(self.top_up, TopUp::Uniform | TopUp::Neuroal) {
             return Err(Error::not_implemented(
                 format!("--top-up {}", name(self.top_up)),
-                "this version allocates with --top-up uniform",
+                "this version allocates with --top-up uniform or neuroal",
             ));
         }
-        if !self.method.needs_calibration() && !self.calib.is_empty() {
+        if self.top_up == TopUp::Neuroal && self.method == PruneMethod::Dense {
+            return Err(Error::invalid(
+                "--top-up",
+                "neuroal searches how to spread pruning; --prune-method dense prunes nothing (use --top-up uniform)",
+            ));
+        }
+        if self.top_up == TopUp::Neuroal && self.nm.is_some() {
+            return Err(Error::invalid(
+                "--nm",
+                "N:M fixes the sparsity of every row; use it with --top-up uniform",
+            ));
+        }
+        if !self.needs_calibration() && !self.calib.is_empty() {
             return Err(Error::invalid(
                 "--calib",
                 format!(
@@ -114,6 +130,14 @@ impl PruneConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl PruneConfig {
+    /// Whether the job runs the model on calibration windows: a calibrated base score, or the
+    /// NeuroAL search (whose alignment metric needs activations whatever the score).
+    pub fn needs_calibration(&self) -> bool {
+        self.method.needs_calibration() || self.top_up == TopUp::Neuroal
     }
 }
 
@@ -145,7 +169,18 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         discovery.linears.len(),
         discovery.prunable_params() as f64 / 1e6
     ));
-    let plan = allocate::uniform(&discovery, config.sparsity, config.nm)?;
+    let mut plan = allocate::uniform(&discovery, config.sparsity, config.nm)?;
+    // Windows never run past the model's position tables.
+    let seqlen = match discovery.max_positions {
+        Some(max) if max < config.seqlen => {
+            progress.note(&format!(
+                "  windows capped at {max} tokens: the model's position tables end there"
+            ));
+            max
+        }
+        _ => config.seqlen,
+    };
+    let mut search = None;
 
     // Everything that can fail on the user's input is checked before the long work starts.
     let text_needed =
@@ -159,10 +194,10 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         TextTokenizer::load(&model.dir, None).ok()
     };
     let evaluation = match &tokenizer {
-        Some(t) if !config.eval_texts.is_empty() => Some(EvalSet::prepare(config, t)?),
+        Some(t) if !config.eval_texts.is_empty() => Some(EvalSet::prepare(config, seqlen, t)?),
         _ => None,
     };
-    let runtime = if config.method.needs_calibration() || evaluation.is_some() {
+    let runtime = if config.needs_calibration() || evaluation.is_some() {
         let library = locate_library(config.ort_lib.as_deref())?;
         Some(Runtime::new(
             &library,
@@ -174,15 +209,19 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         None
     };
     let calibration = match &runtime {
-        Some(rt) if config.method.needs_calibration() && config.calib.is_empty() => {
+        Some(rt) if config.needs_calibration() && config.calib.is_empty() => {
             let stage = progress.stage("generate calibration");
-            let c = Calibration::generate(config, rt, &model, tokenizer.as_ref(), progress)?;
+            let c =
+                Calibration::generate(config, seqlen, rt, &model, tokenizer.as_ref(), progress)?;
             timings.insert("generate_calibration".to_string(), stage.finish());
             Some(c)
         }
-        Some(_) if config.method.needs_calibration() => {
-            Some(Calibration::prepare(config, tokenizer.as_ref(), progress)?)
-        }
+        Some(_) if config.needs_calibration() => Some(Calibration::prepare(
+            config,
+            seqlen,
+            tokenizer.as_ref(),
+            progress,
+        )?),
         _ => None,
     };
 
@@ -196,19 +235,26 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     let stage = progress.stage("prune");
     let pruned = match (&calibration, &runtime) {
         (Some(calib), Some(rt)) => {
-            let (pruned, parts) = sequential::prune_sequential(
-                &model,
-                &discovery,
-                rt,
-                &calib.windows,
-                config.method,
-                &plan,
-                progress,
-            )?;
-            timings.insert("prune_forward".to_string(), parts.forward);
-            timings.insert("prune_statistics".to_string(), parts.statistics);
-            timings.insert("prune_masks".to_string(), parts.masks);
-            pruned
+            let mut pruner = SequentialPruner::new(&model, &discovery, rt, config.method)?;
+            if config.top_up == TopUp::Neuroal {
+                let (chosen, report) = search::neuroal(
+                    &mut pruner,
+                    &discovery,
+                    &calib.windows,
+                    config.sparsity,
+                    config.neuroal_step,
+                    config.method,
+                    progress,
+                )?;
+                timings.insert("search".to_string(), report.seconds);
+                plan = chosen;
+                search = Some(report);
+            }
+            let pass = pruner.run(&calib.windows, &plan, true, false, progress)?;
+            timings.insert("prune_forward".to_string(), pruner.timings.forward);
+            timings.insert("prune_statistics".to_string(), pruner.timings.statistics);
+            timings.insert("prune_masks".to_string(), pruner.timings.masks);
+            pass.pruned
         }
         _ => prune_without_data(config.method, &model, &discovery, &plan, progress)?,
     };
@@ -270,6 +316,7 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
             seed: config.seed,
         },
         calibration: calibration.map(|c| c.info),
+        search,
         sparsity: summarize_sparsity(config.sparsity, &discovery, pruned.per_matrix),
         evaluation: evaluations,
         timings_s: timings,
@@ -413,6 +460,7 @@ impl Calibration {
     /// draws `--nsamples` windows of `--seqlen` tokens (capped by the longest document).
     fn prepare(
         config: &PruneConfig,
+        seqlen: usize,
         tokenizer: Option<&TextTokenizer>,
         progress: &Progress,
     ) -> Result<Self> {
@@ -437,12 +485,13 @@ impl Calibration {
                 ),
             ));
         }
-        let seqlen = config.seqlen.min(longest - 1);
-        if seqlen < config.seqlen {
+        let capped = seqlen.min(longest - 1);
+        if capped < seqlen {
             progress.note(&format!(
-                "  calibration windows shortened to {seqlen} tokens: the longest document has {longest}"
+                "  calibration windows shortened to {capped} tokens: the longest document has {longest}"
             ));
         }
+        let seqlen = capped;
         let windows = sample_windows(&documents, config.nsamples, seqlen, config.seed)?
             .into_iter()
             .map(|w| w.into_iter().map(i64::from).collect())
@@ -470,6 +519,7 @@ impl Calibration {
     /// calibration data is given (the plain command then needs nothing but the model).
     fn generate(
         config: &PruneConfig,
+        seqlen: usize,
         runtime: &Runtime,
         model: &OnnxModel,
         tokenizer: Option<&TextTokenizer>,
@@ -478,7 +528,7 @@ impl Calibration {
         let bos = tokenizer.and_then(TextTokenizer::bos_id).unwrap_or(0);
         progress.note(&format!(
             "  no --calib: the model writes {} windows of {} tokens from token {bos}",
-            config.nsamples, config.seqlen
+            config.nsamples, seqlen
         ));
         let mut lm = CausalLm::open(runtime, model)?;
         let mut rng = Rng::new(config.seed);
@@ -487,7 +537,7 @@ impl Calibration {
         while windows.len() < config.nsamples {
             let batch = (config.nsamples - windows.len()).min(8);
             progress.item("windows", windows.len(), config.nsamples);
-            windows.extend(lm.generate(batch, config.seqlen, i64::from(bos), |row| {
+            windows.extend(lm.generate(batch, seqlen, i64::from(bos), |row| {
                 i64::from(sample_token(row, &mut rng))
             })?);
         }
@@ -499,7 +549,7 @@ impl Calibration {
                 files: Vec::new(),
                 documents: 0,
                 windows: config.nsamples,
-                seqlen: config.seqlen,
+                seqlen,
             },
         })
     }
@@ -514,7 +564,7 @@ struct EvalSet {
 
 impl EvalSet {
     /// Tokenizes every `--eval-text`.
-    fn prepare(config: &PruneConfig, tokenizer: &TextTokenizer) -> Result<Self> {
+    fn prepare(config: &PruneConfig, seqlen: usize, tokenizer: &TextTokenizer) -> Result<Self> {
         let mut texts = Vec::new();
         for path in &config.eval_texts {
             let tokens = tokenizer.encode_file(path)?;
@@ -528,7 +578,7 @@ impl EvalSet {
         }
         Ok(Self {
             texts,
-            seqlen: config.seqlen,
+            seqlen,
             max_windows: config.eval_windows,
         })
     }

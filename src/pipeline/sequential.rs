@@ -1,6 +1,7 @@
 //! Sequential block-wise pruning (spec §0.3): for each block, run it dense on the current inputs
 //! of every calibration window and collect its linears' input statistics, prune its linears, run
-//! it again pruned, and feed its outputs to the next block.
+//! it again pruned, and feed its outputs to the next block. The same pass, on a few windows and a
+//! candidate allocation, measures NeuroAL's neuron alignment (spec §1.2).
 
 use super::staged::StagedRun;
 use super::PrunedWeights;
@@ -10,14 +11,14 @@ use crate::graph::{Discovery, Layout, Linear, Partition, StageKind};
 use crate::onnx::{OnnxModel, TensorKey};
 use crate::progress::Progress;
 use crate::prune::{prune_matrix, ActivationStats, PruneMethod};
-use crate::runtime::{Activation, Runtime};
+use crate::runtime::{Activation, ModelSession, Runtime};
 use std::collections::HashMap;
 use std::time::Instant;
 
-/// Where the time of a sequential pass went, in seconds.
+/// Where the time of sequential passes went, in seconds.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SequentialTimings {
-    /// ONNX Runtime: prefix and block runs (dense and pruned).
+    /// ONNX Runtime: stage sessions, prefix and block runs (dense and pruned).
     pub forward: f64,
     /// Accumulating activation statistics.
     pub statistics: f64,
@@ -25,123 +26,215 @@ pub struct SequentialTimings {
     pub masks: f64,
 }
 
-/// Prunes every linear of `discovery` block by block on `windows`, with pruned outputs fed forward.
-pub fn prune_sequential(
-    model: &OnnxModel,
-    discovery: &Discovery,
-    runtime: &Runtime,
-    windows: &[Vec<i64>],
+/// A linear's input-channel norms with its block dense and pruned, on the same inputs.
+#[derive(Clone, Debug)]
+pub struct Alignment {
+    /// `a^dense`, one entry per input channel.
+    pub dense: Vec<f32>,
+    /// `a^sparse`.
+    pub sparse: Vec<f32>,
+}
+
+/// What one pass produced.
+pub(crate) struct Pass {
+    /// The pruned weights (their bytes only when asked to keep them).
+    pub pruned: PrunedWeights,
+    /// Per linear in discovery order, when alignment was measured.
+    pub alignment: Vec<Alignment>,
+}
+
+/// Runs sequential passes over one model, reusing one session per stage across passes (the
+/// prunable weights are stage inputs, so every candidate allocation shares them).
+pub(crate) struct SequentialPruner<'a> {
+    model: &'a OnnxModel,
+    discovery: &'a Discovery,
+    runtime: &'a Runtime,
     method: PruneMethod,
-    plan: &SparsityPlan,
-    progress: &Progress,
-) -> Result<(PrunedWeights, SequentialTimings)> {
-    let mut timings = SequentialTimings::default();
-    let partition = Partition::new(model, discovery)?;
-    let clock = Instant::now();
-    let mut run = StagedRun::start(model, &partition, runtime, windows)?;
-    timings.forward += clock.elapsed().as_secs_f64();
-    let index: HashMap<&TensorKey, usize> = discovery
-        .linears
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (&l.weight, i))
-        .collect();
-    let mut pruned = PrunedWeights::default();
-    let blocks = partition.blocks().count();
-    let mut done = 0;
-    while !run.at_suffix() {
-        let StageKind::Block(block) = run.stage().kind else {
-            return Err(Error::Runtime(
-                "the partition has no block where one was expected".into(),
-            ));
-        };
-        progress.item("blocks", done, blocks);
-        let linears: Vec<&Linear> = discovery.block(block).collect();
-        // One capture per distinct input tensor (q, k and v read the same one).
-        let mut captures: Vec<String> = Vec::new();
-        let mut stats: Vec<ActivationStats> = Vec::new();
-        let mut source: Vec<usize> = Vec::new();
-        for l in &linears {
-            let input = capture_of(l);
-            let k = captures.iter().position(|c| c == input).unwrap_or_else(|| {
-                captures.push(input.to_string());
-                stats.push(ActivationStats::new(
-                    l.in_features,
-                    method == PruneMethod::Sparsegpt,
-                ));
-                captures.len() - 1
-            });
-            source.push(k);
-        }
-        let clock = Instant::now();
-        let mut session = run.open(&linears, &captures)?;
-        timings.forward += clock.elapsed().as_secs_f64();
-        let dense: Vec<Activation> = linears
-            .iter()
-            .map(|l| weight_value(model, l, None))
-            .collect::<Result<_>>()?;
-        let feeds: Vec<(&str, &Activation)> = linears
-            .iter()
-            .map(|l| l.weight.name.as_str())
-            .zip(&dense)
-            .collect();
+    partition: Partition,
+    sessions: HashMap<usize, ModelSession>,
+    index: HashMap<&'a TensorKey, usize>,
+    /// Time spent so far.
+    pub timings: SequentialTimings,
+}
 
-        // Dense pass: statistics of every linear's input.
-        for w in 0..run.windows() {
-            let clock = Instant::now();
-            let outputs = run.run(&mut session, w, &feeds, &captures)?;
-            timings.forward += clock.elapsed().as_secs_f64();
-            let clock = Instant::now();
-            for ((s, x), name) in stats.iter_mut().zip(&outputs).zip(&captures) {
-                let shape = x.shape();
-                if shape.last() != Some(&s.channels) {
-                    return Err(Error::Runtime(format!(
-                        "activation '{name}' has shape {shape:?}; expected {} channels last",
-                        s.channels
-                    )));
-                }
-                s.add(x.as_f32()?);
-            }
-            timings.statistics += clock.elapsed().as_secs_f64();
-        }
-
-        // Prune, then the pruned pass feeds the next block.
-        let clock = Instant::now();
-        let mut pruned_values = Vec::with_capacity(linears.len());
-        for (l, &k) in linears.iter().zip(&source) {
-            let i = index[&l.weight];
-            let mut weights = l.read_out_in(model)?;
-            prune_matrix(
-                method,
-                &l.weight.name,
-                &mut weights,
-                l.out_features,
-                l.in_features,
-                Some(&stats[k]),
-                &plan.rules[i],
-            )?;
-            let bytes = l.encode_out_in(&weights);
-            pruned_values.push(weight_value(model, l, Some(&bytes))?);
-            pruned.record(
-                l,
-                &weights,
-                plan.rules[i].mean_sparsity(l.out_features),
-                Some(bytes),
-            );
-        }
-        timings.masks += clock.elapsed().as_secs_f64();
-        let feeds: Vec<(&str, &Activation)> = linears
-            .iter()
-            .map(|l| l.weight.name.as_str())
-            .zip(&pruned_values)
-            .collect();
-        let clock = Instant::now();
-        run.advance(session, &feeds)?;
-        timings.forward += clock.elapsed().as_secs_f64();
-        done += 1;
+impl<'a> SequentialPruner<'a> {
+    /// Partitions the model for `method`.
+    pub fn new(
+        model: &'a OnnxModel,
+        discovery: &'a Discovery,
+        runtime: &'a Runtime,
+        method: PruneMethod,
+    ) -> Result<Self> {
+        Ok(Self {
+            model,
+            discovery,
+            runtime,
+            method,
+            partition: Partition::new(model, discovery)?,
+            sessions: HashMap::new(),
+            index: discovery
+                .linears
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (&l.weight, i))
+                .collect(),
+            timings: SequentialTimings::default(),
+        })
     }
-    progress.item("blocks", blocks, blocks);
-    Ok((pruned, timings))
+
+    /// The partition the passes run on.
+    pub fn partition(&self) -> &Partition {
+        &self.partition
+    }
+
+    /// Prunes every linear block by block on `windows` under `plan`, pruned outputs fed forward,
+    /// starting from the model's dense weights. `keep` keeps the new weights' bytes (for
+    /// writing); `measure` records every linear's [`Alignment`].
+    pub fn run(
+        &mut self,
+        windows: &[Vec<i64>],
+        plan: &SparsityPlan,
+        keep: bool,
+        measure: bool,
+        progress: &Progress,
+    ) -> Result<Pass> {
+        let (model, discovery, method) = (self.model, self.discovery, self.method);
+        let clock = Instant::now();
+        let mut run = StagedRun::new(model, &self.partition, self.runtime, windows)?;
+        let prefix = session(&mut self.sessions, &mut run, &[], &[])?;
+        run.advance(prefix, &[], &[], |_, _| Ok(()))?;
+        self.timings.forward += clock.elapsed().as_secs_f64();
+        let mut pruned = PrunedWeights::default();
+        let mut alignment = vec![None; discovery.linears.len()];
+        let blocks = self.partition.blocks().count();
+        let mut done = 0;
+        while !run.at_suffix() {
+            let StageKind::Block(block) = run.stage().kind else {
+                return Err(Error::Runtime(
+                    "the partition has no block where one was expected".into(),
+                ));
+            };
+            progress.item("blocks", done, blocks);
+            let linears: Vec<&Linear> = discovery.block(block).collect();
+            // One capture per distinct input tensor (q, k and v read the same one).
+            let mut captures: Vec<String> = Vec::new();
+            let mut dense_stats: Vec<ActivationStats> = Vec::new();
+            let mut source: Vec<usize> = Vec::new();
+            for l in &linears {
+                let input = capture_of(l);
+                let k = captures.iter().position(|c| c == input).unwrap_or_else(|| {
+                    captures.push(input.to_string());
+                    dense_stats.push(ActivationStats::new(
+                        l.in_features,
+                        method == PruneMethod::Sparsegpt,
+                    ));
+                    captures.len() - 1
+                });
+                source.push(k);
+            }
+            let mut sparse_stats: Vec<ActivationStats> = dense_stats
+                .iter()
+                .map(|s| ActivationStats::new(s.channels, false))
+                .collect();
+            let clock = Instant::now();
+            let stage_session = session(&mut self.sessions, &mut run, &linears, &captures)?;
+            self.timings.forward += clock.elapsed().as_secs_f64();
+            let dense: Vec<Activation> = linears
+                .iter()
+                .map(|l| weight_value(model, l, None))
+                .collect::<Result<_>>()?;
+            let feeds: Vec<(&str, &Activation)> = linears
+                .iter()
+                .map(|l| l.weight.name.as_str())
+                .zip(&dense)
+                .collect();
+
+            // Dense pass: statistics of every linear's input.
+            for w in 0..run.windows() {
+                let clock = Instant::now();
+                let outputs = run.run(stage_session, w, &feeds, &captures)?;
+                self.timings.forward += clock.elapsed().as_secs_f64();
+                let clock = Instant::now();
+                add_all(&mut dense_stats, &outputs, &captures)?;
+                self.timings.statistics += clock.elapsed().as_secs_f64();
+            }
+
+            // Prune, then the pruned pass feeds the next block.
+            let clock = Instant::now();
+            let mut pruned_values = Vec::with_capacity(linears.len());
+            for (l, &k) in linears.iter().zip(&source) {
+                let rule = &plan.rules[self.index[&l.weight]];
+                let mut weights = l.read_out_in(model)?;
+                prune_matrix(
+                    method,
+                    &l.weight.name,
+                    &mut weights,
+                    l.out_features,
+                    l.in_features,
+                    Some(&dense_stats[k]),
+                    rule,
+                )?;
+                let bytes = l.encode_out_in(&weights);
+                pruned_values.push(weight_value(model, l, Some(&bytes))?);
+                let target = rule.mean_sparsity(l.out_features);
+                pruned.record(l, &weights, target, keep.then_some(bytes));
+            }
+            self.timings.masks += clock.elapsed().as_secs_f64();
+            let feeds: Vec<(&str, &Activation)> = linears
+                .iter()
+                .map(|l| l.weight.name.as_str())
+                .zip(&pruned_values)
+                .collect();
+            let clock = Instant::now();
+            let measured: &[String] = if measure { &captures } else { &[] };
+            run.advance(stage_session, &feeds, measured, |_, outputs| {
+                add_all(&mut sparse_stats, &outputs, measured)
+            })?;
+            self.timings.forward += clock.elapsed().as_secs_f64();
+            if measure {
+                for (l, &k) in linears.iter().zip(&source) {
+                    alignment[self.index[&l.weight]] = Some(Alignment {
+                        dense: dense_stats[k].norms(),
+                        sparse: sparse_stats[k].norms(),
+                    });
+                }
+            }
+            done += 1;
+        }
+        progress.item("blocks", blocks, blocks);
+        Ok(Pass {
+            pruned,
+            alignment: alignment.into_iter().flatten().collect(),
+        })
+    }
+}
+
+/// The cached session of the next stage, opened on first use.
+fn session<'s>(
+    sessions: &'s mut HashMap<usize, ModelSession>,
+    run: &mut StagedRun,
+    weights: &[&Linear],
+    captures: &[String],
+) -> Result<&'s mut ModelSession> {
+    match sessions.entry(run.stage_index()) {
+        std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+        std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(run.open(weights, captures)?)),
+    }
+}
+
+/// Adds one window's captured activations to their statistics.
+fn add_all(stats: &mut [ActivationStats], outputs: &[Activation], names: &[String]) -> Result<()> {
+    for ((s, x), name) in stats.iter_mut().zip(outputs).zip(names) {
+        let shape = x.shape();
+        if shape.last() != Some(&s.channels) {
+            return Err(Error::Runtime(format!(
+                "activation '{name}' has shape {shape:?}; expected {} channels last",
+                s.channels
+            )));
+        }
+        s.add(x.as_f32()?);
+    }
+    Ok(())
 }
 
 /// The activation a linear multiplies, in the decoder the partition runs (the no-cache branch of

@@ -1,12 +1,12 @@
-//! Token windows flowing through a partitioned decoder one stage at a time: the prefix once,
-//! then each block on every window, its outputs kept for the stages that read them.
+//! Token windows flowing through a partitioned decoder one stage at a time: the prefix, then each
+//! block on every window, its outputs kept for the stages that read them.
 
 use crate::error::{Error, Result};
 use crate::graph::{Linear, Partition, Stage};
 use crate::onnx::proto::TypeProto;
 use crate::onnx::OnnxModel;
 use crate::runtime::{Activation, GraphFeeds, ModelSession, Runtime};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Windows in flight through a [`Partition`].
 pub struct StagedRun<'a> {
@@ -22,8 +22,8 @@ pub struct StagedRun<'a> {
 }
 
 impl<'a> StagedRun<'a> {
-    /// Feeds the graph inputs of every window and runs the prefix.
-    pub fn start(
+    /// Feeds the graph inputs of every window; the prefix runs next.
+    pub fn new(
         model: &'a OnnxModel,
         partition: &'a Partition,
         runtime: &'a Runtime,
@@ -34,17 +34,14 @@ impl<'a> StagedRun<'a> {
             .iter()
             .map(|w| Ok(feeds.values(w)?.into_iter().collect()))
             .collect::<Result<Vec<HashMap<String, Activation>>>>()?;
-        let mut run = Self {
+        Ok(Self {
             model,
             partition,
             runtime,
             carry,
             types: HashMap::new(),
             next: 0,
-        };
-        let prefix = run.open(&[], &[])?;
-        run.advance(prefix, &[])?;
-        Ok(run)
+        })
     }
 
     /// The stage that runs next.
@@ -52,13 +49,24 @@ impl<'a> StagedRun<'a> {
         &self.partition.stages[self.next]
     }
 
+    /// Position of the next stage in [`Partition::stages`].
+    pub fn stage_index(&self) -> usize {
+        self.next
+    }
+
     /// Number of windows.
     pub fn windows(&self) -> usize {
         self.carry.len()
     }
 
+    /// Whether every stage but the suffix has run.
+    pub fn at_suffix(&self) -> bool {
+        self.next + 1 == self.partition.stages.len()
+    }
+
     /// Opens a session on the next stage, with the weights of `weights` as inputs (fed on every
-    /// run) and `captures` as extra outputs.
+    /// run) and `captures` as extra outputs. Stage models do not depend on the windows, so a
+    /// session can serve every later run of the same stage.
     pub fn open(&mut self, weights: &[&Linear], captures: &[String]) -> Result<ModelSession> {
         let stage = self.stage();
         for name in &stage.inputs {
@@ -97,23 +105,28 @@ impl<'a> StagedRun<'a> {
         session.run(&inputs, outputs)
     }
 
-    /// Runs the next stage on every window, keeps its outputs for later stages, drops what no
-    /// later stage reads, and moves on.
+    /// Runs the next stage on every window, keeps its outputs for later stages (handing the
+    /// `captures` of each window to `on_capture`), drops what no later stage reads, and moves on.
     pub fn advance(
         &mut self,
-        mut session: ModelSession,
+        session: &mut ModelSession,
         weights: &[(&str, &Activation)],
+        captures: &[String],
+        mut on_capture: impl FnMut(usize, Vec<Activation>) -> Result<()>,
     ) -> Result<()> {
-        let outputs = self.stage().outputs.clone();
+        let mut outputs = self.stage().outputs.clone();
+        let own = outputs.len();
+        outputs.extend_from_slice(captures);
         for w in 0..self.carry.len() {
-            let produced = self.run(&mut session, w, weights, &outputs)?;
+            let mut produced = self.run(session, w, weights, &outputs)?;
+            let captured = produced.split_off(own);
             for (name, value) in outputs.iter().zip(produced) {
                 self.carry[w].insert(name.clone(), value);
             }
+            on_capture(w, captured)?;
         }
         self.next += 1;
-        let still_read: std::collections::HashSet<&str> = self.partition.stages
-            [self.next.min(self.partition.stages.len())..]
+        let still_read: HashSet<&str> = self.partition.stages[self.next..]
             .iter()
             .flat_map(|s| s.inputs.iter().map(String::as_str))
             .collect();
@@ -121,10 +134,5 @@ impl<'a> StagedRun<'a> {
             carry.retain(|name, _| still_read.contains(name.as_str()));
         }
         Ok(())
-    }
-
-    /// Whether every stage but the suffix has run.
-    pub fn at_suffix(&self) -> bool {
-        self.next + 1 == self.partition.stages.len()
     }
 }

@@ -103,28 +103,43 @@ fn methods_not_built_yet_are_refused_before_any_work() {
     let fx = fixture("tiny/llama");
     let dir = scratch();
     let out = dir.path().join("out.onnx");
-    for args in [
-        vec!["--prune-method", "magnitude", "--top-up", "neuroal"],
-        vec!["--prune-method", "wanda", "--top-up", "dsnot"],
-        vec!["--prune-method", "magnitude", "--top-up", "owl"],
-    ] {
-        let mut flags = vec!["--sparsity", "0.5"];
-        flags.extend(&args);
+    for top_up in ["owl", "alpha", "dsnot"] {
+        let flags = [
+            "--sparsity",
+            "0.5",
+            "--prune-method",
+            "wanda",
+            "--top-up",
+            top_up,
+        ];
         let r = run(job(&fx.model, &out, &flags));
-        assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
+        assert_eq!(r.code, 2, "{top_up}: {}", r.stderr);
         assert!(
             r.stderr.contains("not implemented yet"),
-            "{args:?}: {}",
+            "{top_up}: {}",
             r.stderr
         );
-        assert!(snapshot(dir.path()).is_empty(), "{args:?}: nothing written");
+        assert!(snapshot(dir.path()).is_empty(), "{top_up}: nothing written");
     }
-    // The documented default is the full NeuroAL pipeline, which this version does not run yet.
-    let r = run(job(&fx.model, &out, &["--sparsity", "0.7"]));
-    assert_eq!(r.code, 2);
-    assert!(
-        r.stderr.contains("--top-up neuroal is not implemented yet"),
-        "{}",
-        r.stderr
-    );
+}
+
+#[test]
+fn the_plain_command_needs_nothing_but_the_model() {
+    // Defaults: Wanda, NeuroAL (both steps), 128 windows the model writes itself, capped at the
+    // 256 positions of the tiny model's rotary tables.
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let out = dir.path().join("out.onnx");
+    run(job(&fx.model, &out, &["--sparsity", "0.7", "--quiet"])).ok();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out.report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["method"]["prune_method"], "wanda");
+    assert_eq!(report["method"]["top_up"], "neuroal");
+    assert_eq!(report["calibration"]["source"], "self_generated");
+    assert_eq!(report["calibration"]["windows"], 128);
+    assert_eq!(report["calibration"]["seqlen"], 256);
+    assert_eq!(report["search"]["block"].as_array().unwrap().len(), 13 + 1);
+    let measured = report["sparsity"]["measured"].as_f64().unwrap();
+    assert!((measured - 0.7).abs() < 0.02, "{measured}");
 }

@@ -6,6 +6,7 @@ mod calibrated;
 mod cli;
 mod discovery;
 mod harness;
+mod neuroal;
 mod onnx_io;
 mod runtime;
 mod smollm2;

@@ -42,10 +42,10 @@ fn staged_vs_full(rt: &Runtime, fx: &Fixture, ids: &[i64]) -> (f32, usize) {
         );
     }
     let full = CausalLm::open(rt, &model).unwrap().logits(ids).unwrap();
-    let mut run = StagedRun::start(&model, &partition, rt, &[ids.to_vec()]).unwrap();
+    let mut run = StagedRun::new(&model, &partition, rt, &[ids.to_vec()]).unwrap();
     while !run.at_suffix() {
-        let session = run.open(&[], &[]).unwrap();
-        run.advance(session, &[])
+        let mut session = run.open(&[], &[]).unwrap();
+        run.advance(&mut session, &[], &[], |_, _| Ok(()))
             .unwrap_or_else(|e| panic!("{}: {e}", fx.name));
     }
     assert_eq!(run.stage().kind, StageKind::Suffix);

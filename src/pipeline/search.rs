@@ -1,0 +1,208 @@
+//! NeuroAL's search (spec §1.3–§1.5): candidate allocations, each pruned sequentially on the
+//! first calibration windows from the dense weights and scored by neuron alignment; the block-wise
+//! λ first, then the row-wise λ from the best block run's alignment differences.
+
+use super::sequential::{Alignment, SequentialPruner};
+use crate::allocate::neuroal::{
+    argmin_first, block_lambdas, block_ramp, misalignment, row_sparsities, ROW_LAMBDAS,
+};
+use crate::allocate::{NeuroalStep, SparsityPlan};
+use crate::error::Result;
+use crate::graph::{Discovery, Partition, StageKind};
+use crate::progress::Progress;
+use crate::prune::{MaskRule, PruneMethod};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Windows each candidate is evaluated on (the reference's `nsamples = 8`).
+pub const SEARCH_WINDOWS: usize = 8;
+
+/// One evaluated candidate.
+#[derive(Clone, Debug, Serialize)]
+pub struct Candidate {
+    /// Its λ.
+    pub lambda: f64,
+    /// Σ of every linear's misalignment; lower is better.
+    pub score: f64,
+}
+
+/// What the search tried and chose.
+#[derive(Clone, Debug, Serialize)]
+pub struct SearchReport {
+    /// Block-step candidates, in grid order.
+    pub block: Vec<Candidate>,
+    /// The chosen block λ (none when the block step did not run).
+    pub block_lambda: Option<f64>,
+    /// Row-step candidates, in grid order.
+    pub row: Vec<Candidate>,
+    /// The chosen row λ (none when the row step did not run).
+    pub row_lambda: Option<f64>,
+    /// Why the row step did not run, when it did not.
+    pub row_skipped: Option<String>,
+    /// Windows each candidate ran on.
+    pub windows: usize,
+    /// Wall time of the search, seconds.
+    pub seconds: f64,
+}
+
+/// Searches NeuroAL's allocation for `sparsity` and returns the plan the final pass uses.
+pub(crate) fn neuroal(
+    pruner: &mut SequentialPruner,
+    discovery: &Discovery,
+    windows: &[Vec<i64>],
+    sparsity: f64,
+    step: NeuroalStep,
+    method: PruneMethod,
+    progress: &Progress,
+) -> Result<(SparsityPlan, SearchReport)> {
+    let clock = Instant::now();
+    let windows = &windows[..windows.len().min(SEARCH_WINDOWS)];
+    let blocks: Vec<usize> = {
+        let mut b: Vec<usize> = discovery.linears.iter().map(|l| l.block).collect();
+        b.dedup();
+        b
+    };
+    let position: BTreeMap<usize, usize> =
+        blocks.iter().enumerate().map(|(i, b)| (*b, i)).collect();
+    let block_plan = |lambda: f64| -> (Vec<f64>, SparsityPlan) {
+        let ramp = block_ramp(sparsity, lambda, blocks.len());
+        let per_linear: Vec<f64> = discovery
+            .linears
+            .iter()
+            .map(|l| ramp[position[&l.block]])
+            .collect();
+        let rules = per_linear.iter().map(|&s| MaskRule::Row(s)).collect();
+        (per_linear, SparsityPlan { rules })
+    };
+
+    // Block step: the λ ramp over blocks; with the row step alone, one uniform run at λ = 0.
+    let mut report = SearchReport {
+        block: Vec::new(),
+        block_lambda: None,
+        row: Vec::new(),
+        row_lambda: None,
+        row_skipped: None,
+        windows: windows.len(),
+        seconds: 0.0,
+    };
+    let (block_sparsity, block_rules, alignment) = if step == NeuroalStep::Row {
+        let (per_linear, plan) = block_plan(0.0);
+        let (_, alignment) = evaluate(pruner, windows, &plan)?;
+        (per_linear, plan, alignment)
+    } else {
+        let lambdas = block_lambdas(sparsity);
+        let mut runs = Vec::with_capacity(lambdas.len());
+        for (i, &lambda) in lambdas.iter().enumerate() {
+            progress.item("block candidates", i, lambdas.len());
+            let (per_linear, plan) = block_plan(lambda);
+            let (score, alignment) = evaluate(pruner, windows, &plan)?;
+            progress.note(&format!("  block λ {lambda:.2}: misalignment {score:.6e}"));
+            report.block.push(Candidate { lambda, score });
+            runs.push((per_linear, plan, alignment));
+        }
+        let best = chosen(&report.block);
+        report.block_lambda = Some(report.block[best].lambda);
+        runs.swap_remove(best)
+    };
+
+    let row_wanted = matches!(step, NeuroalStep::Row | NeuroalStep::Both);
+    if !row_wanted {
+        report.seconds = clock.elapsed().as_secs_f64();
+        return Ok((block_rules, report));
+    }
+    if method == PruneMethod::Sparsegpt {
+        report.row_skipped =
+            Some("SparseGPT takes one sparsity per matrix (as in the reference)".into());
+        report.seconds = clock.elapsed().as_secs_f64();
+        return Ok((block_rules, report));
+    }
+
+    // Row step: each producer's rows follow its consumer's alignment difference.
+    let signals = row_signals(pruner.partition(), discovery, &alignment);
+    let mut plans = Vec::with_capacity(ROW_LAMBDAS.len());
+    for (i, &lambda) in ROW_LAMBDAS.iter().enumerate() {
+        progress.item("row candidates", i, ROW_LAMBDAS.len());
+        let rules = discovery
+            .linears
+            .iter()
+            .zip(&block_sparsity)
+            .zip(&signals)
+            .map(|((l, &s), g)| {
+                let rows = g
+                    .as_deref()
+                    .and_then(|g| row_sparsities(s, lambda, g))
+                    .unwrap_or_else(|| vec![s; l.out_features]);
+                MaskRule::Neuron(rows)
+            })
+            .collect();
+        let plan = SparsityPlan { rules };
+        let (score, _) = evaluate(pruner, windows, &plan)?;
+        progress.note(&format!("  row λ {lambda:.2}: misalignment {score:.6e}"));
+        report.row.push(Candidate { lambda, score });
+        plans.push(plan);
+    }
+    let best = chosen(&report.row);
+    report.row_lambda = Some(report.row[best].lambda);
+    report.seconds = clock.elapsed().as_secs_f64();
+    Ok((plans.swap_remove(best), report))
+}
+
+/// The index of the best candidate: the lowest score, the first on ties (spec §1.4).
+fn chosen(candidates: &[Candidate]) -> usize {
+    let scores: Vec<f64> = candidates.iter().map(|c| c.score).collect();
+    argmin_first(&scores).unwrap_or(0)
+}
+
+/// Prunes a candidate on `windows` and scores it: Σ of every linear's misalignment.
+fn evaluate(
+    pruner: &mut SequentialPruner,
+    windows: &[Vec<i64>],
+    plan: &SparsityPlan,
+) -> Result<(f64, Vec<Alignment>)> {
+    let pass = pruner.run(windows, plan, false, true, &Progress::silent())?;
+    let score = pass
+        .alignment
+        .iter()
+        .map(|a| misalignment(&a.dense, &a.sparse))
+        .sum();
+    Ok((score, pass.alignment))
+}
+
+/// The row signal `g` of every linear (spec §1.5(a)): the difference `a^dense − a^sparse` of the
+/// first linear its output feeds in the same block, when that consumer's input is as wide as the
+/// producer's output and the consumer's producers are all that wide (q, k and v of a GQA model
+/// stay uniform); `None` (uniform rows) otherwise and in the last block.
+fn row_signals(
+    partition: &Partition,
+    discovery: &Discovery,
+    alignment: &[Alignment],
+) -> Vec<Option<Vec<f32>>> {
+    let mut signals: Vec<Option<Vec<f32>>> = vec![None; discovery.linears.len()];
+    let last_block = discovery.linears.iter().map(|l| l.block).max();
+    let mut offset = 0;
+    for stage in partition.blocks() {
+        let StageKind::Block(block) = stage.kind else {
+            continue;
+        };
+        let linears: Vec<_> = discovery.block(block).collect();
+        if Some(block) != last_block {
+            let producers = partition.producers(stage, &linears);
+            for (consumer, sources) in producers.iter().enumerate() {
+                let width = linears[consumer].in_features;
+                if sources.iter().any(|&p| linears[p].out_features != width) {
+                    continue; // GQA q/k/v, fused projections: uniform rows
+                }
+                let a = &alignment[offset + consumer];
+                let g: Vec<f32> = a.dense.iter().zip(&a.sparse).map(|(d, s)| d - s).collect();
+                for &p in sources {
+                    if signals[offset + p].is_none() {
+                        signals[offset + p] = Some(g.clone());
+                    }
+                }
+            }
+        }
+        offset += linears.len();
+    }
+    signals
+}

@@ -1,0 +1,141 @@
+//! NeuroAL end to end on a tiny GQA model: the search's candidates, its choice, the block ramp,
+//! the row step's per-row budgets, and SparseGPT skipping the row step.
+
+use crate::harness::{fixture, job, run, scratch};
+use neuroal_onnx::pipeline::inspect;
+use serde_json::Value;
+use std::path::Path;
+
+fn neuroal_run(dir: &Path, name: &str, method: &str, step: &str) -> (Value, std::path::PathBuf) {
+    let fx = fixture("tiny/llama");
+    let calib = crate::harness::austen("emma");
+    let out = dir.join(format!("{name}.onnx"));
+    let flags = [
+        "--sparsity",
+        "0.7",
+        "--prune-method",
+        method,
+        "--top-up",
+        "neuroal",
+        "--neuroal-step",
+        step,
+        "--calib",
+        calib.to_str().unwrap(),
+        "--nsamples",
+        "10",
+        "--seqlen",
+        "48",
+        "--quiet",
+    ];
+    run(job(&fx.model, &out, &flags)).ok();
+    let report =
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("report.json")).unwrap())
+            .unwrap();
+    (report, out)
+}
+
+/// The first λ of the lowest score, computed here from the reported candidates.
+fn first_argmin(candidates: &Value) -> f64 {
+    let list = candidates.as_array().unwrap();
+    let mut best = 0;
+    for (i, c) in list.iter().enumerate() {
+        if c["score"].as_f64().unwrap() < list[best]["score"].as_f64().unwrap() {
+            best = i;
+        }
+    }
+    list[best]["lambda"].as_f64().unwrap()
+}
+
+#[test]
+fn both_steps_search_their_grids_and_give_gqa_uniform_qkv_and_varied_rows_elsewhere() {
+    let dir = scratch();
+    let (report, out) = neuroal_run(dir.path(), "both", "wanda", "both");
+    let search = &report["search"];
+    assert_eq!(
+        search["windows"], 8,
+        "candidates run on the first 8 calibration windows"
+    );
+    let block: Vec<f64> = search["block"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["lambda"].as_f64().unwrap())
+        .collect();
+    assert_eq!(
+        block,
+        vec![0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.12, 0.15, 0.20, 0.25]
+    );
+    assert_eq!(search["row"].as_array().unwrap().len(), 15);
+    assert_eq!(
+        search["block_lambda"].as_f64().unwrap(),
+        first_argmin(&search["block"])
+    );
+    assert_eq!(
+        search["row_lambda"].as_f64().unwrap(),
+        first_argmin(&search["row"])
+    );
+    assert!(search["block"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["score"].as_f64().unwrap() > 0.0));
+
+    let measured = report["sparsity"]["measured"].as_f64().unwrap();
+    assert!((measured - 0.7).abs() < 0.02, "global sparsity {measured}");
+    let (model, discovery) = inspect(&out).unwrap();
+    let mut varied = Vec::new();
+    for l in discovery.linears.iter().filter(|l| l.block < 2) {
+        let w = l.read_out_in(&model).unwrap();
+        let per_row: Vec<usize> = w
+            .chunks(l.in_features)
+            .map(|r| r.iter().filter(|v| **v == 0.0).count())
+            .collect();
+        let uniform = per_row.iter().all(|&c| c == per_row[0]);
+        match l.role() {
+            // k and v are narrower than q (GQA): q, k and v keep uniform rows.
+            "q_proj" | "k_proj" | "v_proj" => {
+                assert!(uniform, "block {} {}: {per_row:?}", l.block, l.module)
+            }
+            _ => {
+                if !uniform {
+                    varied.push(l.module.clone());
+                }
+            }
+        }
+    }
+    if search["row_lambda"].as_f64().unwrap() > 0.0 {
+        assert!(
+            !varied.is_empty(),
+            "the row step gives o/gate/up per-row budgets"
+        );
+    }
+}
+
+#[test]
+fn the_block_step_alone_follows_the_ramp_of_the_chosen_lambda() {
+    let dir = scratch();
+    let (report, _) = neuroal_run(dir.path(), "block", "magnitude", "block");
+    let search = &report["search"];
+    assert!(search["row"].as_array().unwrap().is_empty());
+    let lambda = search["block_lambda"].as_f64().unwrap();
+    // Three blocks: s − λ, s, s + λ for every matrix of the block.
+    for m in report["sparsity"]["per_matrix"].as_array().unwrap() {
+        let b = m["block"].as_f64().unwrap();
+        let want = 0.7 - lambda + 2.0 * lambda * b / 2.0;
+        assert!((m["target"].as_f64().unwrap() - want).abs() < 1e-12, "{m}");
+    }
+}
+
+#[test]
+fn sparsegpt_skips_the_row_step_and_runs_are_deterministic() {
+    let dir = scratch();
+    let (a, out_a) = neuroal_run(dir.path(), "a", "sparsegpt", "both");
+    let (_, out_b) = neuroal_run(dir.path(), "b", "sparsegpt", "both");
+    assert!(a["search"]["row"].as_array().unwrap().is_empty());
+    assert!(a["search"]["row_skipped"]
+        .as_str()
+        .unwrap()
+        .contains("SparseGPT"));
+    let data = |p: &Path| std::fs::read(p.with_extension("onnx.data")).unwrap();
+    assert_eq!(data(&out_a), data(&out_b));
+}
