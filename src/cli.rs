@@ -145,11 +145,16 @@ impl PruneArgs {
                 "use --tasks lm with --eval-text",
             ));
         }
-        let default_owl = (self.owl_m, self.owl_lambda, self.alpha_epsilon) == (5.0, 0.08, 0.3);
-        if !default_owl && self.top_up == TopUp::Uniform {
+        if (self.owl_m, self.owl_lambda) != (5.0, 0.08) && self.top_up != TopUp::Owl {
             return Err(Error::invalid(
-                "--owl-m/--owl-lambda/--alpha-epsilon",
-                "apply only to --top-up owl or alpha",
+                "--owl-m/--owl-lambda",
+                "apply only to --top-up owl",
+            ));
+        }
+        if self.alpha_epsilon != 0.3 && self.top_up != TopUp::Alpha {
+            return Err(Error::invalid(
+                "--alpha-epsilon",
+                "applies only to --top-up alpha",
             ));
         }
         let eval_texts = if self.tasks == "none" {
@@ -174,6 +179,9 @@ impl PruneArgs {
             device: self.device,
             ort_lib: self.ort_lib,
             nm: self.nm,
+            owl_m: self.owl_m,
+            owl_lambda: self.owl_lambda,
+            alpha_epsilon: self.alpha_epsilon,
             threads: self.threads,
             command_line,
         };

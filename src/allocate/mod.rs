@@ -1,7 +1,9 @@
 //! Allocation: how sparse each matrix (and, for NeuroAL's row step, each row) should be, given
 //! the global target.
 
+pub mod alpha;
 pub mod neuroal;
+pub mod owl;
 
 use crate::error::{Error, Result};
 use crate::graph::Discovery;

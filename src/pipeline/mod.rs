@@ -1,10 +1,12 @@
 //! The whole job, stage by stage: validate, load, discover, allocate, prune, write, evaluate,
 //! report. The CLI builds a [`PruneConfig`] and calls [`prune`]; nothing here parses arguments.
 
+mod allocation;
 mod search;
 mod sequential;
 mod staged;
 
+pub use allocation::AllocationDetail;
 pub use search::{Candidate, SearchReport};
 pub use sequential::{Alignment, SequentialTimings};
 
@@ -64,6 +66,12 @@ pub struct PruneConfig {
     pub ort_lib: Option<PathBuf>,
     /// N:M structured sparsity.
     pub nm: Option<(usize, usize)>,
+    /// OWL's outlier threshold M (`--owl-m`).
+    pub owl_m: f64,
+    /// OWL's sparsity spread λ (`--owl-lambda`).
+    pub owl_lambda: f64,
+    /// AlphaPruning's spread ε (`--alpha-epsilon`).
+    pub alpha_epsilon: f64,
     /// ONNX Runtime intra-op threads (0: its default).
     pub threads: usize,
     /// The command line, for the report.
@@ -102,19 +110,19 @@ impl PruneConfig {
         if self.nsamples == 0 {
             return Err(Error::invalid("--nsamples", "must be at least 1"));
         }
-        if !matches!(self.top_up, TopUp::Uniform | TopUp::Neuroal) {
+        if self.top_up == TopUp::Dsnot {
             return Err(Error::not_implemented(
-                format!("--top-up {}", name(self.top_up)),
-                "this version allocates with --top-up uniform or neuroal",
+                "--top-up dsnot",
+                "allocate with --top-up uniform, owl, alpha or neuroal",
             ));
         }
-        if self.top_up == TopUp::Neuroal && self.method == PruneMethod::Dense {
+        if self.top_up != TopUp::Uniform && self.method == PruneMethod::Dense {
             return Err(Error::invalid(
                 "--top-up",
-                "neuroal searches how to spread pruning; --prune-method dense prunes nothing (use --top-up uniform)",
+                "--prune-method dense prunes nothing; allocate it with --top-up uniform",
             ));
         }
-        if self.top_up == TopUp::Neuroal && self.nm.is_some() {
+        if self.top_up != TopUp::Uniform && self.nm.is_some() {
             return Err(Error::invalid(
                 "--nm",
                 "N:M fixes the sparsity of every row; use it with --top-up uniform",
@@ -134,10 +142,10 @@ impl PruneConfig {
 }
 
 impl PruneConfig {
-    /// Whether the job runs the model on calibration windows: a calibrated base score, or the
-    /// NeuroAL search (whose alignment metric needs activations whatever the score).
+    /// Whether the job runs the model on calibration windows: a calibrated base score, or an
+    /// allocation measured on activations (NeuroAL's alignment, OWL's outliers).
     pub fn needs_calibration(&self) -> bool {
-        self.method.needs_calibration() || self.top_up == TopUp::Neuroal
+        self.method.needs_calibration() || matches!(self.top_up, TopUp::Neuroal | TopUp::Owl)
     }
 }
 
@@ -181,6 +189,7 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         _ => config.seqlen,
     };
     let mut search = None;
+    let mut allocation_detail = None;
 
     // Everything that can fail on the user's input is checked before the long work starts.
     let text_needed =
@@ -233,9 +242,20 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     }
 
     let stage = progress.stage("prune");
+    if config.top_up == TopUp::Alpha {
+        let (chosen, detail) = allocation::alpha(&model, &discovery, config)?;
+        plan = chosen;
+        allocation_detail = Some(detail);
+    }
     let pruned = match (&calibration, &runtime) {
         (Some(calib), Some(rt)) => {
             let mut pruner = SequentialPruner::new(&model, &discovery, rt, config.method)?;
+            if config.top_up == TopUp::Owl {
+                let (chosen, detail) =
+                    allocation::owl(&model, &discovery, rt, &calib.windows, config)?;
+                plan = chosen;
+                allocation_detail = Some(detail);
+            }
             if config.top_up == TopUp::Neuroal {
                 let (chosen, report) = search::neuroal(
                     &mut pruner,
@@ -317,6 +337,7 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         },
         calibration: calibration.map(|c| c.info),
         search,
+        allocation: allocation_detail,
         sparsity: summarize_sparsity(config.sparsity, &discovery, pruned.per_matrix),
         evaluation: evaluations,
         timings_s: timings,

@@ -35,6 +35,8 @@ pub struct Report {
     pub method: MethodInfo,
     /// The calibration data, for the methods that use it.
     pub calibration: Option<CalibrationInfo>,
+    /// What OWL or AlphaPruning measured to allocate (per-block outlier ratios or α).
+    pub allocation: Option<crate::pipeline::AllocationDetail>,
     /// NeuroAL's search: every candidate λ with its score, the chosen λ, its wall time.
     pub search: Option<crate::pipeline::SearchReport>,
     /// Target and measured sparsity.

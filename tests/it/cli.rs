@@ -103,7 +103,7 @@ fn methods_not_built_yet_are_refused_before_any_work() {
     let fx = fixture("tiny/llama");
     let dir = scratch();
     let out = dir.path().join("out.onnx");
-    for top_up in ["owl", "alpha", "dsnot"] {
+    for top_up in ["dsnot"] {
         let flags = [
             "--sparsity",
             "0.5",

@@ -139,3 +139,89 @@ fn sparsegpt_skips_the_row_step_and_runs_are_deterministic() {
     let data = |p: &Path| std::fs::read(p.with_extension("onnx.data")).unwrap();
     assert_eq!(data(&out_a), data(&out_b));
 }
+
+/// Per-block targets and measured sparsity of a report, in block order.
+fn per_block_targets(report: &Value) -> Vec<f64> {
+    let mut targets: Vec<(u64, f64)> = report["sparsity"]["per_matrix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["block"].as_u64().unwrap(), m["target"].as_f64().unwrap()))
+        .collect();
+    targets.dedup_by_key(|t| t.0);
+    targets.into_iter().map(|t| t.1).collect()
+}
+
+#[test]
+fn owl_and_alpha_allocate_by_block_from_what_they_measured() {
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let calib = crate::harness::austen("emma");
+    for top_up in ["owl", "alpha"] {
+        let out = dir.path().join(format!("{top_up}.onnx"));
+        let flags = [
+            "--sparsity",
+            "0.6",
+            "--prune-method",
+            "wanda",
+            "--top-up",
+            top_up,
+            "--calib",
+            calib.to_str().unwrap(),
+            "--nsamples",
+            "6",
+            "--seqlen",
+            "48",
+            "--quiet",
+        ];
+        run(job(&fx.model, &out, &flags)).ok();
+        let report: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.with_extension("report.json")).unwrap(),
+        )
+        .unwrap();
+        let detail = &report["allocation"];
+        assert_eq!(detail["top_up"], top_up);
+        let targets = per_block_targets(&report);
+        let measured: Vec<f64> = detail[if top_up == "owl" {
+            "outlier_ratio"
+        } else {
+            "alpha"
+        }]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+        assert_eq!(measured.len(), 3);
+        // Recomputed here from what was measured (spec §3.2 and §3.4, equal-sized blocks).
+        let (min, max) = measured
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let want: Vec<f64> = if top_up == "owl" {
+            let spread: Vec<f64> = measured
+                .iter()
+                .map(|d| 2.0 * 0.08 * (d - min) / (max - min))
+                .collect();
+            let mean = spread.iter().sum::<f64>() / 3.0;
+            spread.iter().map(|x| 1.0 - (0.4 + x - mean)).collect()
+        } else {
+            let ratios: Vec<f64> = measured
+                .iter()
+                .map(|a| (a - min) / (max - min) * 0.6 + 0.7)
+                .collect();
+            let mean = ratios.iter().sum::<f64>() / 3.0;
+            ratios
+                .iter()
+                .map(|r| (r * 0.6 / mean).clamp(0.01, 0.99))
+                .collect()
+        };
+        for (got, want) in targets.iter().zip(&want) {
+            assert!(
+                (got - want).abs() < 1e-9,
+                "{top_up}: targets {targets:?}, want {want:?}"
+            );
+        }
+        let global = report["sparsity"]["measured"].as_f64().unwrap();
+        assert!((global - 0.6).abs() < 0.03, "{top_up}: {global}");
+    }
+}
