@@ -90,7 +90,7 @@ pub fn alpha_sparsities(alphas: &[f64], params: &[usize], sparsity: f64, epsilon
     let weighted: f64 = ratios.iter().zip(params).map(|(r, &p)| r * p as f64).sum();
     ratios
         .iter()
-        .map(|r| r * sparsity * total / weighted)
+        .map(|r| (r * sparsity * total / weighted).clamp(CLIP.0, CLIP.1))
         .collect()
 }
 
