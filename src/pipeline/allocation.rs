@@ -69,7 +69,7 @@ pub(crate) fn owl(
     windows: &[Vec<i64>],
     config: &PruneConfig,
 ) -> Result<(SparsityPlan, AllocationDetail)> {
-    let mut dense = SequentialPruner::new(model, discovery, runtime, PruneMethod::Dense)?;
+    let mut dense = SequentialPruner::new(model, discovery, runtime, PruneMethod::Dense, false)?;
     let nothing = SparsityPlan {
         rules: vec![MaskRule::Row(0.0); discovery.linears.len()],
     };

@@ -110,10 +110,10 @@ impl PruneConfig {
         if self.nsamples == 0 {
             return Err(Error::invalid("--nsamples", "must be at least 1"));
         }
-        if self.top_up == TopUp::Dsnot {
-            return Err(Error::not_implemented(
-                "--top-up dsnot",
-                "allocate with --top-up uniform, owl, alpha or neuroal",
+        if self.top_up == TopUp::Dsnot && self.method == PruneMethod::Sparsegpt {
+            return Err(Error::invalid(
+                "--top-up",
+                "dsnot refines a score-based mask; SparseGPT rebuilds the weights itself (the reference's DSnoT+SparseGPT never accumulates its Hessian). Use wanda, multiflow or magnitude",
             ));
         }
         if self.top_up != TopUp::Uniform && self.method == PruneMethod::Dense {
@@ -145,7 +145,8 @@ impl PruneConfig {
     /// Whether the job runs the model on calibration windows: a calibrated base score, or an
     /// allocation measured on activations (NeuroAL's alignment, OWL's outliers).
     pub fn needs_calibration(&self) -> bool {
-        self.method.needs_calibration() || matches!(self.top_up, TopUp::Neuroal | TopUp::Owl)
+        self.method.needs_calibration()
+            || matches!(self.top_up, TopUp::Neuroal | TopUp::Owl | TopUp::Dsnot)
     }
 }
 
@@ -249,7 +250,8 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     }
     let pruned = match (&calibration, &runtime) {
         (Some(calib), Some(rt)) => {
-            let mut pruner = SequentialPruner::new(&model, &discovery, rt, config.method)?;
+            let dsnot = config.top_up == TopUp::Dsnot;
+            let mut pruner = SequentialPruner::new(&model, &discovery, rt, config.method, dsnot)?;
             if config.top_up == TopUp::Owl {
                 let (chosen, detail) =
                     allocation::owl(&model, &discovery, rt, &calib.windows, config)?;
@@ -456,6 +458,7 @@ fn prune_without_data(
                 linear.in_features,
                 None,
                 rule,
+                false,
             )?;
             let bytes = linear.encode_out_in(&weights);
             pruned.record(

@@ -50,6 +50,8 @@ pub(crate) struct SequentialPruner<'a> {
     discovery: &'a Discovery,
     runtime: &'a Runtime,
     method: PruneMethod,
+    /// Refine masks with DSnoT (attention projections only, as the reference does).
+    dsnot: bool,
     partition: Partition,
     sessions: HashMap<usize, ModelSession>,
     index: HashMap<&'a TensorKey, usize>,
@@ -58,18 +60,20 @@ pub(crate) struct SequentialPruner<'a> {
 }
 
 impl<'a> SequentialPruner<'a> {
-    /// Partitions the model for `method`.
+    /// Partitions the model for `method`; `dsnot` refines its masks with DSnoT.
     pub fn new(
         model: &'a OnnxModel,
         discovery: &'a Discovery,
         runtime: &'a Runtime,
         method: PruneMethod,
+        dsnot: bool,
     ) -> Result<Self> {
         Ok(Self {
             model,
             discovery,
             runtime,
             method,
+            dsnot,
             partition: Partition::new(model, discovery)?,
             sessions: HashMap::new(),
             index: discovery
@@ -173,6 +177,7 @@ impl<'a> SequentialPruner<'a> {
                     l.in_features,
                     Some(&dense_stats[k]),
                     rule,
+                    self.dsnot && !is_mlp(l),
                 )?;
                 let bytes = l.encode_out_in(&weights);
                 pruned_values.push(weight_value(model, l, Some(&bytes))?);
@@ -207,6 +212,12 @@ impl<'a> SequentialPruner<'a> {
             alignment: alignment.into_iter().flatten().collect(),
         })
     }
+}
+
+/// Whether a linear belongs to the MLP, which DSnoT leaves alone (`skip_layer`: "mlp" for
+/// LLaMA-style and Phi models, "fc" for OPT).
+fn is_mlp(linear: &Linear) -> bool {
+    linear.module.starts_with("mlp.") || linear.role().starts_with("fc")
 }
 
 /// The cached session of the next stage, opened on first use.

@@ -1,5 +1,6 @@
 //! Scores and masks: pure functions over weight matrices in the canonical `[out, in]` layout.
 
+pub mod dsnot;
 mod mask;
 mod score;
 mod sparsegpt;
@@ -36,9 +37,11 @@ impl PruneMethod {
 }
 
 /// Prunes the row-major `[rows, cols]` matrix `weights` in place with `method` under `rule`.
-/// `stats` are the statistics of the matrix's input (required by the calibrated methods);
-/// `name` names the tensor in errors. SparseGPT takes the rule's mean sparsity (or its N:M
-/// pattern) and ignores per-row budgets, as the reference does.
+/// `stats` are the statistics of the matrix's input (required by the calibrated methods and by
+/// DSnoT); `dsnot` refines the score-based mask with DSnoT; `name` names the tensor in errors.
+/// SparseGPT takes the rule's mean sparsity (or its N:M pattern) and ignores per-row budgets, as
+/// the reference does.
+#[allow(clippy::too_many_arguments)]
 pub fn prune_matrix(
     method: PruneMethod,
     name: &str,
@@ -47,6 +50,7 @@ pub fn prune_matrix(
     cols: usize,
     stats: Option<&ActivationStats>,
     rule: &MaskRule,
+    dsnot: bool,
 ) -> crate::Result<()> {
     let needs_stats = || {
         stats.ok_or_else(|| crate::Error::tensor(name, "no calibration statistics were collected"))
@@ -75,6 +79,11 @@ pub fn prune_matrix(
             );
         }
     };
-    prune_mask(&scores, rows, cols, rule).apply(weights);
+    let mut mask = prune_mask(&scores, rows, cols, rule);
+    if dsnot {
+        let s = needs_stats()?;
+        dsnot::refine(weights, &scores, &s.window_mean(), &s.variance(), &mut mask);
+    }
+    mask.apply(weights);
     Ok(())
 }

@@ -66,6 +66,22 @@ impl ActivationStats {
         self.sumsq.iter().map(|s| (s / n).sqrt() as f32).collect()
     }
 
+    /// Per-channel Σ x over a window's tokens, averaged over windows (DSnoT's μ).
+    pub fn window_mean(&self) -> Vec<f64> {
+        let n = self.samples.max(1) as f64;
+        self.sum.iter().map(|s| s / n).collect()
+    }
+
+    /// Per-channel variance over all tokens (DSnoT's `var`).
+    pub fn variance(&self) -> Vec<f64> {
+        let t = self.tokens.max(1) as f64;
+        self.sum
+            .iter()
+            .zip(&self.sumsq)
+            .map(|(s, q)| (q / t - (s / t) * (s / t)).max(0.0))
+            .collect()
+    }
+
     /// SparseGPT's Hessian `H = (2 / windows) Σ XᵀX` (spec §2.3), row-major.
     pub fn hessian(&self) -> Option<Vec<f64>> {
         let scale = 2.0 / self.samples.max(1) as f64;

@@ -1,5 +1,5 @@
-//! NeuroAL end to end on a tiny GQA model: the search's candidates, its choice, the block ramp,
-//! the row step's per-row budgets, and SparseGPT skipping the row step.
+//! The allocations end to end on a tiny GQA model: NeuroAL's search (candidates, choice, block
+//! ramp, per-row budgets, SparseGPT skipping the row step), OWL, AlphaPruning and DSnoT.
 
 use crate::harness::{fixture, job, run, scratch};
 use neuroal_onnx::pipeline::inspect;
@@ -224,4 +224,64 @@ fn owl_and_alpha_allocate_by_block_from_what_they_measured() {
         let global = report["sparsity"]["measured"].as_f64().unwrap();
         assert!((global - 0.6).abs() < 0.03, "{top_up}: {global}");
     }
+}
+
+#[test]
+fn dsnot_swaps_weights_in_attention_rows_only_and_keeps_every_budget() {
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let calib = crate::harness::austen("emma");
+    let outs: Vec<std::path::PathBuf> = ["uniform", "dsnot"]
+        .iter()
+        .map(|top_up| {
+            let out = dir.path().join(format!("{top_up}.onnx"));
+            let flags = [
+                "--sparsity",
+                "0.6",
+                "--prune-method",
+                "wanda",
+                "--top-up",
+                top_up,
+                "--calib",
+                calib.to_str().unwrap(),
+                "--nsamples",
+                "6",
+                "--seqlen",
+                "48",
+                "--quiet",
+            ];
+            run(job(&fx.model, &out, &flags)).ok();
+            out
+        })
+        .collect();
+    let (plain, discovery) = inspect(&outs[0]).unwrap();
+    let (refined, _) = inspect(&outs[1]).unwrap();
+    let mut changed_attention = false;
+    for l in &discovery.linears {
+        let zeros = |m| -> Vec<bool> {
+            l.read_out_in(m)
+                .unwrap()
+                .iter()
+                .map(|v| *v == 0.0)
+                .collect()
+        };
+        let (a, b) = (zeros(&plain), zeros(&refined));
+        for (ra, rb) in a.chunks(l.in_features).zip(b.chunks(l.in_features)) {
+            assert_eq!(
+                ra.iter().filter(|p| **p).count(),
+                rb.iter().filter(|p| **p).count(),
+                "{}",
+                l.module
+            );
+        }
+        if l.module.starts_with("mlp.") {
+            // Block 0's inputs are the same in both runs (later blocks see refined outputs).
+            if l.block == 0 {
+                assert!(a == b, "{}: DSnoT leaves the MLP alone", l.module);
+            }
+        } else {
+            changed_attention |= a != b;
+        }
+    }
+    assert!(changed_attention, "DSnoT changes some attention masks");
 }
