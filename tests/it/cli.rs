@@ -99,7 +99,7 @@ fn summary_names_the_outputs_and_quiet_silences_progress() {
 }
 
 #[test]
-fn methods_not_built_yet_are_refused_before_any_work() {
+fn options_not_built_yet_are_refused_before_any_work() {
     let fx = fixture("tiny/llama");
     let dir = scratch();
     let out = dir.path().join("out.onnx");
@@ -107,17 +107,16 @@ fn methods_not_built_yet_are_refused_before_any_work() {
         "--sparsity",
         "0.5",
         "--prune-method",
-        "wanda",
+        "magnitude",
         "--top-up",
-        "dsnot",
+        "uniform",
+        "--tasks",
+        "zero-shot",
     ];
     let r = run(job(&fx.model, &out, &flags));
     assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("--top-up dsnot is not implemented yet"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("zero-shot evaluation"), "{}", r.stderr);
+    assert!(r.stderr.contains("not implemented yet"), "{}", r.stderr);
     assert!(snapshot(dir.path()).is_empty(), "nothing written");
 }
 
