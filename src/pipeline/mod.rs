@@ -252,6 +252,9 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         (Some(calib), Some(rt)) => {
             let dsnot = config.top_up == TopUp::Dsnot;
             let mut pruner = SequentialPruner::new(&model, &discovery, rt, config.method, dsnot)?;
+            if config.top_up == TopUp::Neuroal {
+                pruner = pruner.reuse_sessions();
+            }
             if config.top_up == TopUp::Owl {
                 let (chosen, detail) =
                     allocation::owl(&model, &discovery, rt, &calib.windows, config)?;

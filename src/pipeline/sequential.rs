@@ -53,6 +53,8 @@ pub(crate) struct SequentialPruner<'a> {
     /// Refine masks with DSnoT (attention projections only, as the reference does).
     dsnot: bool,
     partition: Partition,
+    /// Keep stage sessions between passes (memory for speed: worth it for searches only).
+    reuse_sessions: bool,
     sessions: HashMap<usize, ModelSession>,
     index: HashMap<&'a TensorKey, usize>,
     /// Time spent so far.
@@ -75,6 +77,7 @@ impl<'a> SequentialPruner<'a> {
             method,
             dsnot,
             partition: Partition::new(model, discovery)?,
+            reuse_sessions: false,
             sessions: HashMap::new(),
             index: discovery
                 .linears
@@ -84,6 +87,13 @@ impl<'a> SequentialPruner<'a> {
                 .collect(),
             timings: SequentialTimings::default(),
         })
+    }
+
+    /// Keeps every stage's session after a pass, so that the next pass (a search candidate)
+    /// skips building them again; costs one session's memory per block.
+    pub fn reuse_sessions(mut self) -> Self {
+        self.reuse_sessions = true;
+        self
     }
 
     /// The partition the passes run on.
@@ -107,6 +117,9 @@ impl<'a> SequentialPruner<'a> {
         let mut run = StagedRun::new(model, &self.partition, self.runtime, windows)?;
         let prefix = session(&mut self.sessions, &mut run, &[], &[])?;
         run.advance(prefix, &[], &[], |_, _| Ok(()))?;
+        if !self.reuse_sessions {
+            self.sessions.clear();
+        }
         self.timings.forward += clock.elapsed().as_secs_f64();
         let mut pruned = PrunedWeights::default();
         let mut alignment = vec![None; discovery.linears.len()];
@@ -196,6 +209,9 @@ impl<'a> SequentialPruner<'a> {
                 add_all(&mut sparse_stats, &outputs, measured)
             })?;
             self.timings.forward += clock.elapsed().as_secs_f64();
+            if !self.reuse_sessions {
+                self.sessions.remove(&(run.stage_index() - 1));
+            }
             if measure {
                 for (l, &k) in linears.iter().zip(&source) {
                     alignment[self.index[&l.weight]] = Some(Alignment {
