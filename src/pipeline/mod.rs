@@ -229,6 +229,7 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         Some(_) if config.needs_calibration() => Some(Calibration::prepare(
             config,
             seqlen,
+            discovery.vocab,
             tokenizer.as_ref(),
             progress,
         )?),
@@ -488,13 +489,28 @@ impl Calibration {
     fn prepare(
         config: &PruneConfig,
         seqlen: usize,
+        vocab: Option<usize>,
         tokenizer: Option<&TextTokenizer>,
         progress: &Progress,
     ) -> Result<Self> {
         let mut documents = Vec::new();
         for path in &config.calib {
             let docs = if is_token_file(path) {
-                read_token_ids(path)?
+                let docs = read_token_ids(path)?;
+                let outside = docs
+                    .iter()
+                    .flatten()
+                    .find(|&&t| vocab.is_some_and(|v| t as usize >= v));
+                if let (Some(id), Some(v)) = (outside, vocab) {
+                    return Err(Error::invalid(
+                        "--calib",
+                        format!(
+                            "{}: token id {id} is outside the model's vocabulary of {v}",
+                            path.display()
+                        ),
+                    ));
+                }
+                docs
             } else {
                 let t =
                     tokenizer.ok_or_else(|| Error::invalid("--calib", "text needs a tokenizer"))?;

@@ -337,6 +337,13 @@ fn bad_calibration_input_is_refused_cleanly() {
         2,
         &["ids.json", "array of token ids"],
     );
+    let big = dir.path().join("big-ids.json");
+    std::fs::write(&big, format!("[{}]", vec!["300"; 100].join(","))).unwrap();
+    expect(
+        &["--calib", big.to_str().unwrap()],
+        2,
+        &["big-ids.json", "token id 300", "vocabulary of 256"],
+    );
     // SmolLM2's tokenizer does not belong to the tiny model (256-token vocabulary).
     let smol = fixture("smollm2").dir.join("tokenizer.json");
     let text = crate::harness::austen("emma");
