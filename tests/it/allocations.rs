@@ -1,7 +1,7 @@
 //! The allocations end to end on a tiny GQA model: NeuroAL's search (candidates, choice, block
 //! ramp, per-row budgets, SparseGPT skipping the row step), OWL, AlphaPruning and DSnoT.
 
-use crate::harness::{fixture, job, run, scratch};
+use crate::harness::{fixture, prune_ok, scratch};
 use neuroal_onnx::pipeline::inspect;
 use serde_json::Value;
 use std::path::Path;
@@ -10,28 +10,11 @@ fn neuroal_run(dir: &Path, name: &str, method: &str, step: &str) -> (Value, std:
     let fx = fixture("tiny/llama");
     let calib = crate::harness::austen("emma");
     let out = dir.join(format!("{name}.onnx"));
-    let flags = [
-        "--sparsity",
-        "0.7",
-        "--prune-method",
-        method,
-        "--top-up",
-        "neuroal",
-        "--neuroal-step",
-        step,
-        "--calib",
-        calib.to_str().unwrap(),
-        "--nsamples",
-        "10",
-        "--seqlen",
-        "48",
-        "--quiet",
-    ];
-    run(job(&fx.model, &out, &flags)).ok();
-    let report =
-        serde_json::from_str(&std::fs::read_to_string(out.with_extension("report.json")).unwrap())
-            .unwrap();
-    (report, out)
+    let flags = format!(
+        "--sparsity 0.7 --prune-method {method} --top-up neuroal --neuroal-step {step} --calib {} --nsamples 10 --seqlen 48 --quiet",
+        calib.display()
+    );
+    (prune_ok(&fx.model, &out, &flags), out)
 }
 
 /// The first λ of the lowest score, computed here from the reported candidates.
@@ -159,26 +142,11 @@ fn owl_and_alpha_allocate_by_block_from_what_they_measured() {
     let calib = crate::harness::austen("emma");
     for top_up in ["owl", "alpha"] {
         let out = dir.path().join(format!("{top_up}.onnx"));
-        let flags = [
-            "--sparsity",
-            "0.6",
-            "--prune-method",
-            "wanda",
-            "--top-up",
-            top_up,
-            "--calib",
-            calib.to_str().unwrap(),
-            "--nsamples",
-            "6",
-            "--seqlen",
-            "48",
-            "--quiet",
-        ];
-        run(job(&fx.model, &out, &flags)).ok();
-        let report: Value = serde_json::from_str(
-            &std::fs::read_to_string(out.with_extension("report.json")).unwrap(),
-        )
-        .unwrap();
+        let flags = format!(
+            "--sparsity 0.6 --prune-method wanda --top-up {top_up} --calib {} --nsamples 6 --seqlen 48 --quiet",
+            calib.display()
+        );
+        let report = prune_ok(&fx.model, &out, &flags);
         let detail = &report["allocation"];
         assert_eq!(detail["top_up"], top_up);
         let targets = per_block_targets(&report);
@@ -235,22 +203,11 @@ fn dsnot_swaps_weights_in_attention_rows_only_and_keeps_every_budget() {
         .iter()
         .map(|top_up| {
             let out = dir.path().join(format!("{top_up}.onnx"));
-            let flags = [
-                "--sparsity",
-                "0.6",
-                "--prune-method",
-                "wanda",
-                "--top-up",
-                top_up,
-                "--calib",
-                calib.to_str().unwrap(),
-                "--nsamples",
-                "6",
-                "--seqlen",
-                "48",
-                "--quiet",
-            ];
-            run(job(&fx.model, &out, &flags)).ok();
+            let flags = format!(
+                "--sparsity 0.6 --prune-method wanda --top-up {top_up} --calib {} --nsamples 6 --seqlen 48 --quiet",
+                calib.display()
+            );
+            prune_ok(&fx.model, &out, &flags);
             out
         })
         .collect();

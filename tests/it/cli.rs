@@ -9,26 +9,11 @@ fn magnitude_with_evaluation_writes_model_report_and_summary() {
     let dir = scratch();
     let out = dir.path().join("llama-0.5.onnx");
     let text = austen("persuasion");
+    let flags = format!("--sparsity 0.5 --prune-method magnitude --top-up uniform --eval-text {} --seqlen 64 --eval-windows 3 --device cpu --json", text.display());
     let r = run(job(
         &fx.model,
         &out,
-        &[
-            "--sparsity",
-            "0.5",
-            "--prune-method",
-            "magnitude",
-            "--top-up",
-            "uniform",
-            "--eval-text",
-            text.to_str().unwrap(),
-            "--seqlen",
-            "64",
-            "--eval-windows",
-            "3",
-            "--device",
-            "cpu",
-            "--json",
-        ],
+        &flags.split_whitespace().collect::<Vec<_>>(),
     ))
     .ok();
     let printed: Value = serde_json::from_str(&r.stdout).expect("--json prints the report");

@@ -103,6 +103,14 @@ pub fn job(model: &Path, out: &Path, flags: &[&str]) -> Vec<OsString> {
     args
 }
 
+/// Runs a pruning job that must succeed (`flags` split on whitespace) and returns its report.
+pub fn prune_ok(model: &Path, out: &Path, flags: &str) -> Value {
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    run(job(model, out, &flags)).ok();
+    let report = out.with_extension("report.json");
+    serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("report JSON")
+}
+
 /// A scratch folder removed at the end of the test.
 pub fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")

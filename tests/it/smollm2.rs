@@ -30,26 +30,11 @@ fn magnitude_at_70_percent_on_smollm2() {
     let dir = scratch();
     let out = dir.path().join("smollm2-0.7.onnx");
     let text = austen("persuasion");
+    let flags = format!("--sparsity 0.7 --prune-method magnitude --top-up uniform --eval-text {} --seqlen 256 --eval-windows 2 --device cpu --quiet", text.display());
     let r = run(job(
         &fx.model,
         &out,
-        &[
-            "--sparsity",
-            "0.7",
-            "--prune-method",
-            "magnitude",
-            "--top-up",
-            "uniform",
-            "--eval-text",
-            text.to_str().unwrap(),
-            "--seqlen",
-            "256",
-            "--eval-windows",
-            "2",
-            "--device",
-            "cpu",
-            "--quiet",
-        ],
+        &flags.split_whitespace().collect::<Vec<_>>(),
     ))
     .ok();
     assert!(r.stdout.contains("perplexity on"), "{}", r.stdout);
