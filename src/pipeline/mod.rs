@@ -256,25 +256,29 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
             if config.top_up == TopUp::Neuroal {
                 pruner = pruner.reuse_sessions();
             }
-            if config.top_up == TopUp::Owl {
-                let (chosen, detail) =
-                    allocation::owl(&model, &discovery, rt, &calib.windows, config)?;
-                plan = chosen;
-                allocation_detail = Some(detail);
-            }
-            if config.top_up == TopUp::Neuroal {
-                let (chosen, report) = search::neuroal(
-                    &mut pruner,
-                    &discovery,
-                    &calib.windows,
-                    config.sparsity,
-                    config.neuroal_step,
-                    config.method,
-                    progress,
-                )?;
-                timings.insert("search".to_string(), report.seconds);
-                plan = chosen;
-                search = Some(report);
+            // The measured allocations decide the plan before the final pass.
+            match config.top_up {
+                TopUp::Owl => {
+                    let (chosen, detail) =
+                        allocation::owl(&model, &discovery, rt, &calib.windows, config)?;
+                    plan = chosen;
+                    allocation_detail = Some(detail);
+                }
+                TopUp::Neuroal => {
+                    let (chosen, report) = search::neuroal(
+                        &mut pruner,
+                        &discovery,
+                        &calib.windows,
+                        config.sparsity,
+                        config.neuroal_step,
+                        config.method,
+                        progress,
+                    )?;
+                    timings.insert("search".to_string(), report.seconds);
+                    plan = chosen;
+                    search = Some(report);
+                }
+                TopUp::Uniform | TopUp::Alpha | TopUp::Dsnot => {}
             }
             let pass = pruner.run(&calib.windows, &plan, true, false, progress)?;
             timings.insert("prune_forward".to_string(), pruner.timings.forward);
