@@ -13,9 +13,9 @@ sparsities=("$@")
 mkdir -p "$out"
 fx=.cache/fixtures
 books=$fx/austen
-common=(--calib $books/emma.txt --calib $books/mansfield_park.txt --calib $books/northanger_abbey.txt
-        --calib $books/sense_and_sensibility.txt --nsamples 32 --seed 0
-        --eval-text $books/persuasion.txt --eval-windows 64 --seqlen 512 --quiet)
+calib=(--calib $books/emma.txt --calib $books/mansfield_park.txt --calib $books/northanger_abbey.txt
+       --calib $books/sense_and_sensibility.txt --nsamples 32 --seed 0)
+common=(--eval-text $books/persuasion.txt --eval-windows 64 --seqlen 512 --quiet)
 configs=(  # most informative first, so that a partial run already answers the main question
   "wanda neuroal both" "wanda uniform both" "wanda owl both" "wanda alpha both" "wanda dsnot both"
   "sparsegpt neuroal both" "magnitude neuroal both" "wanda neuroal block" "wanda neuroal row"
@@ -26,8 +26,10 @@ for sparsity in "${sparsities[@]}"; do
     read -r method top_up step <<<"$config"
     name="$method-$top_up-$step-$sparsity"
     [ -e "$out/$name.report.json" ] && continue
+    data=("${calib[@]}")
+    [ "$method $top_up" = "magnitude uniform" ] && data=()  # needs no calibration data
     target/release/neuroal-onnx $fx/smollm2/model.onnx "$out/$name.onnx" --sparsity "$sparsity" \
-      --prune-method "$method" --top-up "$top_up" --neuroal-step "$step" "${common[@]}" >/dev/null
+      --prune-method "$method" --top-up "$top_up" --neuroal-step "$step" "${data[@]}" "${common[@]}" >/dev/null
     rm -f "$out/$name.onnx" "$out/$name.onnx.data"
   done
 done
