@@ -195,38 +195,23 @@ fn every_calibrated_method_prunes_every_convention_deterministically() {
         ("phi", "multiflow"),
     ] {
         let fx = fixture(&format!("tiny/{name}"));
-        let outs: Vec<PathBuf> = (0..2)
+        let outs: Vec<(PathBuf, serde_json::Value)> = (0..2)
             .map(|i| {
                 let out = dir.path().join(format!("{name}-{i}.onnx"));
-                let flags = [
-                    "--sparsity",
-                    "0.6",
-                    "--prune-method",
-                    method,
-                    "--top-up",
-                    "uniform",
-                    "--calib",
-                    calib.to_str().unwrap(),
-                    "--nsamples",
-                    "4",
-                    "--seqlen",
-                    "32",
-                    "--quiet",
-                ];
-                run(job(&fx.model, &out, &flags)).ok();
-                out
+                let flags = format!(
+                    "--sparsity 0.6 --prune-method {method} --top-up uniform --calib {} --nsamples 4 --seqlen 32 --quiet",
+                    calib.display()
+                );
+                (out.clone(), prune_ok(&fx.model, &out, &flags))
             })
             .collect();
         let data = |p: &PathBuf| std::fs::read(p.with_extension("onnx.data")).unwrap();
         assert_eq!(
-            data(&outs[0]),
-            data(&outs[1]),
+            data(&outs[0].0),
+            data(&outs[1].0),
             "{name} {method}: same seed, same bytes"
         );
-        let report: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(outs[0].with_extension("report.json")).unwrap(),
-        )
-        .unwrap();
+        let report = &outs[0].1;
         let measured = report["sparsity"]["measured"].as_f64().unwrap();
         assert!(
             (measured - 0.6).abs() < 0.01,
