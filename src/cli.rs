@@ -101,9 +101,9 @@ pub struct PruneArgs {
     /// Evaluation tasks: language modelling, zero-shot, both or none.
     #[arg(long, default_value = "lm", value_parser = ["lm", "zero-shot", "both", "none"])]
     pub tasks: String,
-    /// Zero-shot task file (JSON lines of context, choices, gold).
+    /// Zero-shot task file: JSON lines of {"context", "choices", "gold"} (repeatable).
     #[arg(long)]
-    pub task_file: Option<PathBuf>,
+    pub task_file: Vec<PathBuf>,
     /// ONNX Runtime threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -139,12 +139,6 @@ impl PruneArgs {
     /// The validated library configuration.
     pub fn into_config(self, command_line: Vec<String>) -> Result<PruneConfig> {
         let missing = |what: &str| Error::invalid(what, "is required");
-        if self.tasks == "zero-shot" || self.tasks == "both" || self.task_file.is_some() {
-            return Err(Error::not_implemented(
-                "zero-shot evaluation (--tasks zero-shot/both, --task-file)",
-                "use --tasks lm with --eval-text",
-            ));
-        }
         if (self.owl_m, self.owl_lambda) != (5.0, 0.08) && self.top_up != TopUp::Owl {
             return Err(Error::invalid(
                 "--owl-m/--owl-lambda",
@@ -157,10 +151,32 @@ impl PruneArgs {
                 "applies only to --top-up alpha",
             ));
         }
-        let eval_texts = if self.tasks == "none" {
-            Vec::new()
+        let (lm, zero_shot) = match self.tasks.as_str() {
+            "lm" => (true, false),
+            "zero-shot" => (false, true),
+            "both" => (true, true),
+            _ => (false, false),
+        };
+        if zero_shot && self.task_file.is_empty() {
+            return Err(Error::invalid(
+                "--tasks",
+                format!("'{}' needs at least one --task-file FILE.jsonl", self.tasks),
+            ));
+        }
+        if !zero_shot && !self.task_file.is_empty() {
+            return Err(Error::invalid(
+                "--task-file",
+                format!(
+                    "is not used with --tasks {}; add --tasks both or --tasks zero-shot",
+                    self.tasks
+                ),
+            ));
+        }
+        let eval_texts = if lm { self.eval_text } else { Vec::new() };
+        let task_files = if zero_shot {
+            self.task_file
         } else {
-            self.eval_text
+            Vec::new()
         };
         let config = PruneConfig {
             input: self.input.ok_or_else(|| missing("IN"))?,
@@ -176,6 +192,7 @@ impl PruneArgs {
             tokenizer: self.tokenizer,
             eval_texts,
             eval_windows: self.eval_windows,
+            task_files,
             device: self.device,
             ort_lib: self.ort_lib,
             nm: self.nm,

@@ -55,6 +55,18 @@ impl TextTokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
+    /// Token ids of `text` without special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer {
+                path: self.path.clone(),
+                message: format!("failed on {text:?}: {e}"),
+            })?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// The id of the beginning-of-sequence token, when the tokenizer has one of the usual names.
     pub fn bos_id(&self) -> Option<u32> {
         ["<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>"]

@@ -1,5 +1,12 @@
-//! Measuring a model: perplexity on held-out text.
+//! Measuring a model: perplexity on held-out text, agreement of the pruned model's next-token
+//! distributions with the dense model's, and zero-shot multiple-choice accuracy.
 
+mod agreement;
 mod perplexity;
+pub mod zero_shot;
 
-pub use perplexity::{perplexity, window_nll, Perplexity};
+pub use agreement::{kl_divergence, Agreement, AgreementTally};
+pub use perplexity::{
+    checked_logits, eval_windows, perplexity, window_nll, Perplexity, PerplexityTally,
+};
+pub use zero_shot::ChoiceAccuracy;

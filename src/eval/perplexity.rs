@@ -6,7 +6,7 @@ use crate::calib::consecutive_windows;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::runtime::CausalLm;
-use ndarray::ArrayView2;
+use ndarray::{Array2, ArrayView2};
 use serde::Serialize;
 
 /// A perplexity measurement.
@@ -34,15 +34,49 @@ pub fn window_nll(logits: ArrayView2<f32>, tokens: &[i64]) -> f64 {
     total
 }
 
-/// Perplexity of `lm` on `tokens`, cut into windows of `seqlen` (at most `max_windows`).
-pub fn perplexity(
-    lm: &mut CausalLm,
+/// Accumulates a [`Perplexity`] one window at a time.
+#[derive(Debug)]
+pub struct PerplexityTally {
+    total: f64,
+    windows: usize,
+    seqlen: usize,
+}
+
+impl PerplexityTally {
+    /// An empty tally for windows of `seqlen` tokens.
+    pub fn new(seqlen: usize) -> Self {
+        Self {
+            total: 0.0,
+            windows: 0,
+            seqlen,
+        }
+    }
+
+    /// Adds one window: its `[seqlen, vocab]` logits and its token ids.
+    pub fn add(&mut self, logits: ArrayView2<f32>, ids: &[i64]) {
+        // Mean over the seqlen − 1 predictions, weighted as seqlen (reference convention).
+        let n = ids.len();
+        self.total += window_nll(logits, ids) / (n - 1).max(1) as f64 * n as f64;
+        self.windows += 1;
+    }
+
+    /// The perplexity so far.
+    pub fn finish(&self) -> Perplexity {
+        Perplexity {
+            value: (self.total / (self.windows * self.seqlen).max(1) as f64).exp(),
+            windows: self.windows,
+            seqlen: self.seqlen,
+        }
+    }
+}
+
+/// The windows of `tokens` to evaluate on: `seqlen` long, at most `max_windows`; an error when
+/// not even one fits.
+pub fn eval_windows(
     tokens: &[u32],
     seqlen: usize,
     max_windows: Option<usize>,
-    progress: &Progress,
-    label: &str,
-) -> Result<Perplexity> {
+) -> Result<Vec<Vec<i64>>> {
     let windows = consecutive_windows(tokens, seqlen, max_windows);
     if windows.is_empty() || seqlen < 2 {
         return Err(Error::invalid(
@@ -53,31 +87,44 @@ pub fn perplexity(
             ),
         ));
     }
-    let mut total = 0.0;
-    for (i, window) in windows.iter().enumerate() {
+    Ok(windows
+        .iter()
+        .map(|w| w.iter().map(|&t| t as i64).collect())
+        .collect())
+}
+
+/// Runs `lm` on `ids` and checks that every id is inside its vocabulary.
+pub fn checked_logits(lm: &mut CausalLm, ids: &[i64]) -> Result<Array2<f32>> {
+    let logits = lm.logits(ids)?;
+    if let Some(&bad) = ids.iter().find(|&&t| t < 0 || t as usize >= logits.ncols()) {
+        return Err(Error::invalid(
+            "--tokenizer",
+            format!(
+                "token id {bad} is outside the model's vocabulary of {}; the tokenizer does not belong to this model",
+                logits.ncols()
+            ),
+        ));
+    }
+    Ok(logits)
+}
+
+/// Perplexity of `lm` on `tokens`, cut into windows of `seqlen` (at most `max_windows`).
+pub fn perplexity(
+    lm: &mut CausalLm,
+    tokens: &[u32],
+    seqlen: usize,
+    max_windows: Option<usize>,
+    progress: &Progress,
+    label: &str,
+) -> Result<Perplexity> {
+    let windows = eval_windows(tokens, seqlen, max_windows)?;
+    let mut tally = PerplexityTally::new(seqlen);
+    for (i, ids) in windows.iter().enumerate() {
         progress.item(label, i, windows.len());
-        let ids: Vec<i64> = window.iter().map(|&t| t as i64).collect();
-        let logits = lm.logits(&ids)?;
-        if let Some(&bad) = window.iter().find(|&&t| t as usize >= logits.ncols()) {
-            return Err(Error::invalid(
-                "--tokenizer",
-                format!(
-                    "token id {bad} is outside the model's vocabulary of {}; the tokenizer does not belong to this model",
-                    logits.ncols()
-                ),
-            ));
-        }
-        let nll = window_nll(logits.view(), &ids);
-        // Mean over the seqlen − 1 predictions, weighted as seqlen (reference convention).
-        total += nll / (seqlen - 1) as f64 * seqlen as f64;
+        tally.add(checked_logits(lm, ids)?.view(), ids);
     }
     progress.item(label, windows.len(), windows.len());
-    let value = (total / (windows.len() * seqlen) as f64).exp();
-    Ok(Perplexity {
-        value,
-        windows: windows.len(),
-        seqlen,
-    })
+    Ok(tally.finish())
 }
 
 #[cfg(test)]

@@ -132,13 +132,13 @@ impl OnnxModel {
         found
     }
 
-    /// Canonical paths of all files this model reads: the model and its external data files.
+    /// Canonical paths of all files this model reads: the model, then its external data files.
     pub fn input_files(&self) -> Vec<PathBuf> {
-        let mut files: Vec<PathBuf> = self.external.paths().map(Path::to_path_buf).collect();
-        if let Ok(p) = self.path.canonicalize() {
-            files.push(p);
-        }
-        files
+        let model = self.path.canonicalize().ok();
+        model
+            .into_iter()
+            .chain(self.external.paths().map(Path::to_path_buf))
+            .collect()
     }
 }
 

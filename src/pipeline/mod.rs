@@ -2,6 +2,7 @@
 //! report. The CLI builds a [`PruneConfig`] and calls [`prune`]; nothing here parses arguments.
 
 mod allocation;
+mod evaluate;
 mod search;
 mod sequential;
 mod staged;
@@ -10,6 +11,7 @@ pub use allocation::AllocationDetail;
 pub use search::{Candidate, SearchReport};
 pub use sequential::{Alignment, SequentialTimings};
 
+use evaluate::EvalSet;
 use sequential::SequentialPruner;
 pub use staged::StagedRun;
 
@@ -17,15 +19,14 @@ use crate::allocate::{self, NeuroalStep, SparsityPlan, TopUp};
 use crate::atomic::AtomicFile;
 use crate::calib::{read_token_ids, sample_token, sample_windows, Rng, TextTokenizer};
 use crate::error::{Error, Result};
-use crate::eval::{perplexity, Perplexity};
 use crate::graph::Linear;
 use crate::graph::{discover, Discovery};
 use crate::onnx::{save_model, OnnxModel, SaveOptions, TensorKey};
 use crate::progress::Progress;
 use crate::prune::{self, PruneMethod};
 use crate::report::{
-    report_path, BlockSparsity, CalibrationInfo, InputInfo, MatrixSparsity, MethodInfo, OutputInfo,
-    Report, RuntimeInfo, SparsityInfo, TextEvaluation,
+    deployment_info, file_digests, report_path, BlockSparsity, CalibrationInfo, InputInfo,
+    MatrixSparsity, MethodInfo, OutputInfo, Report, RuntimeInfo, SparsityInfo,
 };
 use crate::runtime::{locate_library, CausalLm, Device, Runtime};
 use std::collections::{BTreeMap, HashMap};
@@ -60,6 +61,8 @@ pub struct PruneConfig {
     pub eval_texts: Vec<PathBuf>,
     /// At most this many evaluation windows per text.
     pub eval_windows: Option<usize>,
+    /// Zero-shot multiple-choice task files (JSON lines).
+    pub task_files: Vec<PathBuf>,
     /// Where ONNX Runtime runs.
     pub device: Device,
     /// `libonnxruntime` to load.
@@ -193,8 +196,9 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     let mut allocation_detail = None;
 
     // Everything that can fail on the user's input is checked before the long work starts.
-    let text_needed =
-        config.calib.iter().any(|p| !is_token_file(p)) || !config.eval_texts.is_empty();
+    let text_needed = config.calib.iter().any(|p| !is_token_file(p))
+        || !config.eval_texts.is_empty()
+        || !config.task_files.is_empty();
     let tokenizer = if text_needed || config.tokenizer.is_some() {
         let t = TextTokenizer::load(&model.dir, config.tokenizer.as_deref())?;
         check_vocabulary(&t, &discovery)?;
@@ -204,8 +208,8 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         TextTokenizer::load(&model.dir, None).ok()
     };
     let evaluation = match &tokenizer {
-        Some(t) if !config.eval_texts.is_empty() => Some(EvalSet::prepare(config, seqlen, t)?),
-        _ => None,
+        Some(t) => EvalSet::prepare(config, seqlen, t)?,
+        None => None,
     };
     let runtime = if config.needs_calibration() || evaluation.is_some() {
         let library = locate_library(config.ort_lib.as_deref())?;
@@ -235,13 +239,6 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         )?),
         _ => None,
     };
-
-    let mut dense_ppl = Vec::new();
-    if let (Some(eval), Some(rt)) = (&evaluation, &runtime) {
-        let stage = progress.stage("evaluate dense");
-        dense_ppl = eval.perplexities(rt, &model, "dense", progress)?;
-        timings.insert("evaluate_dense".to_string(), stage.finish());
-    }
 
     let stage = progress.stage("prune");
     if config.top_up == TopUp::Alpha {
@@ -299,20 +296,20 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     )?;
     timings.insert("write".to_string(), stage.finish());
 
-    let mut evaluations = Vec::new();
+    let stage = progress.stage("measure the files");
+    let deployment = deployment_info(&model, &discovery, &pruned.replacements, config.nm)?;
+    let mut written = vec![saved.model_path.clone()];
+    written.extend(saved.data_path.clone());
+    let (input_files, output_files) =
+        (file_digests(&model.input_files())?, file_digests(&written)?);
+    timings.insert("measure_files".to_string(), stage.finish());
+
+    let (mut evaluations, mut zero_shot) = (Vec::new(), Vec::new());
     if let (Some(eval), Some(rt)) = (&evaluation, &runtime) {
-        let stage = progress.stage("evaluate pruned");
+        let stage = progress.stage("evaluate dense and pruned");
         let pruned_model = OnnxModel::load(&config.output)?;
-        let pruned_ppl = eval.perplexities(rt, &pruned_model, "pruned", progress)?;
-        for (((text, tokens), dense), pruned) in eval.texts.iter().zip(dense_ppl).zip(pruned_ppl) {
-            evaluations.push(TextEvaluation {
-                text: text.clone(),
-                tokens: tokens.len(),
-                dense,
-                pruned,
-            });
-        }
-        timings.insert("evaluate_pruned".to_string(), stage.finish());
+        (evaluations, zero_shot) = eval.compare(rt, &model, &pruned_model, progress)?;
+        timings.insert("evaluate".to_string(), stage.finish());
     }
 
     let report = Report {
@@ -332,11 +329,13 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
             prunable_linears: discovery.linears.len(),
             prunable_params: discovery.prunable_params(),
             excluded_weights: discovery.excluded.len(),
+            files: input_files,
         },
         output: OutputInfo {
             model: saved.model_path.clone(),
             data_file: saved.data_path.clone(),
             external_tensors: saved.external_tensors,
+            files: output_files,
         },
         method: MethodInfo {
             prune_method: config.method,
@@ -350,6 +349,8 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         allocation: allocation_detail,
         sparsity: summarize_sparsity(config.sparsity, &discovery, pruned.per_matrix),
         evaluation: evaluations,
+        zero_shot,
+        deployment,
         timings_s: timings,
         peak_rss_mib: crate::report::peak_rss_mib(),
     };
@@ -396,7 +397,12 @@ fn preflight(config: &PruneConfig) -> Result<()> {
             ));
         }
     }
-    for path in config.eval_texts.iter().chain(&config.calib) {
+    for path in config
+        .eval_texts
+        .iter()
+        .chain(&config.calib)
+        .chain(&config.task_files)
+    {
         if !path.is_file() {
             return Err(Error::io(
                 path,
@@ -602,82 +608,30 @@ impl Calibration {
     }
 }
 
-/// Held-out texts, tokenized once.
-struct EvalSet {
-    texts: Vec<(PathBuf, Vec<u32>)>,
-    seqlen: usize,
-    max_windows: Option<usize>,
-}
-
-impl EvalSet {
-    /// Tokenizes every `--eval-text`.
-    fn prepare(config: &PruneConfig, seqlen: usize, tokenizer: &TextTokenizer) -> Result<Self> {
-        let mut texts = Vec::new();
-        for path in &config.eval_texts {
-            let tokens = tokenizer.encode_file(path)?;
-            if tokens.len() < 2 {
-                return Err(Error::invalid(
-                    "--eval-text",
-                    format!("{} holds no text to evaluate on", path.display()),
-                ));
-            }
-            texts.push((path.clone(), tokens));
-        }
-        Ok(Self {
-            texts,
-            seqlen,
-            max_windows: config.eval_windows,
-        })
-    }
-
-    /// Perplexity of `model` on every text; windows are `--seqlen` long, or the whole text when
-    /// it is shorter.
-    fn perplexities(
-        &self,
-        runtime: &Runtime,
-        model: &OnnxModel,
-        which: &str,
-        progress: &Progress,
-    ) -> Result<Vec<Perplexity>> {
-        let mut lm = CausalLm::open(runtime, model)?;
-        self.texts
-            .iter()
-            .map(|(path, tokens)| {
-                let label = format!("{which} {}", file_label(path));
-                let seqlen = self.seqlen.min(tokens.len());
-                perplexity(&mut lm, tokens, seqlen, self.max_windows, progress, &label)
-            })
-            .collect()
-    }
-}
-
-fn file_label(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
-}
-
 fn summarize_sparsity(
     target: f64,
     discovery: &Discovery,
     per_matrix: Vec<MatrixSparsity>,
 ) -> SparsityInfo {
-    let mut blocks: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
+    // Per block: (zeros, target zeros, weights).
+    let mut blocks: BTreeMap<usize, (f64, f64, usize)> = BTreeMap::new();
     let mut zeros_total = 0.0;
     for (m, linear) in per_matrix.iter().zip(&discovery.linears) {
         let zeros = m.measured * linear.numel() as f64;
         zeros_total += zeros;
         let entry = blocks.entry(m.block).or_default();
         entry.0 += zeros;
-        entry.1 += linear.numel();
+        entry.1 += m.target * linear.numel() as f64;
+        entry.2 += linear.numel();
     }
     SparsityInfo {
         target,
         measured: zeros_total / discovery.prunable_params().max(1) as f64,
         per_block: blocks
             .into_iter()
-            .map(|(block, (zeros, n))| BlockSparsity {
+            .map(|(block, (zeros, target, n))| BlockSparsity {
                 block,
+                target: target / n.max(1) as f64,
                 measured: zeros / n.max(1) as f64,
             })
             .collect(),

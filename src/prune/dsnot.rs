@@ -10,8 +10,8 @@ pub const MAX_CYCLES: usize = 50;
 /// A row stops for good once its error is this small (`update_threshold`).
 pub const THRESHOLD: f64 = 0.1;
 
-/// Refines `mask` (true = pruned) of the row-major `[rows, cols]` `weights` in place. `scores` are
-/// the base method's scores (Wanda's by default), `mean` the per-channel input mean μ (summed over
+/// Refines `mask` (true = pruned) of the row-major `[rows, cols]` `weights` in place. `scores`
+/// order the candidates to prune (Wanda's scores in the reference), `mean` the per-channel input mean μ (summed over
 /// tokens, averaged over windows, as the reference accumulates it) and `variance` the per-channel
 /// input variance. The number pruned per row does not change.
 pub fn refine(weights: &[f32], scores: &[f32], mean: &[f64], variance: &[f64], mask: &mut RowMask) {
@@ -82,7 +82,10 @@ fn refine_row(
         } else {
             (regrow[regrow_front], prune[prune_back])
         };
-        // The cursors can run past the pruned or the kept weights: then the row stops.
+        // The cursors can run past the pruned or the kept weights: then the row stops. (The
+        // reference moves every row's cursors on every cycle, even for rows that have stopped,
+        // and then prunes the kept weights a stopped row's regrow cursor reaches; that needs a
+        // row with fewer than 50 pruned weights of one sign, which LLM-sized rows never have.)
         if !pruned[grow] || pruned[cut] {
             return;
         }

@@ -81,8 +81,14 @@ pub fn prune_matrix(
     };
     let mut mask = prune_mask(&scores, rows, cols, rule);
     if dsnot {
+        // The initial mask follows the base score; the candidates to prune are ordered by
+        // Wanda's score whatever the base method, as in the reference.
         let s = needs_stats()?;
-        dsnot::refine(weights, &scores, &s.window_mean(), &s.variance(), &mut mask);
+        let order = match method {
+            PruneMethod::Wanda => scores,
+            _ => wanda(weights, &s.norms()),
+        };
+        dsnot::refine(weights, &order, &s.window_mean(), &s.variance(), &mut mask);
     }
     mask.apply(weights);
     Ok(())

@@ -17,6 +17,9 @@ pub struct ActivationStats {
     pub sumsq: Vec<f64>,
     /// Σ x per channel over all tokens (f64).
     pub sum: Vec<f64>,
+    /// Σ over windows of (Σ_window x)² / tokens_in_window per channel: the part of Σ x² that the
+    /// windows' own means explain, so that variances can be taken within windows.
+    pub window_sq_means: Vec<f64>,
     /// Σ XᵀX, `[channels, channels]` row-major, when requested (SparseGPT).
     pub gram: Option<Vec<f64>>,
 }
@@ -30,6 +33,7 @@ impl ActivationStats {
             tokens: 0,
             sumsq: vec![0.0; channels],
             sum: vec![0.0; channels],
+            window_sq_means: vec![0.0; channels],
             gram: with_gram.then(|| vec![0.0; channels * channels]),
         }
     }
@@ -42,11 +46,23 @@ impl ActivationStats {
             "activations must be [tokens, channels]"
         );
         let tokens = x.len() / self.channels;
+        let mut window_sum = vec![0.0f64; self.channels];
         for row in x.chunks_exact(self.channels) {
-            for ((sq, s), &v) in self.sumsq.iter_mut().zip(&mut self.sum).zip(row) {
+            for ((sq, s), &v) in self.sumsq.iter_mut().zip(&mut window_sum).zip(row) {
                 let v = v as f64;
                 *sq += v * v;
                 *s += v;
+            }
+        }
+        if tokens > 0 {
+            for ((total, sq_mean), s) in self
+                .sum
+                .iter_mut()
+                .zip(&mut self.window_sq_means)
+                .zip(&window_sum)
+            {
+                *total += s;
+                *sq_mean += s * s / tokens as f64;
             }
         }
         if let Some(gram) = &mut self.gram {
@@ -72,13 +88,15 @@ impl ActivationStats {
         self.sum.iter().map(|s| s / n).collect()
     }
 
-    /// Per-channel variance over all tokens (DSnoT's `var`).
+    /// Per-channel variance within windows, averaged over windows weighted by their tokens
+    /// (DSnoT's `var`, which the reference takes per window with `unbiased=False` and then
+    /// averages): `(Σ x² − Σ_w (Σ_w x)² / T_w) / T`.
     pub fn variance(&self) -> Vec<f64> {
         let t = self.tokens.max(1) as f64;
-        self.sum
+        self.sumsq
             .iter()
-            .zip(&self.sumsq)
-            .map(|(s, q)| (q / t - (s / t) * (s / t)).max(0.0))
+            .zip(&self.window_sq_means)
+            .map(|(q, m)| ((q - m) / t).max(0.0))
             .collect()
     }
 
@@ -110,5 +128,11 @@ mod tests {
             s.norms(),
             vec![(5.0f64).sqrt() as f32, (10.5f64).sqrt() as f32]
         );
+        assert_eq!(s.window_mean(), vec![2.0, 3.5]);
+        // Within windows: (1, 3) and (2, 4) have variance 1 over 2 tokens, a lone token 0;
+        // weighted by tokens, 2/3. The variance over all tokens would be 14/9 for channel 0.
+        for v in s.variance() {
+            assert!((v - 2.0 / 3.0).abs() < 1e-12, "{v}");
+        }
     }
 }

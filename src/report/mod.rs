@@ -1,10 +1,16 @@
 //! The report a run leaves next to its output: what was done, to which files, and what it cost
 //! in quality, as JSON for pipelines (`OUT.report.json`).
 
+mod deployment;
+mod digest;
+
+pub use deployment::{deployment_info, ZSTD_LEVEL};
+pub use digest::file_digests;
+
 use crate::allocate::TopUp;
 use crate::atomic::write_atomically;
 use crate::error::Result;
-use crate::eval::Perplexity;
+use crate::eval::{Agreement, ChoiceAccuracy, Perplexity};
 use crate::prune::PruneMethod;
 use crate::runtime::Device;
 use serde::Serialize;
@@ -41,8 +47,12 @@ pub struct Report {
     pub search: Option<crate::pipeline::SearchReport>,
     /// Target and measured sparsity.
     pub sparsity: SparsityInfo,
-    /// Perplexity per evaluation text.
+    /// Perplexity and logit agreement per evaluation text.
     pub evaluation: Vec<TextEvaluation>,
+    /// Zero-shot multiple-choice accuracy per task file (`--tasks zero-shot|both`).
+    pub zero_shot: Vec<TaskEvaluation>,
+    /// What the zeros give a deployment: file sizes and how well the weights compress.
+    pub deployment: DeploymentInfo,
     /// Wall time of each stage, seconds.
     pub timings_s: BTreeMap<String, f64>,
     /// Peak resident memory of the process, MiB (Linux `VmHWM`), when known.
@@ -75,6 +85,19 @@ pub struct InputInfo {
     pub prunable_params: usize,
     /// Weights deliberately left alone.
     pub excluded_weights: usize,
+    /// The model file and its external data files, with their SHA-256.
+    pub files: Vec<FileDigest>,
+}
+
+/// A file and its SHA-256.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileDigest {
+    /// The file.
+    pub path: PathBuf,
+    /// Its size.
+    pub bytes: u64,
+    /// SHA-256 of its content, lowercase hex.
+    pub sha256: String,
 }
 
 /// The files written.
@@ -86,6 +109,8 @@ pub struct OutputInfo {
     pub data_file: Option<PathBuf>,
     /// Tensors stored in the data file.
     pub external_tensors: usize,
+    /// The files written, with their SHA-256.
+    pub files: Vec<FileDigest>,
 }
 
 /// The method and its parameters.
@@ -137,6 +162,8 @@ pub struct SparsityInfo {
 pub struct BlockSparsity {
     /// Block index.
     pub block: usize,
+    /// The allocation's target for the block (weighted mean over its linears).
+    pub target: f64,
     /// Zeros / weights in the block's linears.
     pub measured: f64,
 }
@@ -169,6 +196,36 @@ pub struct TextEvaluation {
     pub dense: Perplexity,
     /// The output model's perplexity.
     pub pruned: Perplexity,
+    /// How closely the output model's next-token distributions follow the input model's.
+    pub agreement: Agreement,
+}
+
+/// Zero-shot multiple-choice accuracy on one task file.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskEvaluation {
+    /// The task file.
+    pub task_file: PathBuf,
+    /// Questions scored.
+    pub items: usize,
+    /// The input model's accuracy.
+    pub dense: ChoiceAccuracy,
+    /// The output model's accuracy.
+    pub pruned: ChoiceAccuracy,
+}
+
+/// What pruning gives a deployment, stated plainly.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeploymentInfo {
+    /// Zeros stored in dense tensors change neither file size nor latency by themselves.
+    pub note: String,
+    /// Bytes of the prunable weights as stored (the same before and after pruning).
+    pub prunable_weight_bytes: u64,
+    /// Those bytes compressed with zstd, before pruning.
+    pub zstd_dense_bytes: u64,
+    /// Those bytes compressed with zstd, after pruning.
+    pub zstd_pruned_bytes: u64,
+    /// The zstd level used.
+    pub zstd_level: i32,
 }
 
 impl Report {

@@ -3,6 +3,7 @@
 
 use crate::harness::{fixture, prune_ok, scratch};
 use neuroal_onnx::pipeline::inspect;
+use neuroal_onnx::prune::{dsnot, prune_mask, wanda, MaskRule};
 use serde_json::Value;
 use std::path::Path;
 
@@ -241,4 +242,53 @@ fn dsnot_swaps_weights_in_attention_rows_only_and_keeps_every_budget() {
         }
     }
     assert!(changed_attention, "DSnoT changes some attention masks");
+}
+
+#[test]
+fn dsnot_masks_equal_the_reference_loop_restated_in_numpy() {
+    // fixtures/gen/dsnot.py follows the reference's tensor operations (all rows at once, cursor
+    // pairs, gather and scatter); this implementation works row by row.
+    let path = crate::harness::fixtures().join("dsnot/cases.json");
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let floats = |v: &Value| -> Vec<f64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    for (k, case) in cases.as_array().unwrap().iter().enumerate() {
+        let (rows, cols) = (
+            case["rows"].as_u64().unwrap() as usize,
+            case["cols"].as_u64().unwrap() as usize,
+        );
+        let weights: Vec<f32> = floats(&case["weights"]).iter().map(|&v| v as f32).collect();
+        let norms: Vec<f32> = floats(&case["norms"]).iter().map(|&v| v as f32).collect();
+        let expected: Vec<bool> = case["pruned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_bool().unwrap())
+            .collect();
+        let scores = wanda(&weights, &norms);
+        let rule = MaskRule::Row(case["sparsity"].as_f64().unwrap());
+        let mut mask = prune_mask(&scores, rows, cols, &rule);
+        let initial = mask.clone();
+        dsnot::refine(
+            &weights,
+            &scores,
+            &floats(&case["mean"]),
+            &floats(&case["var"]),
+            &mut mask,
+        );
+        assert_ne!(mask, initial, "case {k}: the refinement swaps weights");
+        for (r, (got, want)) in mask
+            .pruned
+            .chunks(cols)
+            .zip(expected.chunks(cols))
+            .enumerate()
+        {
+            assert_eq!(got, want, "case {k}, row {r}");
+        }
+    }
 }

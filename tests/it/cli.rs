@@ -84,25 +84,21 @@ fn summary_names_the_outputs_and_quiet_silences_progress() {
 }
 
 #[test]
-fn options_not_built_yet_are_refused_before_any_work() {
+fn zero_shot_without_a_task_file_is_refused_before_any_work() {
     let fx = fixture("tiny/llama");
     let dir = scratch();
     let out = dir.path().join("out.onnx");
-    let flags = [
-        "--sparsity",
-        "0.5",
-        "--prune-method",
-        "magnitude",
-        "--top-up",
-        "uniform",
-        "--tasks",
-        "zero-shot",
-    ];
-    let r = run(job(&fx.model, &out, &flags));
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("zero-shot evaluation"), "{}", r.stderr);
-    assert!(r.stderr.contains("not implemented yet"), "{}", r.stderr);
-    assert!(snapshot(dir.path()).is_empty(), "nothing written");
+    let base = "--sparsity 0.5 --prune-method magnitude --top-up uniform";
+    for (extra, needle) in [
+        ("--tasks zero-shot", "needs at least one --task-file"),
+        ("--task-file t.jsonl", "is not used with --tasks lm"),
+    ] {
+        let flags: Vec<&str> = base.split(' ').chain(extra.split(' ')).collect();
+        let r = run(job(&fx.model, &out, &flags));
+        assert_eq!(r.code, 2, "{}", r.stderr);
+        assert!(r.stderr.contains(needle), "{}", r.stderr);
+        assert!(snapshot(dir.path()).is_empty(), "nothing written");
+    }
 }
 
 #[test]

@@ -11,7 +11,9 @@ use std::process::Command;
 pub fn fixtures() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/fixtures");
     assert!(
-        dir.join("tiny").is_dir() && dir.join("smollm2").is_dir() && dir.join("austen").is_dir(),
+        ["tiny", "smollm2", "austen", "dsnot"]
+            .iter()
+            .all(|f| dir.join(f).is_dir()),
         "fixtures missing in {}: run `make setup` first",
         dir.display()
     );
