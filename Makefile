@@ -12,7 +12,12 @@ DEMO_OUT := out/smollm2-magnitude-0.7.onnx
 .PHONY: setup fixtures build test lint demo bench clean
 
 ## setup: Python venv for the fixture generator, ONNX Runtime, and every fixture.
-setup: $(ORT_LIB) fixtures
+setup: $(ORT_LIB) fixtures browser
+
+## browser: Debian's chromium, which the HTML report's test loads the report in.
+.PHONY: browser
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 $(PYTHON): fixtures/requirements.txt
 	python3 -m venv $(VENV)
@@ -21,6 +26,31 @@ $(PYTHON): fixtures/requirements.txt
 
 $(ORT_LIB): scripts/fetch-ort.sh
 	scripts/fetch-ort.sh $(CACHE)/ort
+
+# NVRTC (PyPI nvidia-cuda-nvrtc) compiles the CUDA kernels to PTX with no GPU; tests/it/kernels.rs needs it.
+NVRTC_LIB := $(CACHE)/nvrtc/lib/libnvrtc.so.13
+setup: $(NVRTC_LIB)
+
+$(NVRTC_LIB): scripts/fetch-nvrtc.sh
+	scripts/fetch-nvrtc.sh $(CACHE)/nvrtc
+
+# Older ONNX Runtimes the build accepts (Cargo.toml's api-19): 1.19.2, the oldest (older wheels have no
+# separate library), and 1.30.0; tests/it/ort_versions.rs checks that they prune to the weights of 1.32.
+ORT_LIB_1_19 := $(CACHE)/ort-1.19/lib/libonnxruntime.so
+ORT_LIB_1_30 := $(CACHE)/ort-1.30/lib/libonnxruntime.so
+setup: $(ORT_LIB_1_19) $(ORT_LIB_1_30)
+
+$(ORT_LIB_1_19): scripts/fetch-ort.sh
+	ORT_VERSION=1.19.2 scripts/fetch-ort.sh $(CACHE)/ort-1.19
+
+$(ORT_LIB_1_30): scripts/fetch-ort.sh
+	ORT_VERSION=1.30.0 scripts/fetch-ort.sh $(CACHE)/ort-1.30
+
+## setup-gpu: onnxruntime-gpu with its CUDA provider and the NVIDIA CUDA 13 / cuDNN 9 libraries from
+## PyPI in .cache/ort-gpu (about 1.6 GB of downloads; docs/gpu.md). Not part of setup or test.
+.PHONY: setup-gpu
+setup-gpu:
+	scripts/fetch-ort-gpu.sh $(CACHE)/ort-gpu
 
 ## fixtures: tiny models in every exporter convention, SmolLM2-135M converted from its GGUF, Austen texts.
 fixtures: $(PYTHON)
@@ -45,10 +75,25 @@ demo: setup build
 		--prune-method magnitude --top-up uniform \
 		--eval-text $(FIXTURES)/austen/persuasion.txt --seqlen 512 --eval-windows 64
 
-## bench: the CPU mask path (criterion) and one Wanda pass on SmolLM2 (stage times, peak RSS).
+## bench: the CPU mask path (criterion), one Wanda pass on SmolLM2 (stage times, peak RSS), NeuroAL search vs final pass.
 bench: setup build
 	cargo bench --bench masks
 	scripts/bench-wanda.sh
+	scripts/bench-search.sh
+
+## fuzz: libFuzzer on the loader, external data, discovery and the partition (fuzz/README.md);
+## FUZZ_SECONDS=120 by default. Stable Rust: RUSTC_BOOTSTRAP=1 lets cargo fuzz pass -Zsanitizer.
+## Not part of `make test`.
+FUZZ_SECONDS   ?= 120
+FUZZ_SANITIZER ?= address
+.PHONY: fuzz
+fuzz:
+	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	mkdir -p fuzz/corpus/load_model
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $(FUZZ_SANITIZER) load_model \
+		$(CURDIR)/fuzz/corpus/load_model $(CURDIR)/fuzz/seeds/load_model $(CURDIR)/tests/fuzz-regressions \
+		-- -dict=$(CURDIR)/fuzz/load_model.dict -max_total_time=$(FUZZ_SECONDS) \
+		-rss_limit_mb=2048 -timeout=10 -print_final_stats=1
 
 clean:
 	cargo clean

@@ -1,9 +1,12 @@
-//! CPU mask path: magnitude score, per-row selection and zeroing on LLM-sized matrices.
-//! `cargo bench --bench masks`; throughput is reported in weights per second.
+//! CPU mask path: magnitude score, per-row selection and zeroing on LLM-sized matrices, the
+//! shapes `neuroal-onnx kernels --check` times the CUDA kernels on (scripts/gpu-check.sh).
+//! `cargo bench --bench masks`; throughput is the least traffic the work needs (every weight
+//! read, every pruned weight written), as in the GPU table, so criterion's GB/s compare.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use neuroal_onnx::prune::{magnitude, prune_mask, MaskRule};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use neuroal_onnx::prune::{magnitude, prune_mask, row_prune_count, MaskRule};
 use std::hint::black_box;
+use std::time::Duration;
 
 /// Deterministic pseudo-random weights in [-1, 1).
 fn weights(n: usize) -> Vec<f32> {
@@ -19,29 +22,38 @@ fn weights(n: usize) -> Vec<f32> {
 }
 
 fn masks(c: &mut Criterion) {
+    const SPARSITY: f64 = 0.7;
     let mut group = c.benchmark_group("magnitude_row_mask");
-    group.sample_size(10);
-    // SmolLM2-135M's shapes, then LLaMA-7B's ([out, in]).
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    // LLaMA-7B's shapes, then SmolLM2-135M's ([out, in]).
     for (rows, cols) in [
+        (4096, 4096),
+        (11008, 4096),
+        (4096, 11008),
         (576, 576),
         (1536, 576),
         (576, 1536),
-        (4096, 4096),
-        (11008, 4096),
     ] {
         let w = weights(rows * cols);
-        group.throughput(Throughput::Elements((rows * cols) as u64));
+        let pruned = rows * row_prune_count(cols, SPARSITY);
+        group.throughput(Throughput::Bytes(4 * (rows * cols + pruned) as u64));
         group.bench_with_input(
             BenchmarkId::from_parameter(format!("{rows}x{cols}")),
             &w,
             |b, w| {
-                b.iter(|| {
-                    let mut w = w.clone();
-                    let scores = magnitude(&w);
-                    let mask = prune_mask(&scores, rows, cols, &MaskRule::Row(0.7));
-                    mask.apply(&mut w);
-                    black_box(w)
-                })
+                b.iter_batched_ref(
+                    || w.clone(),
+                    |w| {
+                        let scores = magnitude(w);
+                        let mask = prune_mask(&scores, rows, cols, &MaskRule::Row(SPARSITY));
+                        mask.apply(w);
+                        black_box(w.as_ptr());
+                    },
+                    BatchSize::LargeInput,
+                )
             },
         );
     }

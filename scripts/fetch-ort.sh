@@ -2,7 +2,8 @@
 # Fetches libonnxruntime from the PyPI onnxruntime wheel into DEST/lib (default .cache/ort) and
 # prints the library's path. Idempotent: a library already there is kept.
 #   ORT_VERSION   ONNX Runtime version (default 1.32.0)
-#   ORT_FLAVOR    cpu (PyPI onnxruntime) or gpu (PyPI onnxruntime-gpu, with its provider libraries)
+#   ORT_FLAVOR    cpu (PyPI onnxruntime) or gpu (PyPI onnxruntime-gpu, with its provider libraries;
+#                 scripts/fetch-ort-gpu.sh also fetches the NVIDIA libraries the CUDA provider needs)
 set -euo pipefail
 
 version="${ORT_VERSION:-1.32.0}"
@@ -40,6 +41,11 @@ with zipfile.ZipFile(wheel) as z:
                 f.write(z.read(name))
             os.replace(tmp, os.path.join(lib_dir, base))
 PY
+  if [ ! -e "$lib" ]; then
+    echo "the $package $version wheel has no onnxruntime/capi/libonnxruntime.so.$version" \
+      "(wheels of 1.18 and older link ONNX Runtime into the Python module): use 1.19 or later" >&2
+    exit 1
+  fi
 fi
 ln -sf "libonnxruntime.so.$version" "$lib_dir/libonnxruntime.so.1"
 ln -sf "libonnxruntime.so.1" "$lib_dir/libonnxruntime.so"

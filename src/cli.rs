@@ -36,6 +36,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compile the CUDA mask kernels (`--ptx`, no GPU needed) or check them against the CPU
+    /// path on a GPU (`--check`). For CI and scripts/gpu-check.sh, hidden from --help.
+    #[command(hide = true)]
+    Kernels(KernelsArgs),
+}
+
+/// Flags of the hidden `kernels` subcommand.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["ptx", "check"]))]
+pub struct KernelsArgs {
+    /// Compile every kernel source to PTX with NVRTC; print each one's size and entry points.
+    #[arg(long)]
+    pub ptx: bool,
+    /// Also write each PTX to DIR/<source>.<arch>.ptx.
+    #[arg(long, value_name = "DIR", requires = "ptx")]
+    pub ptx_dir: Option<PathBuf>,
+    /// On a GPU: compare CUDA and CPU masks on random matrices and time the kernels.
+    #[arg(long)]
+    pub check: bool,
+    /// Seed of the check's random matrices (default: from the clock, printed).
+    #[arg(long, requires = "check")]
+    pub seed: Option<u64>,
+    /// Also write the check's Markdown table to FILE.
+    #[arg(long, value_name = "FILE", requires = "check")]
+    pub out: Option<PathBuf>,
 }
 
 /// Flags of the pruning job.

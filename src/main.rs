@@ -15,6 +15,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Kernels(args)) = &cli.command {
+        return kernels(args);
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`| head`) is the reader's choice, not a failure.
@@ -22,6 +25,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            // An interrupt being handled exits with its own code; this error may be its doing.
+            neuroal_onnx::atomic::wait_for_interrupt();
             eprintln!("error: {e}");
             ExitCode::from(if e.is_usage() { 2 } else { 1 })
         }
@@ -39,16 +44,98 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             print_out(&text)
         }
+        // Handled by `main`, which never passes it here.
+        Some(Command::Kernels(_)) => Ok(()),
         None => {
             let json = cli.prune.json;
             let progress = Progress::new(cli.prune.quiet);
             let config = cli.prune.into_config(std::env::args().collect())?;
+            // Ctrl-C (and SIGTERM, SIGHUP) removes the partial output and exits with 130. Without
+            // the handler the job still runs; an interrupt then leaves its temporary files.
+            let _ = ctrlc::set_handler(|| {
+                eprintln!("\nerror: interrupted; the partial output was removed");
+                neuroal_onnx::atomic::abandon_and_exit(130)
+            });
             let report = pipeline::prune(&config, &progress)?;
+            neuroal_onnx::atomic::keep_outputs();
             print_out(&if json {
-                report.to_json() + "\n"
+                report.to_json()? + "\n"
             } else {
                 summary(&report)
             })
+        }
+    }
+}
+
+/// The hidden `kernels` subcommand: compile the CUDA kernels to PTX, or check them on a GPU.
+/// Exit code 1 on any failure, including a CUDA mask that differs from the CPU path's.
+fn kernels(args: &cli::KernelsArgs) -> ExitCode {
+    use neuroal_onnx::prune::cuda;
+    let result = if args.ptx {
+        cuda::compile_ptx_all().and_then(|all| {
+            for (name, ptx) in &all {
+                let source = cuda::SOURCES
+                    .iter()
+                    .find(|s| name.starts_with(s.file))
+                    .ok_or_else(|| format!("{name}: unknown source"))?;
+                let missing: Vec<&str> = source
+                    .entries
+                    .iter()
+                    .filter(|e| !ptx.contains(&format!(".entry {e}(")))
+                    .copied()
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(format!("{name}: no .entry {}", missing.join(", ")));
+                }
+                println!(
+                    "{name}\t{} bytes of PTX\t{}",
+                    ptx.len(),
+                    source.entries.join(" ")
+                );
+                if let Some(dir) = &args.ptx_dir {
+                    let file = dir.join(format!("{}.ptx", name.replace(".cu ", ".")));
+                    std::fs::create_dir_all(dir)
+                        .and_then(|_| std::fs::write(&file, ptx))
+                        .map_err(|e| format!("{}: {e}", file.display()))?;
+                }
+            }
+            // Registers, shared memory and spills: the resource report costs no GPU time.
+            for (name, log) in cuda::resource_report()? {
+                let mut entry = "";
+                for line in log.lines() {
+                    if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+                        entry = rest.split('\'').next().unwrap_or_default();
+                    } else if line.contains("Used ") || line.contains("spill") {
+                        let what = line.rsplit([':', '.']).next().unwrap_or(line).trim();
+                        println!("{name}\t{entry}\t{what}");
+                    }
+                }
+            }
+            Ok(())
+        })
+    } else {
+        let seed = args.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        cuda::gpu_check(seed, |line| eprintln!("{line}")).and_then(|(table, identical)| {
+            println!("{table}");
+            if let Some(out) = &args.out {
+                std::fs::write(out, &table).map_err(|e| format!("{}: {e}", out.display()))?;
+            }
+            if identical {
+                Ok(())
+            } else {
+                Err("CUDA and CPU masks differ".into())
+            }
+        })
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -92,6 +179,7 @@ fn discovery_table(d: &Discovery) -> String {
     s
 }
 
+/// The end-of-run summary on stdout: what was written, then dense vs pruned side by side.
 fn summary(report: &Report) -> String {
     let output = &report.output;
     let mut s = match &output.data_file {
@@ -99,22 +187,71 @@ fn summary(report: &Report) -> String {
         None => format!("wrote {}\n", output.model.display()),
     };
     s += &format!(
-        "sparsity: target {:.4}, measured {:.4} over {} prunable weights in {} linears\n",
+        "sparsity: target {:.4}, measured {:.4} over {} prunable weights in {} linears\n\n",
         report.sparsity.target,
         report.sparsity.measured,
         report.input.prunable_params,
         report.input.prunable_linears
     );
+    let row = |what: &str, dense: String, pruned: String, note: String| {
+        format!("{what:<34} {dense:>12} {pruned:>12}  {note}\n")
+            .trim_end()
+            .to_string()
+            + "\n"
+    };
+    s += &row("", "dense".into(), "pruned".into(), String::new());
     for e in &report.evaluation {
-        s += &format!(
-            "perplexity on {}: dense {:.3}, pruned {:.3} ({} windows of {} tokens)\n",
-            e.text.display(),
-            e.dense.value,
-            e.pruned.value,
-            e.pruned.windows,
-            e.pruned.seqlen
+        let name = e.text.file_name().unwrap_or_default().to_string_lossy();
+        s += &row(
+            &format!("perplexity on {name}"),
+            format!("{:.3}", e.dense.value),
+            format!("{:.3}", e.pruned.value),
+            format!(
+                "({} windows of {} tokens)",
+                e.pruned.windows, e.pruned.seqlen
+            ),
+        );
+        s += &row(
+            "  KL divergence (nats)",
+            "–".into(),
+            format!("{:.4}", e.agreement.kl_divergence),
+            String::new(),
+        );
+        s += &row(
+            "  top-1 agreement",
+            "–".into(),
+            format!("{:.2}%", 100.0 * e.agreement.top1_agreement),
+            String::new(),
         );
     }
-    s += &format!("report: {}\n", report_path(&output.model).display());
+    for t in &report.zero_shot {
+        let name = t
+            .task_file
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        for (metric, dense, pruned) in [
+            ("acc", t.dense.acc, t.pruned.acc),
+            ("acc_norm", t.dense.acc_norm, t.pruned.acc_norm),
+        ] {
+            s += &row(
+                &format!("{name} {metric}"),
+                format!("{dense:.4}"),
+                format!("{pruned:.4}"),
+                format!("({} questions)", t.items),
+            );
+        }
+    }
+    let d = &report.deployment;
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    s += &row(
+        "prunable weights, zstd",
+        mb(d.zstd_dense_bytes),
+        mb(d.zstd_pruned_bytes),
+        format!("({} stored either way)", mb(d.prunable_weight_bytes)),
+    );
+    s += &format!("\nreport: {}\n", report_path(&output.model).display());
+    let html = neuroal_onnx::report::html_report_path(&output.model);
+    s += &format!("html: {}\n", html.display());
     s
 }

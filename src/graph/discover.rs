@@ -271,7 +271,10 @@ pub fn discover(model: &OnnxModel) -> Result<Discovery> {
                 let rows = tensor.dims[usize::from(*transposed)];
                 if indices == "input_ids" {
                     vocab = vocab.or(usize::try_from(rows).ok());
-                } else if let Ok(n) = usize::try_from(rows - offset) {
+                } else if let Some(n) = rows
+                    .checked_sub(*offset)
+                    .and_then(|n| usize::try_from(n).ok())
+                {
                     max_positions = Some(max_positions.map_or(n, |m| m.min(n)));
                 }
             }
@@ -582,13 +585,24 @@ fn classify<'a>(scopes: &[Scope<'a>], node: &'a NodeProto) -> Option<(Traced<'a>
 
 /// The graph input (`input_ids` or `position_ids`) a `Gather`'s indices come from, directly or
 /// through a few index arithmetic ops (`Cast`, `Reshape`, `Unsqueeze`, `Add` of an offset, ...),
-/// with the constant offset added on the way (OPT's learned positions start at 2).
-fn gathered_input(scopes: &[Scope], node: &NodeProto) -> Option<(String, i64)> {
-    fn search(scopes: &[Scope], name: &str, depth: usize) -> Option<(String, i64)> {
+/// with the constant offset added on the way (OPT's learned positions start at 2). Offsets that
+/// overflow an i64 are no offsets. Each (value, depth) is searched once: index ops with many
+/// inputs would otherwise make the search exponential in the depth.
+fn gathered_input<'a>(scopes: &[Scope<'a>], node: &'a NodeProto) -> Option<(String, i64)> {
+    type Memo<'n> = HashMap<(&'n str, usize), Option<(String, i64)>>;
+    fn search<'n>(
+        scopes: &[Scope<'n>],
+        name: &'n str,
+        depth: usize,
+        memo: &mut Memo<'n>,
+    ) -> Option<(String, i64)> {
         if name == "input_ids" || name == "position_ids" {
             return Some((name.to_string(), 0));
         }
-        let producer = scopes.last()?.producers.get(name)?;
+        if let Some(known) = memo.get(&(name, depth)) {
+            return known.clone();
+        }
+        let producer: &'n NodeProto = *scopes.last()?.producers.get(name)?;
         let index_op = matches!(
             producer.op_type(),
             "Cast" | "Identity" | "Reshape" | "Unsqueeze" | "Squeeze" | "Add" | "Sub"
@@ -596,22 +610,28 @@ fn gathered_input(scopes: &[Scope], node: &NodeProto) -> Option<(String, i64)> {
         if depth == 0 || !index_op {
             return None;
         }
-        producer.input.iter().find_map(|i| {
-            let (found, offset) = search(scopes, i, depth - 1)?;
+        let found = producer.input.iter().find_map(|i| {
+            let (found, offset) = search(scopes, i, depth - 1, memo)?;
             let addend: i64 = match producer.op_type() {
                 "Add" | "Sub" => producer
                     .input
                     .iter()
                     .filter(|other| *other != i)
                     .filter_map(|other| constant_int(scopes, other))
-                    .sum(),
+                    .try_fold(0i64, i64::checked_add)?,
                 _ => 0,
             };
-            let sign = if producer.op_type() == "Sub" { -1 } else { 1 };
-            Some((found, offset + sign * addend))
-        })
+            let addend = if producer.op_type() == "Sub" {
+                addend.checked_neg()?
+            } else {
+                addend
+            };
+            Some((found, offset.checked_add(addend)?))
+        });
+        memo.insert((name, depth), found.clone());
+        found
     }
-    search(scopes, node.input.get(1)?, 4)
+    search(scopes, node.input.get(1)?, 4, &mut HashMap::new())
 }
 
 /// The value of a scalar integer constant (an initializer or a `Constant` node's output).
@@ -630,7 +650,8 @@ fn constant_int(scopes: &[Scope], name: &str) -> Option<i64> {
                 .as_ref()?
         }
     };
-    if tensor.dims.iter().product::<i64>() != 1 {
+    // Declared dims are unchecked here (a Constant's value): multiply without overflowing.
+    if tensor.dims.iter().try_fold(1i64, |n, &d| n.checked_mul(d)) != Some(1) {
         return None;
     }
     if let Some(&v) = tensor.int64_data.first() {

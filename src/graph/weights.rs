@@ -6,7 +6,8 @@ use crate::error::{Error, Result};
 use crate::onnx::OnnxModel;
 
 impl Linear {
-    /// The weight as row-major `[out_features, in_features]` fp32.
+    /// The weight as row-major `[out_features, in_features]` fp32. A weight holding NaN or ±Inf
+    /// is refused, with the count of such values.
     pub fn read_out_in(&self, model: &OnnxModel) -> Result<Vec<f32>> {
         let tensor = model
             .initializer(&self.weight)
@@ -28,6 +29,16 @@ impl Linear {
         }
         let mut stored = vec![0.0f32; n];
         self.dtype.decode(&bytes, &mut stored);
+        // Scores, masks and the allocation searches are meaningless on NaN or infinite weights.
+        let non_finite = stored.iter().filter(|v| !v.is_finite()).count();
+        if non_finite > 0 {
+            return Err(Error::tensor(
+                &self.weight.name,
+                format!(
+                    "holds {non_finite} non-finite value(s) (NaN or ±Inf) among its {n} weights; pruning scores mean nothing on them: repair the model before pruning it"
+                ),
+            ));
+        }
         Ok(match self.layout {
             Layout::OutIn => stored,
             Layout::InOut => transpose(&stored, self.in_features, self.out_features),

@@ -51,8 +51,17 @@ impl OnnxModel {
         if map.is_empty() {
             return Err(not_onnx("the file is empty".into()));
         }
-        let proto = ModelProto::decode(Bytes::from_owner(map))
-            .map_err(|e| not_onnx(format!("protobuf decoding failed: {e}")))?;
+        let proto = ModelProto::decode(Bytes::from_owner(map)).map_err(|e| {
+            // prost's message would list every nested message on the way down.
+            if e.to_string().ends_with("recursion limit reached") {
+                not_onnx(format!(
+                    "subgraphs nested more than {} levels deep, past protobuf's recursion limit",
+                    super::walk::MAX_GRAPH_DEPTH
+                ))
+            } else {
+                not_onnx(format!("protobuf decoding failed: {e}"))
+            }
+        })?;
         let graph = match &proto.graph {
             Some(g) if !g.node.is_empty() => g,
             _ => return Err(not_onnx("it holds no graph".into())),
@@ -73,6 +82,15 @@ impl OnnxModel {
             }
             if let Err(e) = index_graph(graph_path, g, &mut external, &mut external_refs) {
                 first_error = Some(e);
+            } else if let Some(cycle) = find_cycle(g) {
+                first_error = Some(Error::graph(
+                    path,
+                    format!(
+                        "the nodes {} of graph '{}' feed each other in a cycle; an ONNX graph must be acyclic",
+                        cycle.join(" → "),
+                        display_graph(graph_path)
+                    ),
+                ));
             }
         });
         if let Err(deep) = depth {
@@ -134,10 +152,13 @@ impl OnnxModel {
 
     /// Canonical paths of all files this model reads: the model, then its external data files.
     pub fn input_files(&self) -> Vec<PathBuf> {
-        let model = self.path.canonicalize().ok();
-        model
+        let mut data: Vec<PathBuf> = self.external.paths().map(Path::to_path_buf).collect();
+        data.sort();
+        self.path
+            .canonicalize()
+            .ok()
             .into_iter()
-            .chain(self.external.paths().map(Path::to_path_buf))
+            .chain(data)
             .collect()
     }
 }
@@ -191,6 +212,57 @@ fn index_graph(
         }
     }
     Ok(())
+}
+
+/// The labels of the nodes on one cycle of `graph`'s dataflow, producer first and the first
+/// repeated at the end, if there is one. Kahn's algorithm leaves the nodes on or behind a cycle;
+/// walking back from one of them through such producers must come round to a node on a cycle.
+fn find_cycle(graph: &GraphProto) -> Option<Vec<String>> {
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (i, node) in graph.node.iter().enumerate() {
+        for o in node.output.iter().filter(|o| !o.is_empty()) {
+            producer.insert(o, i);
+        }
+    }
+    let inputs = |i: usize| {
+        graph.node[i]
+            .input
+            .iter()
+            .filter_map(|name| producer.get(name.as_str()).copied())
+    };
+    let mut waiting: Vec<usize> = (0..graph.node.len()).map(|i| inputs(i).count()).collect();
+    let mut consumers = vec![Vec::new(); graph.node.len()];
+    for i in 0..graph.node.len() {
+        inputs(i).for_each(|p| consumers[p].push(i));
+    }
+    let mut ready: Vec<usize> = (0..waiting.len()).filter(|&i| waiting[i] == 0).collect();
+    while let Some(i) = ready.pop() {
+        for &c in &consumers[i] {
+            waiting[c] -= 1;
+            if waiting[c] == 0 {
+                ready.push(c);
+            }
+        }
+    }
+    let mut at = waiting.iter().position(|&w| w > 0)?;
+    let mut seen = vec![false; waiting.len()];
+    while !seen[at] {
+        seen[at] = true;
+        at = inputs(at).find(|&p| waiting[p] > 0)?;
+    }
+    // `at` is on the cycle that the same walk goes round: follow it once, then list it in
+    // dataflow order.
+    let label = |i: usize| format!("'{}'", super::walk::node_label(&graph.node[i]));
+    let mut cycle = vec![label(at)];
+    let start = at;
+    loop {
+        at = inputs(at).find(|&p| waiting[p] > 0)?;
+        cycle.push(label(at));
+        if at == start {
+            cycle.reverse();
+            return Some(cycle);
+        }
+    }
 }
 
 /// Human name of a graph path.

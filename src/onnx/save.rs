@@ -112,7 +112,7 @@ pub fn save_model(
                 &mut offset,
             )
             .map_err(|e| match e {
-                WriteError::Io(e) => Error::io(data_tmp.temp_path(), e),
+                WriteError::Io(e) => Error::io(&data_path, e),
                 WriteError::Other(e) => e,
             });
             match result {
@@ -125,9 +125,7 @@ pub fn save_model(
     if let Some(e) = failure {
         return Err(e);
     }
-    writer
-        .flush()
-        .map_err(|e| Error::io(data_tmp.temp_path(), e))?;
+    writer.flush().map_err(|e| Error::io(&data_path, e))?;
     drop(writer);
 
     let bytes = proto.encode_to_vec();
@@ -141,7 +139,7 @@ pub fn save_model(
     model_tmp
         .file()
         .write_all(&bytes)
-        .map_err(|e| Error::io(model_tmp.temp_path(), e))?;
+        .map_err(|e| Error::io(out, e))?;
 
     let data_written = if external_tensors > 0 {
         Some(data_tmp.commit()?)

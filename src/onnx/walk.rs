@@ -23,7 +23,7 @@ pub fn subgraphs(node: &NodeProto) -> Vec<(String, &GraphProto)> {
     out
 }
 
-fn node_label(node: &NodeProto) -> String {
+pub(crate) fn node_label(node: &NodeProto) -> String {
     if node.name().is_empty() {
         format!("<{}>", node.op_type())
     } else {

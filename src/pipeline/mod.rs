@@ -21,12 +21,13 @@ use crate::calib::{read_token_ids, sample_token, sample_windows, Rng, TextTokeni
 use crate::error::{Error, Result};
 use crate::graph::Linear;
 use crate::graph::{discover, Discovery};
-use crate::onnx::{save_model, OnnxModel, SaveOptions, TensorKey};
+use crate::onnx::{save_model, OnnxModel, SaveOptions, SavedModel, TensorKey};
 use crate::progress::Progress;
 use crate::prune::{self, PruneMethod};
 use crate::report::{
-    deployment_info, file_digests, report_path, BlockSparsity, CalibrationInfo, InputInfo,
-    MatrixSparsity, MethodInfo, OutputInfo, Report, RuntimeInfo, SparsityInfo,
+    deployment_info, file_digests, html_report_path, report_path, BlockSparsity, CalibrationInfo,
+    InputInfo, MatrixSparsity, MethodInfo, OutputInfo, Report, RuntimeInfo, SparsityInfo,
+    TopUpParameters,
 };
 use crate::runtime::{locate_library, CausalLm, Device, Runtime};
 use std::collections::{BTreeMap, HashMap};
@@ -222,6 +223,15 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     } else {
         None
     };
+    let (masker, why) = match config.method {
+        PruneMethod::Magnitude | PruneMethod::Wanda => prune::Masker::select(config.device)?,
+        _ => (prune::Masker::Cpu, None),
+    };
+    if let Some(why) = why {
+        progress.note(&format!(
+            "note: CUDA mask kernels unavailable ({why}); masks on the CPU"
+        ));
+    }
     let calibration = match &runtime {
         Some(rt) if config.needs_calibration() && config.calib.is_empty() => {
             let stage = progress.stage("generate calibration");
@@ -249,7 +259,8 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     let pruned = match (&calibration, &runtime) {
         (Some(calib), Some(rt)) => {
             let dsnot = config.top_up == TopUp::Dsnot;
-            let mut pruner = SequentialPruner::new(&model, &discovery, rt, config.method, dsnot)?;
+            let mut pruner = SequentialPruner::new(&model, &discovery, rt, config.method, dsnot)?
+                .with_masker(&masker);
             if config.top_up == TopUp::Neuroal {
                 pruner = pruner.reuse_sessions();
             }
@@ -277,13 +288,15 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
                 }
                 TopUp::Uniform | TopUp::Alpha | TopUp::Dsnot => {}
             }
+            // The stage timings below are the final pass's; the search has its own.
+            pruner.timings = SequentialTimings::default();
             let pass = pruner.run(&calib.windows, &plan, true, false, progress)?;
             timings.insert("prune_forward".to_string(), pruner.timings.forward);
             timings.insert("prune_statistics".to_string(), pruner.timings.statistics);
             timings.insert("prune_masks".to_string(), pruner.timings.masks);
             pass.pruned
         }
-        _ => prune_without_data(config.method, &model, &discovery, &plan, progress)?,
+        _ => prune_without_data(config.method, &model, &discovery, &plan, &masker, progress)?,
     };
     timings.insert("prune".to_string(), stage.finish());
 
@@ -295,6 +308,15 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         &SaveOptions::default(),
     )?;
     timings.insert("write".to_string(), stage.finish());
+    // From here on a failure removes what this run wrote, and reports of an earlier run at the
+    // same path describe a model that is gone.
+    let mut outputs = OutputGuard::new(&saved);
+    for stale in [
+        report_path(&config.output),
+        html_report_path(&config.output),
+    ] {
+        remove_if_present(&stale)?;
+    }
 
     let stage = progress.stage("measure the files");
     let deployment = deployment_info(&model, &discovery, &pruned.replacements, config.nm)?;
@@ -343,6 +365,7 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
             sparsity: config.sparsity,
             nm: config.nm.map(|(n, m)| format!("{n}:{m}")),
             seed: config.seed,
+            top_up_parameters: top_up_parameters(config),
         },
         calibration: calibration.map(|c| c.info),
         search,
@@ -354,8 +377,76 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         timings_s: timings,
         peak_rss_mib: crate::report::peak_rss_mib(),
     };
+    outputs.add(report_path(&config.output));
     report.write_json(&report_path(&config.output))?;
+    outputs.add(html_report_path(&config.output));
+    report.write_html(&html_report_path(&config.output))?;
+    outputs.keep();
     Ok(report)
+}
+
+/// The files a run has written; removed when the run fails before [`OutputGuard::keep`], so that
+/// a failed run leaves no model without its report.
+struct OutputGuard {
+    paths: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl OutputGuard {
+    fn new(saved: &SavedModel) -> Self {
+        let mut paths = vec![saved.model_path.clone()];
+        paths.extend(saved.data_path.clone());
+        Self { paths, keep: false }
+    }
+
+    fn add(&mut self, path: PathBuf) {
+        self.paths.push(path);
+    }
+
+    fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+/// Removes a file left by an earlier run, if there is one.
+fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+impl Drop for OutputGuard {
+    fn drop(&mut self) {
+        if !self.keep {
+            for path in &self.paths {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// The parameters of the allocation in use, for the report.
+fn top_up_parameters(config: &PruneConfig) -> Option<TopUpParameters> {
+    match config.top_up {
+        TopUp::Uniform => None,
+        TopUp::Neuroal => Some(TopUpParameters::Neuroal {
+            step: config.neuroal_step,
+            search_windows: search::SEARCH_WINDOWS.min(config.nsamples),
+        }),
+        TopUp::Owl => Some(TopUpParameters::Owl {
+            m: config.owl_m,
+            lambda: config.owl_lambda,
+        }),
+        TopUp::Alpha => Some(TopUpParameters::Alpha {
+            epsilon: config.alpha_epsilon,
+        }),
+        TopUp::Dsnot => Some(TopUpParameters::Dsnot {
+            max_cycles: prune::dsnot::MAX_CYCLES,
+            update_threshold: prune::dsnot::THRESHOLD,
+        }),
+    }
 }
 
 /// Whether a calibration file holds token ids (`.json`) rather than text.
@@ -454,6 +545,7 @@ fn prune_without_data(
     model: &OnnxModel,
     discovery: &Discovery,
     plan: &SparsityPlan,
+    masker: &prune::Masker,
     progress: &Progress,
 ) -> Result<PrunedWeights> {
     let mut pruned = PrunedWeights::default();
@@ -473,6 +565,7 @@ fn prune_without_data(
                 None,
                 rule,
                 false,
+                masker,
             )?;
             let bytes = linear.encode_out_in(&weights);
             pruned.record(

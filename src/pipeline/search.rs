@@ -101,6 +101,7 @@ pub(crate) fn neuroal(
             report.block.push(Candidate { lambda, score });
             runs.push((per_linear, plan, alignment));
         }
+        progress.item("block candidates", lambdas.len(), lambdas.len());
         let best = chosen(&report.block);
         report.block_lambda = Some(report.block[best].lambda);
         runs.swap_remove(best)
@@ -142,6 +143,7 @@ pub(crate) fn neuroal(
         report.row.push(Candidate { lambda, score });
         plans.push(plan);
     }
+    progress.item("row candidates", ROW_LAMBDAS.len(), ROW_LAMBDAS.len());
     let best = chosen(&report.row);
     report.row_lambda = Some(report.row[best].lambda);
     report.seconds = clock.elapsed().as_secs_f64();

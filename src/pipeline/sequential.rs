@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Discovery, Layout, Linear, Partition, StageKind};
 use crate::onnx::{OnnxModel, TensorKey};
 use crate::progress::Progress;
-use crate::prune::{prune_matrix, ActivationStats, PruneMethod};
+use crate::prune::{prune_matrix, ActivationStats, Masker, PruneMethod};
 use crate::runtime::{Activation, ModelSession, Runtime};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -43,6 +43,9 @@ pub(crate) struct Pass {
     pub alignment: Vec<Alignment>,
 }
 
+/// The default masker of a pruner.
+static CPU_MASKER: Masker = Masker::Cpu;
+
 /// Runs sequential passes over one model, reusing one session per stage across passes (the
 /// prunable weights are stage inputs, so every candidate allocation shares them).
 pub(crate) struct SequentialPruner<'a> {
@@ -52,6 +55,8 @@ pub(crate) struct SequentialPruner<'a> {
     method: PruneMethod,
     /// Refine masks with DSnoT (attention projections only, as the reference does).
     dsnot: bool,
+    /// Where masks are computed (the CPU unless [`Self::with_masker`] says otherwise).
+    masker: &'a Masker,
     partition: Partition,
     /// Keep stage sessions between passes (memory for speed: worth it for searches only).
     reuse_sessions: bool,
@@ -76,6 +81,7 @@ impl<'a> SequentialPruner<'a> {
             runtime,
             method,
             dsnot,
+            masker: &CPU_MASKER,
             partition: Partition::new(model, discovery)?,
             reuse_sessions: false,
             sessions: HashMap::new(),
@@ -93,6 +99,12 @@ impl<'a> SequentialPruner<'a> {
     /// skips building them again; costs one session's memory per block.
     pub fn reuse_sessions(mut self) -> Self {
         self.reuse_sessions = true;
+        self
+    }
+
+    /// Computes masks with `masker` (the CUDA kernels, say) instead of the CPU.
+    pub fn with_masker(mut self, masker: &'a Masker) -> Self {
+        self.masker = masker;
         self
     }
 
@@ -191,6 +203,7 @@ impl<'a> SequentialPruner<'a> {
                     Some(&dense_stats[k]),
                     rule,
                     self.dsnot && !is_mlp(l),
+                    self.masker,
                 )?;
                 let bytes = l.encode_out_in(&weights);
                 pruned_values.push(weight_value(model, l, Some(&bytes))?);

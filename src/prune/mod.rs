@@ -1,5 +1,6 @@
 //! Scores and masks: pure functions over weight matrices in the canonical `[out, in]` layout.
 
+pub mod cuda;
 pub mod dsnot;
 mod mask;
 mod score;
@@ -11,6 +12,7 @@ pub use score::{magnitude, multiflow, wanda};
 pub use sparsegpt::sparsegpt;
 pub use stats::ActivationStats;
 
+use crate::runtime::Device;
 use serde::Serialize;
 
 /// The base score that ranks weights (`--prune-method`).
@@ -36,11 +38,43 @@ impl PruneMethod {
     }
 }
 
+/// Where magnitude and Wanda masks are computed: the CPU path (the reference) or the CUDA
+/// kernels, which prune exactly the same entries.
+pub enum Masker {
+    /// [`prune_mask`] with rayon.
+    Cpu,
+    /// The kernels of `kernels/masks.cu`.
+    Cuda(cuda::CudaMasker),
+}
+
+impl Masker {
+    /// The masker for `--device`: `auto` takes the CUDA kernels when they load and else the CPU,
+    /// with the reason; `cpu` the CPU; `cuda` the kernels, or an error saying why not.
+    pub fn select(device: Device) -> crate::Result<(Masker, Option<String>)> {
+        match device {
+            Device::Cpu => Ok((Masker::Cpu, None)),
+            Device::Auto => Ok(match cuda::CudaMasker::new() {
+                Ok(m) => (Masker::Cuda(m), None),
+                Err(why) => (Masker::Cpu, Some(why)),
+            }),
+            Device::Cuda => cuda::CudaMasker::new()
+                .map(|m| (Masker::Cuda(m), None))
+                .map_err(|why| {
+                    crate::Error::invalid(
+                        "--device",
+                        format!("cuda: the CUDA mask kernels cannot be used: {why}"),
+                    )
+                }),
+        }
+    }
+}
+
 /// Prunes the row-major `[rows, cols]` matrix `weights` in place with `method` under `rule`.
 /// `stats` are the statistics of the matrix's input (required by the calibrated methods and by
 /// DSnoT); `dsnot` refines the score-based mask with DSnoT; `name` names the tensor in errors.
 /// SparseGPT takes the rule's mean sparsity (or its N:M pattern) and ignores per-row budgets, as
-/// the reference does.
+/// the reference does. `masker` computes the magnitude and Wanda masks (without DSnoT); the
+/// other methods stay on the CPU.
 #[allow(clippy::too_many_arguments)]
 pub fn prune_matrix(
     method: PruneMethod,
@@ -51,10 +85,22 @@ pub fn prune_matrix(
     stats: Option<&ActivationStats>,
     rule: &MaskRule,
     dsnot: bool,
+    masker: &Masker,
 ) -> crate::Result<()> {
     let needs_stats = || {
         stats.ok_or_else(|| crate::Error::tensor(name, "no calibration statistics were collected"))
     };
+    if let (Masker::Cuda(gpu), PruneMethod::Magnitude | PruneMethod::Wanda, false) =
+        (masker, method, dsnot)
+    {
+        let norms = match method {
+            PruneMethod::Wanda => Some(needs_stats()?.norms()),
+            _ => None,
+        };
+        return gpu
+            .prune(weights, rows, cols, norms.as_deref(), rule)
+            .map_err(|e| crate::Error::tensor(name, format!("CUDA mask kernel: {e}")));
+    }
     let scores = match method {
         PruneMethod::Dense => return Ok(()),
         PruneMethod::Magnitude => magnitude(weights),

@@ -3,9 +3,11 @@
 
 mod deployment;
 mod digest;
+mod html;
 
 pub use deployment::{deployment_info, ZSTD_LEVEL};
 pub use digest::file_digests;
+pub use html::render_html;
 
 use crate::allocate::TopUp;
 use crate::atomic::write_atomically;
@@ -25,7 +27,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub struct Report {
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
-    /// `neuroal-onnx` and its version.
+    /// `neuroal-onnx`.
     pub tool: String,
     /// The tool's version.
     pub tool_version: String,
@@ -126,6 +128,40 @@ pub struct MethodInfo {
     pub nm: Option<String>,
     /// Seed of every random choice.
     pub seed: u64,
+    /// The parameters of the allocation in use (`null` for `uniform`).
+    pub top_up_parameters: Option<TopUpParameters>,
+}
+
+/// The parameters of an allocation, as used.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case", tag = "top_up")]
+pub enum TopUpParameters {
+    /// NeuroAL: which search steps ran, on how many of the calibration windows.
+    Neuroal {
+        /// `block`, `row` or `both`.
+        step: crate::allocate::NeuroalStep,
+        /// Calibration windows each candidate runs on.
+        search_windows: usize,
+    },
+    /// OWL: outlier threshold `M` and spread `λ`.
+    Owl {
+        /// `--owl-m`.
+        m: f64,
+        /// `--owl-lambda`.
+        lambda: f64,
+    },
+    /// AlphaPruning: spread `ε`.
+    Alpha {
+        /// `--alpha-epsilon`.
+        epsilon: f64,
+    },
+    /// DSnoT: cycles at most and the error below which a row stops.
+    Dsnot {
+        /// Cycles at most.
+        max_cycles: usize,
+        /// `|e|` threshold.
+        update_threshold: f64,
+    },
 }
 
 /// The calibration data.
@@ -229,16 +265,23 @@ pub struct DeploymentInfo {
 }
 
 impl Report {
-    /// Serialises the report as pretty JSON.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    /// Serialises the report as pretty JSON (non-finite numbers become `null`).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self).map_err(|e| {
+            crate::Error::Runtime(format!("the report cannot be written as JSON: {e}"))
+        })
     }
 
     /// Writes the report as JSON to `path`, atomically.
     pub fn write_json(&self, path: &Path) -> Result<()> {
-        let mut text = self.to_json();
+        let mut text = self.to_json()?;
         text.push('\n');
         write_atomically(path, text.as_bytes())
+    }
+
+    /// Writes the report as a self-contained HTML page to `path`, atomically.
+    pub fn write_html(&self, path: &Path) -> Result<()> {
+        write_atomically(path, render_html(self).as_bytes())
     }
 }
 
@@ -253,4 +296,9 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// `OUT.report.json` for output model `OUT.onnx`.
 pub fn report_path(output: &Path) -> PathBuf {
     output.with_extension("report.json")
+}
+
+/// `OUT.report.html` for output model `OUT.onnx`.
+pub fn html_report_path(output: &Path) -> PathBuf {
+    output.with_extension("report.html")
 }

@@ -74,10 +74,141 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
     )))
 }
 
+/// The NVIDIA libraries the CUDA execution provider loads, in dependency order: the `lib<name>.so*`
+/// files preloaded from an `nvidia/*/lib` folder (`cudnn` stands for every `libcudnn*`).
+const NVIDIA_LIBRARIES: [&str; 8] = [
+    "cudart",
+    "cublasLt",
+    "cublas",
+    "cufft",
+    "curand",
+    "nvJitLink",
+    "nvrtc",
+    "cudnn",
+];
+
+/// What preloading the NVIDIA libraries next to the ONNX Runtime library did.
+#[derive(Debug)]
+pub struct Preload {
+    /// The `nvidia/` folder the libraries were taken from.
+    pub root: PathBuf,
+    /// The libraries loaded, in load order.
+    pub loaded: Vec<PathBuf>,
+    /// The libraries that did not load, each with the loader's reason, in load order.
+    pub failures: Vec<String>,
+}
+
+/// The preloaded libraries: opened once per process and never closed.
+static PRELOADED: OnceLock<(Preload, Vec<libloading::os::unix::Library>)> = OnceLock::new();
+
+/// The `nvidia/` folder beside the folder of `library` (the layout `scripts/fetch-ort-gpu.sh`
+/// writes: `DEST/lib/libonnxruntime.so` and `DEST/nvidia/<pkg>/lib`), following a symbolic link
+/// to the library when the folder is not beside the link.
+pub fn nvidia_folder(library: &Path) -> Option<PathBuf> {
+    let beside = |lib: &Path| {
+        let dir = lib.parent()?.parent()?.join("nvidia");
+        dir.is_dir().then_some(dir)
+    };
+    beside(library).or_else(|| beside(&library.canonicalize().ok()?))
+}
+
+/// The NVIDIA libraries under `root/*/lib`, in the order of [`NVIDIA_LIBRARIES`]; one file per
+/// library (the shortest name, which is the soname in the wheels), cuDNN's graph and ops libraries
+/// before its other parts and the `libcudnn` front last.
+pub fn nvidia_libraries(root: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_dir(e.path().join("lib")).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    // `libcublas.so.13` → "cublas"; `libcudnn_ops.so.9` → "cudnn_ops".
+    let stem = |p: &Path| -> Option<String> {
+        let name = p.file_name()?.to_str()?;
+        let (stem, rest) = name.strip_prefix("lib")?.split_once(".so")?;
+        (rest.is_empty() || rest.starts_with('.')).then(|| stem.to_string())
+    };
+    let mut chosen: Vec<(usize, u8, String, PathBuf)> = Vec::new();
+    for file in files {
+        let Some(stem) = stem(&file) else { continue };
+        let Some(rank) = NVIDIA_LIBRARIES
+            .iter()
+            .position(|n| stem == *n || (*n == "cudnn" && stem.starts_with("cudnn_")))
+        else {
+            continue;
+        };
+        let sub = match stem.as_str() {
+            "cudnn_graph" => 0,
+            "cudnn_ops" => 1,
+            "cudnn" => 3,
+            _ => 2,
+        };
+        let name_len = |p: &Path| p.file_name().map_or(usize::MAX, |n| n.len());
+        match chosen.iter_mut().find(|c| c.2 == stem) {
+            Some(c) if name_len(&file) < name_len(&c.3) => c.3 = file,
+            Some(_) => {}
+            None => chosen.push((rank, sub, stem, file)),
+        }
+    }
+    chosen.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+    chosen.into_iter().map(|c| c.3).collect()
+}
+
+/// Loads the NVIDIA libraries under `root` globally (`RTLD_NOW | RTLD_GLOBAL`), once per process,
+/// so that the CUDA execution provider (and NVRTC for the mask kernels) find them by soname
+/// without `LD_LIBRARY_PATH`. A library that does not load is recorded, not an error.
+pub fn preload_nvidia(root: &Path) -> &'static Preload {
+    use libloading::os::unix::{Library, RTLD_GLOBAL, RTLD_NOW};
+    let (preload, _) = PRELOADED.get_or_init(|| {
+        let mut preload = Preload {
+            root: root.to_path_buf(),
+            loaded: Vec::new(),
+            failures: Vec::new(),
+        };
+        let mut handles = Vec::new();
+        for lib in nvidia_libraries(root) {
+            // SAFETY: NVIDIA's libraries run no initialisers that depend on the caller.
+            match unsafe { Library::open(Some(&lib), RTLD_NOW | RTLD_GLOBAL) } {
+                Ok(handle) => {
+                    handles.push(handle);
+                    preload.loaded.push(lib);
+                }
+                Err(e) => {
+                    let why = std::error::Error::source(&e)
+                        .map_or_else(|| e.to_string(), |s| s.to_string());
+                    preload.failures.push(format!("{}: {why}", lib.display()));
+                }
+            }
+        }
+        (preload, handles)
+    });
+    preload
+}
+
+/// ONNX Runtime's message without the source location and status code in front of it
+/// (`/onnxruntime_src/….cc:2043 … [ONNXRuntimeError] : 1 : FAIL : message`).
+fn ort_message(text: &str) -> &str {
+    const MARK: &str = "[ONNXRuntimeError] : ";
+    match text.find(MARK) {
+        Some(i) => {
+            let rest = &text[i + MARK.len()..];
+            rest.splitn(3, " : ").nth(2).unwrap_or(rest)
+        }
+        None => text,
+    }
+}
+
 /// An initialised ONNX Runtime and the device sessions run on.
 pub struct Runtime {
     library: PathBuf,
     requested: Device,
+    /// The first NVIDIA library that failed to preload, with the reason.
+    preload_failure: Option<String>,
     /// The device sessions actually use, decided by the first session (`Auto` falls back once).
     resolved: Mutex<Option<Device>>,
     /// Why `Auto` fell back to the CPU, when it did.
@@ -91,12 +222,20 @@ static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
 impl Runtime {
     /// Loads the library at `library` (once per process) and prepares sessions for `device`.
     /// `threads` = 0 lets ONNX Runtime choose; a fallback to the CPU is noted on `progress`.
+    /// For `auto` and `cuda`, the NVIDIA libraries of an `nvidia/` folder beside the library's
+    /// folder are preloaded first ([`preload_nvidia`]).
     pub fn new(
         library: &Path,
         device: Device,
         threads: usize,
         progress: &Progress,
     ) -> Result<Self> {
+        let preload_failure = match (device, nvidia_folder(library)) {
+            (Device::Auto | Device::Cuda, Some(root)) => {
+                preload_nvidia(&root).failures.first().cloned()
+            }
+            _ => None,
+        };
         if ENVIRONMENT.get().is_none() {
             let builder = ort::init_from(library)
                 .map_err(|e| Error::Runtime(format!("cannot load {}: {e}", library.display())))?;
@@ -109,6 +248,7 @@ impl Runtime {
         Ok(Self {
             library: library.to_path_buf(),
             requested: device,
+            preload_failure,
             resolved: Mutex::new(None),
             fallback: Mutex::new(None),
             threads,
@@ -186,7 +326,7 @@ impl Runtime {
                         b
                     }
                     Err(e) if device == Device::Auto => {
-                        let reason = e.to_string().trim_end_matches('.').to_string();
+                        let reason = self.cuda_failure(&e);
                         self.progress.note(&format!(
                             "note: CUDA execution provider unavailable ({reason}); running ONNX Runtime on the CPU"
                         ));
@@ -197,9 +337,13 @@ impl Runtime {
                         base()?
                     }
                     Err(e) => {
-                        return Err(Error::Runtime(format!(
-                            "--device cuda: the CUDA execution provider cannot be used: {e}"
-                        )))
+                        return Err(Error::invalid(
+                            "--device",
+                            format!(
+                                "cuda: the CUDA execution provider cannot be used: {}",
+                                self.cuda_failure(&e)
+                            ),
+                        ))
                     }
                 }
             }
@@ -208,5 +352,119 @@ impl Runtime {
             *resolved = Some(device);
         }
         commit(&mut builder).map_err(|e| fail(&e))
+    }
+
+    /// Why the CUDA execution provider could not be registered, on one line, with the first
+    /// NVIDIA library that failed to preload.
+    fn cuda_failure(&self, e: &dyn std::fmt::Display) -> String {
+        let mut reason = ort_message(&e.to_string()).to_string();
+        if let Some(first) = &self.preload_failure {
+            reason = format!(
+                "{}; preloading the NVIDIA libraries, {first}",
+                reason.trim_end().trim_end_matches('.')
+            );
+        }
+        reason
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .trim_end_matches('.')
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"").unwrap();
+    }
+
+    #[test]
+    fn nvidia_libraries_come_in_dependency_order_one_file_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("nvidia");
+        let cu13 = [
+            "libcudart.so.13",
+            "libcudart.so.13.0.96",
+            "libcublas.so.13",
+            "libcublasLt.so.13",
+            "libnvblas.so.13",
+            "libcufft.so.12",
+            "libcufftw.so.12",
+            "libcurand.so.10",
+            "libnvJitLink.so.13",
+            "libnvrtc.so.13",
+            "libnvrtc-builtins.so.13.5",
+        ];
+        for name in cu13 {
+            touch(&root.join("cu13/lib").join(name));
+        }
+        for name in [
+            "libcudnn.so.9",
+            "libcudnn_adv.so.9",
+            "libcudnn_engines_precompiled.so.9",
+            "libcudnn_graph.so.9",
+            "libcudnn_ops.so.9",
+        ] {
+            touch(&root.join("cudnn/lib").join(name));
+        }
+        touch(&root.join("cudnn/include/cudnn.h"));
+        let got: Vec<String> = nvidia_libraries(&root)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "libcudart.so.13",
+                "libcublasLt.so.13",
+                "libcublas.so.13",
+                "libcufft.so.12",
+                "libcurand.so.10",
+                "libnvJitLink.so.13",
+                "libnvrtc.so.13",
+                "libcudnn_graph.so.9",
+                "libcudnn_ops.so.9",
+                "libcudnn_adv.so.9",
+                "libcudnn_engines_precompiled.so.9",
+                "libcudnn.so.9",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_nvidia_folder_is_beside_the_library_folder_or_its_link_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("ort-gpu/lib/libonnxruntime.so.1.31.1");
+        touch(&lib);
+        assert_eq!(nvidia_folder(&lib), None);
+        std::fs::create_dir_all(dir.path().join("ort-gpu/nvidia")).unwrap();
+        assert_eq!(nvidia_folder(&lib), Some(dir.path().join("ort-gpu/nvidia")));
+        let link = dir.path().join("elsewhere/libonnxruntime.so");
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&lib, &link).unwrap();
+        let found = nvidia_folder(&link).unwrap();
+        assert_eq!(
+            found.canonicalize().unwrap(),
+            dir.path().join("ort-gpu/nvidia").canonicalize().unwrap()
+        );
+    }
+
+    #[test]
+    fn onnx_runtime_messages_lose_their_source_location() {
+        let text = "/onnxruntime_src/onnxruntime/core/session/provider_bridge_ort.cc:2043 \
+                    onnxruntime::Provider& onnxruntime::ProviderLibrary::Get() [ONNXRuntimeError] : 1 : \
+                    FAIL : Failed to load library x.so with error: libcuda.so.1: cannot open";
+        assert_eq!(
+            ort_message(text),
+            "Failed to load library x.so with error: libcuda.so.1: cannot open"
+        );
+        assert_eq!(
+            ort_message("CUDA execution provider is not enabled in this build."),
+            "CUDA execution provider is not enabled in this build."
+        );
     }
 }

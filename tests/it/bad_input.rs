@@ -254,3 +254,49 @@ fn bad_flags_and_outputs() {
         &["/nonexistent/persuasion.txt"],
     );
 }
+
+#[test]
+fn a_failure_after_the_model_is_written_leaves_no_output_and_no_stale_report() {
+    // The last node's operator is unknown to ONNX Runtime but not to pruning: the job writes the
+    // model, then fails when evaluation opens a session on it.
+    let src = scratch();
+    let model = edited_llama(src.path(), |p| {
+        let graph = p.graph.as_mut().unwrap();
+        let last = graph.node.last_mut().unwrap();
+        last.op_type = Some("NoSuchOperator".into());
+    });
+    let out_dir = scratch();
+    let out = out_dir.path().join("out.onnx");
+    std::fs::write(
+        out_dir.path().join("out.report.json"),
+        "{\"from\": \"an earlier run\"}",
+    )
+    .unwrap();
+    let text = crate::harness::austen("persuasion");
+    let r = run(job(
+        &model,
+        &out,
+        &[
+            "--sparsity",
+            "0.5",
+            "--prune-method",
+            "magnitude",
+            "--top-up",
+            "uniform",
+            "--eval-text",
+            text.to_str().unwrap(),
+            "--seqlen",
+            "32",
+            "--eval-windows",
+            "1",
+            "--quiet",
+        ],
+    ));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("NoSuchOperator"), "{}", r.stderr);
+    assert!(
+        snapshot(out_dir.path()).is_empty(),
+        "the model, its data file and the earlier run's report are gone: {:?}",
+        snapshot(out_dir.path()).keys().collect::<Vec<_>>()
+    );
+}

@@ -3,11 +3,20 @@
 
 mod allocations;
 mod bad_input;
+mod big_model;
 mod calibrated;
 mod cli;
 mod discovery;
+mod evaluation;
+mod fuzz_regressions;
 mod harness;
+mod hostile;
+mod kernels;
 mod onnx_io;
+mod ort_versions;
+mod properties;
+mod report_html;
+mod report_schema;
 mod runtime;
 mod smollm2;
 mod stages;

@@ -81,10 +81,15 @@ fn external_data_is_one_aligned_file_next_to_the_output() {
     let out = dir.path().join("pruned.onnx");
     prune(&fx.model, &out, "magnitude", "0.5");
     let files: HashSet<String> = snapshot(dir.path()).into_keys().collect();
-    let want: HashSet<String> = ["pruned.onnx", "pruned.onnx.data", "pruned.report.json"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let want: HashSet<String> = [
+        "pruned.onnx",
+        "pruned.onnx.data",
+        "pruned.report.json",
+        "pruned.report.html",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(files, want, "no temporary files are left behind");
     let model = OnnxModel::load(&out).unwrap();
     let mut external = 0;
