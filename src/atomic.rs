@@ -40,7 +40,10 @@ impl Registry {
 pub fn abandon_and_exit(code: i32) -> ! {
     let mut files = registry();
     files.remove_all();
-    std::process::exit(code)
+    // `_exit`, not `exit`: other threads (ONNX Runtime's among them) are still running, and the
+    // process-exit handlers and static destructors that `exit` runs may abort under them.
+    // SAFETY: `_exit` ends the process at once; nothing runs after it.
+    unsafe { libc::_exit(code) }
 }
 
 /// Returns at once unless an interrupt is being handled, and then never: the handler exits with

@@ -1,11 +1,10 @@
 //! Bad input gets a one- or two-line error naming the file, tensor or flag, a non-zero exit
 //! code, and no output file.
 
-use crate::harness::{copy_fixture, fixture, job, run, scratch, snapshot};
+use crate::harness::{copy_fixture, edited_llama, fixture, job, run, scratch, snapshot};
 use neuroal_onnx::onnx::proto::tensor_proto::DataType;
 use neuroal_onnx::onnx::proto::ModelProto;
-use prost::Message;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Runs a magnitude pruning job, asserts it fails with `code` and an error containing every
 /// string in `needles`, and that no file appeared in `out_dir`.
@@ -50,15 +49,6 @@ fn fails(model: &Path, out: &Path, extra: &[&str], code: i32, needles: &[&str]) 
             "no output left behind for {needles:?}"
         );
     }
-}
-
-/// Copies the llama fixture (external data in model.onnx_data) and rewrites its proto with `edit`.
-fn edited_llama(dir: &Path, edit: impl FnOnce(&mut ModelProto)) -> PathBuf {
-    let model = copy_fixture(&fixture("tiny/llama"), dir);
-    let mut proto = ModelProto::decode(std::fs::read(&model).unwrap().as_slice()).unwrap();
-    edit(&mut proto);
-    std::fs::write(&model, proto.encode_to_vec()).unwrap();
-    model
 }
 
 /// Sets external-data key `key` of the first external initializer and returns its name.

@@ -181,3 +181,19 @@ pub fn reference(fx: &Fixture) -> (Vec<i64>, Vec<f32>, usize) {
 pub fn austen(book: &str) -> PathBuf {
     fixtures().join("austen").join(format!("{book}.txt"))
 }
+
+/// Copies `tiny/llama` (external data in model.onnx_data) into `dir`, rewrites its proto with
+/// `edit` and returns the model path.
+pub fn edited_llama(
+    dir: &Path,
+    edit: impl FnOnce(&mut neuroal_onnx::onnx::proto::ModelProto),
+) -> PathBuf {
+    use prost::Message;
+    let model = copy_fixture(&fixture("tiny/llama"), dir);
+    let bytes = std::fs::read(&model).expect("model");
+    let mut proto =
+        neuroal_onnx::onnx::proto::ModelProto::decode(bytes.as_slice()).expect("decodes");
+    edit(&mut proto);
+    std::fs::write(&model, proto.encode_to_vec()).expect("write");
+    model
+}

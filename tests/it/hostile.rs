@@ -3,7 +3,7 @@
 //! fails cleanly (exit 1 or 2, never a panic or a signal), names the culprit in a one- or two-line
 //! error, leaves nothing in the output folder and never changes an input file.
 
-use crate::harness::{austen, copy_fixture, fixture, job, run, scratch, snapshot};
+use crate::harness::{austen, copy_fixture, edited_llama, fixture, job, run, scratch, snapshot};
 use neuroal_onnx::onnx::proto::attribute_proto::AttributeType;
 use neuroal_onnx::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
 use neuroal_onnx::onnx::MAX_GRAPH_DEPTH;
@@ -12,7 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -66,15 +66,6 @@ fn refused(model: &Path, extra: &[&str], code: i32, needles: &[&str]) {
         snapshot(input_dir) == before,
         "the input files changed for {needles:?}"
     );
-}
-
-/// Copies `tiny/llama` into `dir`, applies `edit` to its proto and returns the model path.
-fn edited(dir: &Path, edit: impl FnOnce(&mut ModelProto)) -> PathBuf {
-    let model = copy_fixture(&fixture("tiny/llama"), dir);
-    let mut proto = ModelProto::decode(std::fs::read(&model).unwrap().as_slice()).unwrap();
-    edit(&mut proto);
-    std::fs::write(&model, proto.encode_to_vec()).unwrap();
-    model
 }
 
 fn main_graph(proto: &mut ModelProto) -> &mut GraphProto {
@@ -165,7 +156,7 @@ fn nested_ifs(levels: usize) -> NodeProto {
 fn subgraphs_nested_too_deep_are_refused() {
     // The limit itself is accepted: the extra `If` is carried over untouched.
     let dir = scratch();
-    let model = edited(dir.path(), |p| {
+    let model = edited_llama(dir.path(), |p| {
         main_graph(p).node.push(nested_ifs(MAX_GRAPH_DEPTH))
     });
     let out = dir.path().join("out.onnx");
@@ -186,7 +177,7 @@ fn subgraphs_nested_too_deep_are_refused() {
     // One level past it, and far past it (protobuf's recursion limit stops the decoder there).
     for levels in [MAX_GRAPH_DEPTH + 1, 4 * MAX_GRAPH_DEPTH] {
         let dir = scratch();
-        let model = edited(dir.path(), |p| main_graph(p).node.push(nested_ifs(levels)));
+        let model = edited_llama(dir.path(), |p| main_graph(p).node.push(nested_ifs(levels)));
         refused(
             &model,
             &[],
@@ -202,7 +193,7 @@ fn subgraphs_nested_too_deep_are_refused() {
 #[test]
 fn a_cyclic_graph_is_refused_naming_its_nodes() {
     let dir = scratch();
-    let model = edited(dir.path(), |p| {
+    let model = edited_llama(dir.path(), |p| {
         let g = main_graph(p);
         g.node.push(node(
             "cycle/A",
@@ -221,7 +212,7 @@ fn a_cyclic_graph_is_refused_naming_its_nodes() {
     );
     // A node that reads its own output.
     let dir = scratch();
-    let model = edited(dir.path(), |p| {
+    let model = edited_llama(dir.path(), |p| {
         main_graph(p)
             .node
             .push(node("self_loop", "Relu", &["loop_out"], &["loop_out"]));
@@ -240,12 +231,12 @@ fn impossible_shapes_are_refused_naming_the_tensor() {
         (vec![1 << 40, 1 << 20], "4611686018427387904"),
     ] {
         let dir = scratch();
-        let model = edited(dir.path(), |p| initializer(p, WEIGHT).dims = dims.clone());
+        let model = edited_llama(dir.path(), |p| initializer(p, WEIGHT).dims = dims.clone());
         refused(&model, &[], 1, &[WEIGHT, needle]);
     }
     // The same on an inline tensor.
     let dir = scratch();
-    let model = edited(dir.path(), |p| {
+    let model = edited_llama(dir.path(), |p| {
         let t = initializer(p, WEIGHT);
         set_inline(t, vec![0; 64 * 64 * 4]);
         t.dims = vec![1 << 40, 1 << 40];
@@ -282,7 +273,7 @@ fn external_data_through_a_symlink_out_of_the_folder_is_refused() {
 #[test]
 fn an_initializer_defined_twice_is_refused() {
     let dir = scratch();
-    let model = edited(dir.path(), |p| {
+    let model = edited_llama(dir.path(), |p| {
         let copy = initializer(p, WEIGHT).clone();
         main_graph(p).initializer.push(copy);
     });
@@ -294,14 +285,14 @@ fn data_that_does_not_match_the_shape_is_refused() {
     let n = 64 * 64 * 4;
     for (len, needle) in [(n - 4, "holds 16380 bytes"), (n + 4, "holds 16388 bytes")] {
         let dir = scratch();
-        let model = edited(dir.path(), |p| {
+        let model = edited_llama(dir.path(), |p| {
             set_inline(initializer(p, WEIGHT), vec![0; len])
         });
         refused(&model, &[], 1, &[WEIGHT, needle, "[64, 64] needs 16384"]);
     }
     // Typed fields rather than raw bytes: ten floats for a [64, 64] weight.
     let dir = scratch();
-    let model = edited(dir.path(), |p| {
+    let model = edited_llama(dir.path(), |p| {
         let t = initializer(p, WEIGHT);
         set_inline(t, Vec::new());
         t.raw_data = None;
@@ -321,7 +312,7 @@ fn non_finite_weights_are_refused_with_their_count() {
     values[4095] = f32::NEG_INFINITY;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let dir = scratch();
-    let model = edited(dir.path(), |p| set_inline(initializer(p, WEIGHT), bytes));
+    let model = edited_llama(dir.path(), |p| set_inline(initializer(p, WEIGHT), bytes));
     let needles = [WEIGHT, "3 non-finite value(s)", "among its 4096 weights"];
     refused(&model, &[], 1, &needles);
     refused(&model, &["--prune-method", "dense"], 1, &needles);
@@ -389,10 +380,10 @@ fn names_that_are_not_utf8_are_refused_naming_the_file() {
 #[test]
 fn a_model_without_graph_or_opsets_is_refused() {
     let dir = scratch();
-    let model = edited(dir.path(), |p| p.graph = None);
+    let model = edited_llama(dir.path(), |p| p.graph = None);
     refused(&model, &[], 1, &["model.onnx", "holds no graph"]);
     let dir = scratch();
-    let model = edited(dir.path(), |p| p.opset_import.clear());
+    let model = edited_llama(dir.path(), |p| p.opset_import.clear());
     refused(&model, &[], 1, &["model.onnx", "opset imports"]);
 }
 
