@@ -357,44 +357,6 @@ impl CudaMasker {
         &self.device
     }
 
-    /// Prunes `prune_counts[r]` entries of each row r of the row-major `[rows, cols]` matrix in
-    /// place, the lowest scores first (magnitude, or Wanda's |w|·a with `norms`), equal scores
-    /// in the order `ties`.
-    pub fn prune_rows(
-        &self,
-        weights: &mut [f32],
-        rows: usize,
-        cols: usize,
-        norms: Option<&[f32]>,
-        prune_counts: &[u32],
-        ties: Ties,
-    ) -> Result<(), String> {
-        self.run(
-            weights,
-            rows,
-            cols,
-            norms,
-            Kernel::Rows(prune_counts, ties),
-            false,
-        )
-        .map(|_| ())
-    }
-
-    /// Prunes the `n` lowest scores of every `m` consecutive columns of each row in place, the
-    /// lower index first on ties (`MaskRule::NofM`); `cols` must be a multiple of `m`, `n < m`.
-    pub fn prune_n_of_m(
-        &self,
-        weights: &mut [f32],
-        rows: usize,
-        cols: usize,
-        norms: Option<&[f32]>,
-        n: usize,
-        m: usize,
-    ) -> Result<(), String> {
-        self.run(weights, rows, cols, norms, Kernel::NofM(n, m), false)
-            .map(|_| ())
-    }
-
     /// Prunes under `rule` in place, as [`prune_mask`](super::prune_mask) then
     /// [`RowMask::apply`] would on the magnitude (`norms` absent) or Wanda score.
     pub fn prune(

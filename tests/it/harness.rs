@@ -87,10 +87,14 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = Command::new(env!("CARGO_BIN_EXE_neuroal-onnx"))
-        .args(args)
-        .output()
-        .expect("the binary runs");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_neuroal-onnx"));
+    command.args(args);
+    run_command(&mut command)
+}
+
+/// Runs `command` (the binary, with arguments and environment set by the caller) to completion.
+pub fn run_command(command: &mut Command) -> Run {
+    let out = command.output().expect("the binary runs");
     Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

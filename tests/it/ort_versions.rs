@@ -5,7 +5,7 @@
 //! The GPU-flavour tests are ignored by default: `.cache/ort-gpu` is a few GB and not part of
 //! `make setup`. Run them with `make setup-gpu` and `cargo test --release -- --ignored ort_versions`.
 
-use crate::harness::{austen, fixture, initializer_bytes, scratch, Run};
+use crate::harness::{austen, fixture, initializer_bytes, run_command, scratch, Run};
 use neuroal_onnx::onnx::OnnxModel;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -25,17 +25,12 @@ fn cached_library(rel: &str, target: &str) -> PathBuf {
 /// Runs `neuroal-onnx` with `args`, with no `ORT_DYLIB_PATH` and no `LD_LIBRARY_PATH`: the library
 /// is the one `--ort-lib` names, or the project's default, and it finds its dependencies itself.
 fn run_clean(args: &[String]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_neuroal-onnx"))
-        .args(args)
-        .env_remove("ORT_DYLIB_PATH")
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .expect("the binary runs");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_command(
+        Command::new(env!("CARGO_BIN_EXE_neuroal-onnx"))
+            .args(args)
+            .env_remove("ORT_DYLIB_PATH")
+            .env_remove("LD_LIBRARY_PATH"),
+    )
 }
 
 /// A calibrated job with evaluation on the tiny llama, writing `out`; `extra` flags are appended.
