@@ -67,6 +67,12 @@ lint:
 test: setup lint
 	cargo test --release
 
+## test-big: the 4.5 GiB model: pruned with bounded memory, loaded back (4 min, 10 GB of free disk
+## under target/tmp). Not part of `make test`.
+.PHONY: test-big
+test-big: setup
+	cargo test --release --test it big_model -- --ignored --nocapture
+
 ## demo: prune SmolLM2-135M to 70% with magnitude and compare perplexity on Persuasion.
 demo: setup build
 	$(BIN) inspect $(FIXTURES)/smollm2/model.onnx | head -3

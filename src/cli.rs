@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use neuroal_onnx::allocate::{NeuroalStep, TopUp};
-use neuroal_onnx::pipeline::PruneConfig;
+use neuroal_onnx::pipeline::{FixedLambdas, PruneConfig};
 use neuroal_onnx::prune::PruneMethod;
 use neuroal_onnx::runtime::Device;
 use neuroal_onnx::{Error, Result};
@@ -84,6 +84,13 @@ pub struct PruneArgs {
     /// Which NeuroAL search steps to run.
     #[arg(long, value_enum, default_value = "both")]
     pub neuroal_step: NeuroalStep,
+    /// Use this block-wise λ instead of searching it (e.g. the `search.block_lambda` of an
+    /// earlier report, to prune again without the search's cost).
+    #[arg(long, value_name = "LAMBDA")]
+    pub neuroal_block_lambda: Option<f64>,
+    /// Use this row-wise λ instead of searching it (`search.row_lambda` of an earlier report).
+    #[arg(long, value_name = "LAMBDA")]
+    pub neuroal_row_lambda: Option<f64>,
     /// Calibration windows.
     #[arg(long, default_value_t = 128)]
     pub nsamples: usize,
@@ -132,6 +139,10 @@ pub struct PruneArgs {
     /// ONNX Runtime threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// NeuroAL candidates evaluated at a time, each with its own sessions and a share of the
+    /// cores (0: one per 4 cores). The result does not depend on it.
+    #[arg(long, default_value_t = 0)]
+    pub search_jobs: usize,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -210,6 +221,10 @@ impl PruneArgs {
             method: self.prune_method,
             top_up: self.top_up,
             neuroal_step: self.neuroal_step,
+            neuroal_lambdas: FixedLambdas {
+                block: self.neuroal_block_lambda,
+                row: self.neuroal_row_lambda,
+            },
             nsamples: self.nsamples,
             seqlen: self.seqlen,
             seed: self.seed,
@@ -225,6 +240,7 @@ impl PruneArgs {
             owl_lambda: self.owl_lambda,
             alpha_epsilon: self.alpha_epsilon,
             threads: self.threads,
+            search_jobs: self.search_jobs,
             command_line,
         };
         config.validate()?;

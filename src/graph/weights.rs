@@ -59,12 +59,19 @@ impl Linear {
     }
 }
 
-/// Transposes a row-major `[rows, cols]` matrix.
+/// Transposes a row-major `[rows, cols]` matrix, in square tiles so that both the reads and the
+/// writes stay within a few cache lines (an element-by-element walk misses the cache on every write
+/// of a large matrix).
 fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
     let mut t = vec![0.0f32; m.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = m[r * cols + c];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    t[c * rows + r] = m[r * cols + c];
+                }
+            }
         }
     }
     t
@@ -79,5 +86,14 @@ mod tests {
         let m = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]; // [[1,2,3],[4,5,6]]
         assert_eq!(transpose(&m, 2, 3), vec![1.0, 4.0, 2.0, 5.0, 3.0, 6.0]);
         assert_eq!(transpose(&transpose(&m, 2, 3), 3, 2), m.to_vec());
+        // Sizes that are not multiples of the tile, larger than one tile.
+        let (rows, cols) = (45, 70);
+        let big: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let t = transpose(&big, rows, cols);
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(t[c * rows + r], big[r * cols + c], "({r}, {c})");
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! memory-mapped access to the data files.
 
 use crate::error::{Error, Result};
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
@@ -114,6 +114,24 @@ impl ExternalStore {
     pub fn bytes(&self, r: &ExternalRef) -> &[u8] {
         let map = &self.files[&r.location].1;
         &map[r.offset as usize..(r.offset + r.length) as usize]
+    }
+
+    /// Hands the pages under `r` back to the kernel. They stay in the page cache, and a later read
+    /// faults them in again from the file; until then they no longer count in this process's
+    /// resident memory, so reading a model tensor by tensor keeps one tensor resident.
+    pub fn release(&self, r: &ExternalRef) {
+        let map = &self.files[&r.location].1;
+        // SAFETY: the map is a read-only private mapping of a file this tool never writes (see
+        // `register`): none of its pages was ever copied on write, so dropping them loses nothing
+        // and any slice still borrowed from it reads the same bytes from the file afterwards.
+        // Failure only means the pages stay resident.
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                UncheckedAdvice::DontNeed,
+                r.offset as usize,
+                r.length as usize,
+            )
+        };
     }
 
     /// Canonical paths of every data file in use.

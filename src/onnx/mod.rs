@@ -13,6 +13,6 @@ mod save;
 mod walk;
 
 pub use dtype::{data_type_name, WeightDtype};
-pub use model::{OnnxModel, TensorKey};
-pub use save::{data_file_for, save_model, SaveOptions, SavedModel};
+pub use model::{OnnxModel, TensorBytes, TensorKey};
+pub use save::{data_file_for, ModelWriter, SaveOptions, SavedModel};
 pub use walk::{subgraphs, visit_graphs, visit_graphs_mut, MAX_GRAPH_DEPTH};

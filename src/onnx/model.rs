@@ -120,12 +120,13 @@ impl OnnxModel {
     }
 
     /// The little-endian bytes of an initializer's data, wherever it is stored: `raw_data`, the
-    /// typed fields, or an external file. `graph` is the path of the graph holding it.
+    /// typed fields, or an external file. `graph` is the path of the graph holding it. External
+    /// bytes are read through the memory map and their pages released when the result is dropped.
     pub fn tensor_bytes<'a>(
         &'a self,
         graph: &str,
         tensor: &'a TensorProto,
-    ) -> Result<Cow<'a, [u8]>> {
+    ) -> Result<TensorBytes<'a>> {
         if tensor.data_location() == DataLocation::External {
             let key = TensorKey {
                 graph: graph.to_string(),
@@ -134,9 +135,15 @@ impl OnnxModel {
             let r = self.external_refs.get(&key).ok_or_else(|| {
                 Error::tensor(tensor.name(), "external data was not indexed at load")
             })?;
-            return Ok(Cow::Borrowed(self.external.bytes(r)));
+            return Ok(TensorBytes {
+                bytes: Cow::Borrowed(self.external.bytes(r)),
+                mapped: Some((&self.external, r)),
+            });
         }
-        inline_bytes(tensor)
+        Ok(TensorBytes {
+            bytes: inline_bytes(tensor)?,
+            mapped: None,
+        })
     }
 
     /// The initializer identified by `key`, searching the graph at `key.graph`.
@@ -160,6 +167,31 @@ impl OnnxModel {
             .into_iter()
             .chain(data)
             .collect()
+    }
+}
+
+/// An initializer's bytes, borrowed from the model where they can be. Bytes read from an external
+/// data file give their pages back to the kernel when dropped (see [`ExternalStore::release`]):
+/// the resident memory of a job that reads a model tensor by tensor stays near one tensor, not
+/// the whole file.
+pub struct TensorBytes<'a> {
+    bytes: Cow<'a, [u8]>,
+    mapped: Option<(&'a ExternalStore, &'a ExternalRef)>,
+}
+
+impl std::ops::Deref for TensorBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for TensorBytes<'_> {
+    fn drop(&mut self) {
+        if let Some((store, r)) = self.mapped {
+            store.release(r);
+        }
     }
 }
 

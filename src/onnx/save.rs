@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use prost::bytes::Bytes;
 use prost::Message;
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
@@ -54,165 +55,229 @@ pub fn data_file_for(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-/// Writes `model` to `out`, with `replacements` (little-endian bytes in the tensor's own type and
-/// layout) in place of the named initializers. Every other tensor's bytes are copied unchanged.
-/// Nothing is left at `out` or its data file unless the whole write succeeds, and no input file
-/// is ever opened for writing.
-pub fn save_model(
-    model: &OnnxModel,
-    replacements: &HashMap<TensorKey, Vec<u8>>,
-    out: &Path,
-    options: &SaveOptions,
-) -> Result<SavedModel> {
-    let data_path = data_file_for(out);
-    check_not_an_input(model, out, &data_path)?;
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if !dir.is_dir() {
-        return Err(Error::io(
-            &dir,
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                "the output folder does not exist",
-            ),
-        ));
-    }
-    let data_name = data_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+/// Where a tensor handed to [`ModelWriter::put`] went.
+enum Placed {
+    /// In the data file, at this offset and length.
+    External { offset: u64, length: u64 },
+    /// Too small for the data file: stored in the model file.
+    Inline(Bytes),
+}
 
-    let data_tmp = AtomicFile::create(&data_path)?;
-    let mut writer = BufWriter::with_capacity(1 << 20, data_tmp.file());
-    let mut offset = 0u64;
-    let mut external_tensors = 0usize;
-    let mut proto = model.proto.clone();
-    let mut failure: Option<Error> = None;
-    let graph = proto.graph.as_mut().expect("checked at load");
-    visit_graphs_mut(graph, &mut |graph_path, g| {
-        for tensor in &mut g.initializer {
-            if failure.is_some() {
-                return;
+/// The output model being written: the same graph with some initializers replaced, large tensors
+/// in one external data file.
+///
+/// Replacements stream into the data file as they are handed over ([`Self::put`]), so a job that
+/// prunes matrix after matrix never holds more than one. [`Self::finish`] then copies every other
+/// tensor from the input and writes the model file. Nothing appears at `out` or its data file
+/// unless the whole write succeeds, and no input file is ever opened for writing.
+pub struct ModelWriter<'m> {
+    model: &'m OnnxModel,
+    out: PathBuf,
+    data_path: PathBuf,
+    /// The data file's name as the model file refers to it.
+    data_name: String,
+    options: SaveOptions,
+    data_tmp: AtomicFile,
+    writer: BufWriter<File>,
+    /// Bytes written to the data file so far, padding included.
+    offset: u64,
+    placed: HashMap<TensorKey, Placed>,
+}
+
+impl<'m> ModelWriter<'m> {
+    /// Starts the output of `model` at `out` (data file: [`data_file_for`]`(out)`), refusing an
+    /// output that is one of the input's files or lies in a folder that does not exist.
+    pub fn create(model: &'m OnnxModel, out: &Path, options: &SaveOptions) -> Result<Self> {
+        let data_path = data_file_for(out);
+        check_not_an_input(model, out, &data_path)?;
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            return Err(Error::io(
+                &dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "the output folder does not exist",
+                ),
+            ));
+        }
+        let data_name = data_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let data_tmp = AtomicFile::create(&data_path)?;
+        let file = data_tmp
+            .file()
+            .try_clone()
+            .map_err(|e| Error::io(&data_path, e))?;
+        Ok(Self {
+            model,
+            out: out.to_path_buf(),
+            data_path,
+            data_name,
+            options: options.clone(),
+            data_tmp,
+            writer: BufWriter::with_capacity(1 << 20, file),
+            offset: 0,
+            placed: HashMap::new(),
+        })
+    }
+
+    /// Replaces initializer `key` with `bytes` (little-endian, in the tensor's own type and
+    /// layout), written to the data file now when large enough.
+    pub fn put(&mut self, key: &TensorKey, bytes: &[u8]) -> Result<()> {
+        let placed = if bytes.len() < self.options.external_threshold {
+            Placed::Inline(Bytes::copy_from_slice(bytes))
+        } else {
+            let offset = self
+                .append(bytes)
+                .map_err(|e| Error::io(&self.data_path, e))?;
+            Placed::External {
+                offset,
+                length: bytes.len() as u64,
             }
-            let key = TensorKey {
-                graph: graph_path.to_string(),
-                name: tensor.name().to_string(),
-            };
-            let replaced = replacements.get(&key);
-            let result = place_tensor(
-                model,
-                graph_path,
-                tensor,
-                replaced,
-                options,
-                &data_name,
-                &mut writer,
-                &mut offset,
-            )
-            .map_err(|e| match e {
-                WriteError::Io(e) => Error::io(&data_path, e),
-                WriteError::Other(e) => e,
-            });
-            match result {
-                Ok(true) => external_tensors += 1,
-                Ok(false) => {}
-                Err(e) => failure = Some(e),
+        };
+        if self.placed.insert(key.clone(), placed).is_some() {
+            return Err(Error::tensor(
+                &key.name,
+                "was replaced twice in one output (an internal error; please report it)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Copies every initializer not replaced from the input, writes the model file, and renames
+    /// both files into place.
+    pub fn finish(mut self) -> Result<SavedModel> {
+        let mut proto = self.model.proto.clone();
+        let mut external_tensors = 0usize;
+        let mut replaced = 0usize;
+        let mut failure: Option<Error> = None;
+        let graph = proto.graph.as_mut().expect("checked at load");
+        visit_graphs_mut(graph, &mut |graph_path, g| {
+            for tensor in &mut g.initializer {
+                if failure.is_some() {
+                    return;
+                }
+                let key = TensorKey {
+                    graph: graph_path.to_string(),
+                    name: tensor.name().to_string(),
+                };
+                let result = match self.placed.get(&key) {
+                    Some(placed) => {
+                        replaced += 1;
+                        Ok(self.point_at(tensor, placed))
+                    }
+                    None => self.copy_tensor(graph_path, tensor),
+                };
+                match result {
+                    Ok(true) => external_tensors += 1,
+                    Ok(false) => {}
+                    Err(e) => failure = Some(e),
+                }
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        if replaced != self.placed.len() {
+            return Err(Error::graph(
+                &self.out,
+                "a replacement names no initializer of the model (an internal error; please report it)",
+            ));
+        }
+        self.writer
+            .flush()
+            .map_err(|e| Error::io(&self.data_path, e))?;
+
+        let bytes = proto.encode_to_vec();
+        if bytes.len() > PROTOBUF_LIMIT {
+            return Err(Error::graph(
+                &self.out,
+                "the graph itself (without weights) exceeds protobuf's 2 GiB limit",
+            ));
+        }
+        let model_tmp = AtomicFile::create(&self.out)?;
+        model_tmp
+            .file()
+            .write_all(&bytes)
+            .map_err(|e| Error::io(&self.out, e))?;
+
+        let data_written = if external_tensors > 0 {
+            Some(self.data_tmp.commit()?)
+        } else {
+            None // the empty temporary data file is removed on drop
+        };
+        model_tmp.commit()?;
+        Ok(SavedModel {
+            model_path: self.out,
+            data_path: data_written,
+            external_tensors,
+            data_bytes: self.offset,
+        })
+    }
+
+    /// Appends `data` to the data file at the next aligned offset, returning that offset.
+    fn append(&mut self, data: &[u8]) -> std::io::Result<u64> {
+        let padding = (ALIGNMENT - self.offset % ALIGNMENT) % ALIGNMENT;
+        self.writer.write_all(&vec![0u8; padding as usize])?;
+        self.writer.write_all(data)?;
+        let start = self.offset + padding;
+        self.offset = start + data.len() as u64;
+        Ok(start)
+    }
+
+    /// Points `tensor` at its replacement. Returns whether it is external.
+    fn point_at(&self, tensor: &mut TensorProto, placed: &Placed) -> bool {
+        clear_data(tensor);
+        match placed {
+            Placed::Inline(bytes) => {
+                tensor.raw_data = Some(bytes.clone());
+                false
+            }
+            Placed::External { offset, length } => {
+                tensor.data_location = Some(DataLocation::External as i32);
+                tensor.external_data = vec![
+                    entry("location", &self.data_name),
+                    entry("offset", &offset.to_string()),
+                    entry("length", &length.to_string()),
+                ];
+                true
             }
         }
-    });
-    if let Some(e) = failure {
-        return Err(e);
     }
-    writer.flush().map_err(|e| Error::io(&data_path, e))?;
-    drop(writer);
 
-    let bytes = proto.encode_to_vec();
-    if bytes.len() > PROTOBUF_LIMIT {
-        return Err(Error::graph(
-            out,
-            "the graph itself (without weights) exceeds protobuf's 2 GiB limit",
-        ));
+    /// Copies an initializer that was not replaced: small inline tensors stay exactly as they
+    /// are, everything else goes to the data file. Returns whether it is external.
+    fn copy_tensor(&mut self, graph_path: &str, tensor: &mut TensorProto) -> Result<bool> {
+        if tensor.data_type() == DataType::String as i32 {
+            return Ok(false); // strings have no byte layout; they stay as they are
+        }
+        let was_external = tensor.data_location() == DataLocation::External;
+        let model = self.model;
+        // Streamed from where it is (often the memory map, released after): never copied whole.
+        let data = model.tensor_bytes(graph_path, tensor)?;
+        if data.len() < self.options.external_threshold {
+            if was_external {
+                let inline = Bytes::copy_from_slice(&data);
+                drop(data);
+                clear_data(tensor);
+                tensor.raw_data = Some(inline);
+            }
+            return Ok(false);
+        }
+        let offset = self
+            .append(&data)
+            .map_err(|e| Error::io(&self.data_path, e))?;
+        let placed = Placed::External {
+            offset,
+            length: data.len() as u64,
+        };
+        drop(data);
+        Ok(self.point_at(tensor, &placed))
     }
-    let model_tmp = AtomicFile::create(out)?;
-    model_tmp
-        .file()
-        .write_all(&bytes)
-        .map_err(|e| Error::io(out, e))?;
-
-    let data_written = if external_tensors > 0 {
-        Some(data_tmp.commit()?)
-    } else {
-        None // the empty temporary data file is removed on drop
-    };
-    model_tmp.commit()?;
-    Ok(SavedModel {
-        model_path: out.to_path_buf(),
-        data_path: data_written,
-        external_tensors,
-        data_bytes: offset,
-    })
-}
-
-enum WriteError {
-    Io(std::io::Error),
-    Other(Error),
-}
-
-impl From<Error> for WriteError {
-    fn from(e: Error) -> Self {
-        WriteError::Other(e)
-    }
-}
-
-/// Puts one initializer where it belongs in the output. Returns whether it went external.
-#[allow(clippy::too_many_arguments)]
-fn place_tensor(
-    model: &OnnxModel,
-    graph_path: &str,
-    tensor: &mut TensorProto,
-    replacement: Option<&Vec<u8>>,
-    options: &SaveOptions,
-    data_name: &str,
-    writer: &mut impl Write,
-    offset: &mut u64,
-) -> Result<bool, WriteError> {
-    if tensor.data_type() == DataType::String as i32 {
-        return Ok(false); // strings have no byte layout; they stay as they are
-    }
-    let was_external = tensor.data_location() == DataLocation::External;
-    let data: std::borrow::Cow<[u8]> = match replacement {
-        Some(r) => std::borrow::Cow::Borrowed(r.as_slice()),
-        None => model.tensor_bytes(graph_path, tensor)?,
-    };
-    if replacement.is_none() && !was_external && data.len() < options.external_threshold {
-        return Ok(false); // small inline tensor: keep it exactly as it is
-    }
-    if data.len() < options.external_threshold {
-        let inline = Bytes::copy_from_slice(&data);
-        clear_data(tensor);
-        tensor.raw_data = Some(inline);
-        return Ok(false);
-    }
-    // Large tensors are streamed from where they are (often a memory map): never copied whole.
-    let padding = (ALIGNMENT - *offset % ALIGNMENT) % ALIGNMENT;
-    writer
-        .write_all(&vec![0u8; padding as usize])
-        .and_then(|_| writer.write_all(&data))
-        .map_err(WriteError::Io)?;
-    let length = data.len() as u64;
-    *offset += padding;
-    let start = *offset;
-    *offset += length;
-    clear_data(tensor);
-    tensor.data_location = Some(DataLocation::External as i32);
-    tensor.external_data = vec![
-        entry("location", data_name),
-        entry("offset", &start.to_string()),
-        entry("length", &length.to_string()),
-    ];
-    Ok(true)
 }
 
 fn entry(key: &str, value: &str) -> StringStringEntryProto {

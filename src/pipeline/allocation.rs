@@ -73,7 +73,7 @@ pub(crate) fn owl(
     let nothing = SparsityPlan {
         rules: vec![MaskRule::Row(0.0); discovery.linears.len()],
     };
-    let pass = dense.run(windows, &nothing, false, true, &Progress::silent())?;
+    let pass = dense.run(windows, &nothing, None, true, &Progress::silent())?;
     let mut ratios = Vec::new();
     for indices in blocks(discovery).values() {
         let mut scores = Vec::new();

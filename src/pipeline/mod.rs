@@ -8,7 +8,7 @@ mod sequential;
 mod staged;
 
 pub use allocation::AllocationDetail;
-pub use search::{Candidate, SearchReport};
+pub use search::{Candidate, FixedLambdas, SearchReport};
 pub use sequential::{Alignment, SequentialTimings};
 
 use evaluate::EvalSet;
@@ -21,16 +21,16 @@ use crate::calib::{read_token_ids, sample_token, sample_windows, Rng, TextTokeni
 use crate::error::{Error, Result};
 use crate::graph::Linear;
 use crate::graph::{discover, Discovery};
-use crate::onnx::{save_model, OnnxModel, SaveOptions, SavedModel, TensorKey};
+use crate::onnx::{ModelWriter, OnnxModel, SaveOptions, SavedModel};
 use crate::progress::Progress;
 use crate::prune::{self, PruneMethod};
 use crate::report::{
     deployment_info, file_digests, html_report_path, report_path, BlockSparsity, CalibrationInfo,
-    InputInfo, MatrixSparsity, MethodInfo, OutputInfo, Report, RuntimeInfo, SparsityInfo,
-    TopUpParameters,
+    CompressedSizes, InputInfo, MatrixSparsity, MethodInfo, OutputInfo, Report, RuntimeInfo,
+    SparsityInfo, TopUpParameters,
 };
 use crate::runtime::{locate_library, CausalLm, Device, Runtime};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// A validated pruning job.
@@ -48,6 +48,8 @@ pub struct PruneConfig {
     pub top_up: TopUp,
     /// NeuroAL steps.
     pub neuroal_step: NeuroalStep,
+    /// NeuroAL λ given instead of searched.
+    pub neuroal_lambdas: FixedLambdas,
     /// Calibration windows.
     pub nsamples: usize,
     /// Tokens per calibration and evaluation window.
@@ -78,6 +80,8 @@ pub struct PruneConfig {
     pub alpha_epsilon: f64,
     /// ONNX Runtime intra-op threads (0: its default).
     pub threads: usize,
+    /// NeuroAL candidates evaluated at a time (0: one per 4 cores).
+    pub search_jobs: usize,
     /// The command line, for the report.
     pub command_line: Vec<String>,
 }
@@ -132,6 +136,7 @@ impl PruneConfig {
                 "N:M fixes the sparsity of every row; use it with --top-up uniform",
             ));
         }
+        self.validate_fixed_lambdas()?;
         if !self.needs_calibration() && !self.calib.is_empty() {
             return Err(Error::invalid(
                 "--calib",
@@ -146,6 +151,53 @@ impl PruneConfig {
 }
 
 impl PruneConfig {
+    /// A fixed λ needs the step it replaces, and a value the grids could hold.
+    fn validate_fixed_lambdas(&self) -> Result<()> {
+        let fixed = [
+            (
+                "--neuroal-block-lambda",
+                self.neuroal_lambdas.block,
+                NeuroalStep::Row,
+            ),
+            (
+                "--neuroal-row-lambda",
+                self.neuroal_lambdas.row,
+                NeuroalStep::Block,
+            ),
+        ];
+        for (flag, lambda, without) in fixed {
+            let Some(lambda) = lambda else { continue };
+            if self.top_up != TopUp::Neuroal {
+                return Err(Error::invalid(
+                    flag,
+                    "fixes a NeuroAL λ; use it with --top-up neuroal",
+                ));
+            }
+            if !(0.0..=0.5).contains(&lambda) {
+                return Err(Error::invalid(
+                    flag,
+                    format!("{lambda} is outside [0, 0.5]; the search's grids span 0 to 0.25"),
+                ));
+            }
+            if self.neuroal_step == without {
+                return Err(Error::invalid(
+                    flag,
+                    format!(
+                        "names a step that --neuroal-step {} does not run",
+                        name(without)
+                    ),
+                ));
+            }
+        }
+        if self.neuroal_lambdas.row.is_some() && self.method == PruneMethod::Sparsegpt {
+            return Err(Error::invalid(
+                "--neuroal-row-lambda",
+                "SparseGPT takes one sparsity per matrix, so NeuroAL skips its row step",
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether the job runs the model on calibration windows: a calibrated base score, or an
     /// allocation measured on activations (NeuroAL's alignment, OWL's outliers).
     pub fn needs_calibration(&self) -> bool {
@@ -256,14 +308,13 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         plan = chosen;
         allocation_detail = Some(detail);
     }
+    // Pruned matrices go to the output's data file as they are pruned: one at a time in memory.
+    let mut output = ModelWriter::create(&model, &config.output, &SaveOptions::default())?;
     let pruned = match (&calibration, &runtime) {
         (Some(calib), Some(rt)) => {
             let dsnot = config.top_up == TopUp::Dsnot;
             let mut pruner = SequentialPruner::new(&model, &discovery, rt, config.method, dsnot)?
                 .with_masker(&masker);
-            if config.top_up == TopUp::Neuroal {
-                pruner = pruner.reuse_sessions();
-            }
             // The measured allocations decide the plan before the final pass.
             match config.top_up {
                 TopUp::Owl => {
@@ -273,13 +324,47 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
                     allocation_detail = Some(detail);
                 }
                 TopUp::Neuroal => {
+                    let jobs = search_jobs(config, &masker);
+                    // One runtime per job, sharing the cores (one job: the run's own runtime).
+                    let job_runtimes = match jobs {
+                        1 => Vec::new(),
+                        _ => {
+                            let cores = match config.threads {
+                                0 => available_cores(),
+                                n => n,
+                            };
+                            let threads = (cores / jobs).max(1);
+                            (0..jobs)
+                                .map(|_| {
+                                    Runtime::new(rt.library(), config.device, threads, progress)
+                                })
+                                .collect::<Result<Vec<_>>>()?
+                        }
+                    };
+                    let runtimes: Vec<&Runtime> = match jobs {
+                        1 => vec![rt],
+                        _ => job_runtimes.iter().collect(),
+                    };
+                    let mut pruners =
+                        runtimes
+                            .into_iter()
+                            .map(|rt| {
+                                Ok(SequentialPruner::new(
+                                    &model,
+                                    &discovery,
+                                    rt,
+                                    config.method,
+                                    false,
+                                )?
+                                .with_masker(&masker)
+                                .reuse_sessions())
+                            })
+                            .collect::<Result<Vec<_>>>()?;
                     let (chosen, report) = search::neuroal(
-                        &mut pruner,
+                        &mut pruners,
                         &discovery,
                         &calib.windows,
-                        config.sparsity,
-                        config.neuroal_step,
-                        config.method,
+                        config,
                         progress,
                     )?;
                     timings.insert("search".to_string(), report.seconds);
@@ -290,23 +375,27 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
             }
             // The stage timings below are the final pass's; the search has its own.
             pruner.timings = SequentialTimings::default();
-            let pass = pruner.run(&calib.windows, &plan, true, false, progress)?;
+            let pass = pruner.run(&calib.windows, &plan, Some(&mut output), false, progress)?;
             timings.insert("prune_forward".to_string(), pruner.timings.forward);
             timings.insert("prune_statistics".to_string(), pruner.timings.statistics);
             timings.insert("prune_masks".to_string(), pruner.timings.masks);
             pass.pruned
         }
-        _ => prune_without_data(config.method, &model, &discovery, &plan, &masker, progress)?,
+        _ => prune_without_data(
+            config.method,
+            &model,
+            &discovery,
+            &plan,
+            &masker,
+            &mut output,
+            progress,
+        )?,
     };
+    timings.insert("prune_write".to_string(), pruned.write_seconds);
     timings.insert("prune".to_string(), stage.finish());
 
     let stage = progress.stage("write");
-    let saved = save_model(
-        &model,
-        &pruned.replacements,
-        &config.output,
-        &SaveOptions::default(),
-    )?;
+    let saved = output.finish()?;
     timings.insert("write".to_string(), stage.finish());
     // From here on a failure removes what this run wrote, and reports of an earlier run at the
     // same path describe a model that is gone.
@@ -319,7 +408,7 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     }
 
     let stage = progress.stage("measure the files");
-    let deployment = deployment_info(&model, &discovery, &pruned.replacements, config.nm)?;
+    let deployment = deployment_info(&pruned.compressed, config.nm);
     let mut written = vec![saved.model_path.clone()];
     written.extend(saved.data_path.clone());
     let (input_files, output_files) =
@@ -427,12 +516,32 @@ impl Drop for OutputGuard {
     }
 }
 
+/// The cores this process may use.
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// How many NeuroAL candidates run at a time: `--search-jobs`, or one per 4 cores (ONNX Runtime
+/// gains little from more threads on one block of a small model). The CUDA path runs one at a
+/// time: its masks and sessions share one device.
+fn search_jobs(config: &PruneConfig, masker: &prune::Masker) -> usize {
+    if config.search_jobs > 0 {
+        return config.search_jobs;
+    }
+    if !matches!(masker, prune::Masker::Cpu) || config.device == Device::Cuda {
+        return 1;
+    }
+    (available_cores() / 4).max(1)
+}
+
 /// The parameters of the allocation in use, for the report.
 fn top_up_parameters(config: &PruneConfig) -> Option<TopUpParameters> {
     match config.top_up {
         TopUp::Uniform => None,
         TopUp::Neuroal => Some(TopUpParameters::Neuroal {
             step: config.neuroal_step,
+            fixed_block_lambda: config.neuroal_lambdas.block,
+            fixed_row_lambda: config.neuroal_lambdas.row,
             search_windows: search::SEARCH_WINDOWS.min(config.nsamples),
         }),
         TopUp::Owl => Some(TopUpParameters::Owl {
@@ -506,24 +615,21 @@ fn preflight(config: &PruneConfig) -> Result<()> {
     Ok(())
 }
 
-/// The new weights and the sparsity of every matrix.
+/// What pruning did to every matrix: its sparsity and, for the matrices written, how well the
+/// dense and the pruned bytes compress.
 #[derive(Default)]
 pub(crate) struct PrunedWeights {
-    /// New bytes of each changed weight, in its stored layout and type.
-    replacements: HashMap<TensorKey, Vec<u8>>,
     /// Each matrix's sparsity, in discovery order.
     per_matrix: Vec<MatrixSparsity>,
+    /// Each written matrix's stored and compressed sizes.
+    compressed: Vec<CompressedSizes>,
+    /// Seconds spent writing matrices and compressing them.
+    write_seconds: f64,
 }
 
 impl PrunedWeights {
-    /// Records a pruned matrix (`[out, in]` values) and, when it changed, its new stored bytes.
-    pub(crate) fn record(
-        &mut self,
-        linear: &Linear,
-        weights: &[f32],
-        target: f64,
-        bytes: Option<Vec<u8>>,
-    ) {
+    /// Records the sparsity of a pruned matrix (`[out, in]` values).
+    pub(crate) fn record(&mut self, linear: &Linear, weights: &[f32], target: f64) {
         let zeros = weights.iter().filter(|w| **w == 0.0).count();
         self.per_matrix.push(MatrixSparsity {
             block: linear.block,
@@ -533,19 +639,44 @@ impl PrunedWeights {
             target,
             measured: zeros as f64 / linear.numel() as f64,
         });
+    }
+
+    /// Hands a matrix's new stored bytes to `output` (`None`: unchanged, nothing to write) and
+    /// measures how its dense and pruned bytes compress, for the report's deployment section.
+    pub(crate) fn write(
+        &mut self,
+        model: &OnnxModel,
+        linear: &Linear,
+        bytes: Option<&[u8]>,
+        output: &mut ModelWriter<'_>,
+    ) -> Result<()> {
+        let clock = std::time::Instant::now();
+        let tensor = model
+            .initializer(&linear.weight)
+            .ok_or_else(|| Error::tensor(&linear.weight.name, "is no longer in the model"))?;
+        let dense = model.tensor_bytes(&linear.weight.graph, tensor)?;
+        self.compressed.push(CompressedSizes::measure(
+            &linear.weight.name,
+            &dense,
+            bytes,
+        )?);
         if let Some(bytes) = bytes {
-            self.replacements.insert(linear.weight.clone(), bytes);
+            output.put(&linear.weight, bytes)?;
         }
+        self.write_seconds += clock.elapsed().as_secs_f64();
+        Ok(())
     }
 }
 
-/// Prunes every linear with a method that needs no data (magnitude, dense).
+/// Prunes every linear with a method that needs no data (magnitude, dense), each matrix going to
+/// `output` as soon as it is pruned.
 fn prune_without_data(
     method: PruneMethod,
     model: &OnnxModel,
     discovery: &Discovery,
     plan: &SparsityPlan,
     masker: &prune::Masker,
+    output: &mut ModelWriter<'_>,
     progress: &Progress,
 ) -> Result<PrunedWeights> {
     let mut pruned = PrunedWeights::default();
@@ -554,7 +685,8 @@ fn prune_without_data(
         progress.item("matrices", i, total);
         let mut weights = linear.read_out_in(model)?;
         if method == PruneMethod::Dense {
-            pruned.record(linear, &weights, 0.0, None);
+            pruned.record(linear, &weights, 0.0);
+            pruned.write(model, linear, None, output)?;
         } else {
             prune::prune_matrix(
                 method,
@@ -567,13 +699,8 @@ fn prune_without_data(
                 false,
                 masker,
             )?;
-            let bytes = linear.encode_out_in(&weights);
-            pruned.record(
-                linear,
-                &weights,
-                rule.mean_sparsity(linear.out_features),
-                Some(bytes),
-            );
+            pruned.record(linear, &weights, rule.mean_sparsity(linear.out_features));
+            pruned.write(model, linear, Some(&linear.encode_out_in(&weights)), output)?;
         }
     }
     progress.item("matrices", total, total);

@@ -3,6 +3,7 @@
 //! λ first, then the row-wise λ from the best block run's alignment differences.
 
 use super::sequential::{Alignment, SequentialPruner};
+use super::PruneConfig;
 use crate::allocate::neuroal::{
     argmin_first, block_lambdas, block_ramp, misalignment, row_sparsities, ROW_LAMBDAS,
 };
@@ -13,6 +14,7 @@ use crate::progress::Progress;
 use crate::prune::{MaskRule, PruneMethod};
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Windows each candidate is evaluated on (the reference's `nsamples = 8`).
@@ -46,16 +48,33 @@ pub struct SearchReport {
     pub seconds: f64,
 }
 
-/// Searches NeuroAL's allocation for `sparsity` and returns the plan the final pass uses.
+/// λ values given instead of searched (`--neuroal-block-lambda`, `--neuroal-row-lambda`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct FixedLambdas {
+    /// The block step's λ.
+    pub block: Option<f64>,
+    /// The row step's λ.
+    pub row: Option<f64>,
+}
+
+/// Searches NeuroAL's allocation for the job's sparsity (its steps, and the λ it fixes) and
+/// returns the plan the final pass uses.
+///
+/// `pruners` run the candidates, as many at a time as there are pruners (each with its own stage
+/// sessions); the result does not depend on how many there are.
 pub(crate) fn neuroal(
-    pruner: &mut SequentialPruner,
+    pruners: &mut [SequentialPruner],
     discovery: &Discovery,
     windows: &[Vec<i64>],
-    sparsity: f64,
-    step: NeuroalStep,
-    method: PruneMethod,
+    config: &PruneConfig,
     progress: &Progress,
 ) -> Result<(SparsityPlan, SearchReport)> {
+    let (sparsity, step, fixed, method) = (
+        config.sparsity,
+        config.neuroal_step,
+        config.neuroal_lambdas,
+        config.method,
+    );
     let clock = Instant::now();
     let windows = &windows[..windows.len().min(SEARCH_WINDOWS)];
     let blocks: Vec<usize> = {
@@ -86,28 +105,41 @@ pub(crate) fn neuroal(
         windows: windows.len(),
         seconds: 0.0,
     };
+    let row_wanted = matches!(step, NeuroalStep::Row | NeuroalStep::Both);
+    let row_runs = row_wanted && method != PruneMethod::Sparsegpt;
     let (block_sparsity, block_rules, alignment) = if step == NeuroalStep::Row {
         let (per_linear, plan) = block_plan(0.0);
-        let (_, alignment) = evaluate(pruner, windows, &plan)?;
+        let (_, alignment) = evaluate(&mut pruners[0], windows, &plan)?;
+        (per_linear, plan, alignment)
+    } else if let Some(lambda) = fixed.block {
+        // Given, not searched: one run for the row step's alignment differences, if it runs.
+        let (per_linear, plan) = block_plan(lambda);
+        let alignment = if row_runs {
+            let (score, alignment) = evaluate(&mut pruners[0], windows, &plan)?;
+            report.block.push(Candidate { lambda, score });
+            alignment
+        } else {
+            Vec::new()
+        };
+        report.block_lambda = Some(lambda);
         (per_linear, plan, alignment)
     } else {
         let lambdas = block_lambdas(sparsity);
+        let (per_linear, plans): (Vec<_>, Vec<_>) = lambdas.iter().map(|&l| block_plan(l)).unzip();
+        let scored = evaluate_all(pruners, windows, &plans, "block candidates", progress)?;
         let mut runs = Vec::with_capacity(lambdas.len());
-        for (i, &lambda) in lambdas.iter().enumerate() {
-            progress.item("block candidates", i, lambdas.len());
-            let (per_linear, plan) = block_plan(lambda);
-            let (score, alignment) = evaluate(pruner, windows, &plan)?;
+        for (((lambda, per_linear), plan), (score, alignment)) in
+            lambdas.into_iter().zip(per_linear).zip(plans).zip(scored)
+        {
             progress.note(&format!("  block λ {lambda:.2}: misalignment {score:.6e}"));
             report.block.push(Candidate { lambda, score });
             runs.push((per_linear, plan, alignment));
         }
-        progress.item("block candidates", lambdas.len(), lambdas.len());
         let best = chosen(&report.block);
         report.block_lambda = Some(report.block[best].lambda);
         runs.swap_remove(best)
     };
 
-    let row_wanted = matches!(step, NeuroalStep::Row | NeuroalStep::Both);
     if !row_wanted {
         report.seconds = clock.elapsed().as_secs_f64();
         return Ok((block_rules, report));
@@ -120,11 +152,9 @@ pub(crate) fn neuroal(
     }
 
     // Row step: each producer's rows follow its consumer's alignment difference.
-    let signals = row_signals(pruner.partition(), discovery, &alignment);
-    let mut plans = Vec::with_capacity(ROW_LAMBDAS.len());
-    for (i, &lambda) in ROW_LAMBDAS.iter().enumerate() {
-        progress.item("row candidates", i, ROW_LAMBDAS.len());
-        let rules = discovery
+    let signals = row_signals(pruners[0].partition(), discovery, &alignment);
+    let row_plan = |lambda: f64| SparsityPlan {
+        rules: discovery
             .linears
             .iter()
             .zip(&block_sparsity)
@@ -136,14 +166,19 @@ pub(crate) fn neuroal(
                     .unwrap_or_else(|| vec![s; l.out_features]);
                 MaskRule::Neuron(rows)
             })
-            .collect();
-        let plan = SparsityPlan { rules };
-        let (score, _) = evaluate(pruner, windows, &plan)?;
+            .collect(),
+    };
+    if let Some(lambda) = fixed.row {
+        report.row_lambda = Some(lambda);
+        report.seconds = clock.elapsed().as_secs_f64();
+        return Ok((row_plan(lambda), report));
+    }
+    let mut plans: Vec<SparsityPlan> = ROW_LAMBDAS.iter().map(|&l| row_plan(l)).collect();
+    let scored = evaluate_all(pruners, windows, &plans, "row candidates", progress)?;
+    for (&lambda, (score, _)) in ROW_LAMBDAS.iter().zip(scored) {
         progress.note(&format!("  row λ {lambda:.2}: misalignment {score:.6e}"));
         report.row.push(Candidate { lambda, score });
-        plans.push(plan);
     }
-    progress.item("row candidates", ROW_LAMBDAS.len(), ROW_LAMBDAS.len());
     let best = chosen(&report.row);
     report.row_lambda = Some(report.row[best].lambda);
     report.seconds = clock.elapsed().as_secs_f64();
@@ -156,13 +191,81 @@ fn chosen(candidates: &[Candidate]) -> usize {
     argmin_first(&scores).unwrap_or(0)
 }
 
+/// A candidate's score and the alignment it was computed from.
+type Scored = (f64, Vec<Alignment>);
+
+/// Prunes and scores every plan, as many at a time as there are `pruners`; the results come in
+/// the order of `plans` and do not depend on the number of pruners.
+fn evaluate_all(
+    pruners: &mut [SequentialPruner],
+    windows: &[Vec<i64>],
+    plans: &[SparsityPlan],
+    label: &str,
+    progress: &Progress,
+) -> Result<Vec<Scored>> {
+    let total = plans.len();
+    let jobs = pruners.len().clamp(1, total.max(1));
+    let done = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    progress.item(label, 0, total);
+    let mut results: Vec<Option<Result<Scored>>> =
+        std::iter::repeat_with(|| None).take(total).collect();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = pruners[..jobs]
+            .iter_mut()
+            .enumerate()
+            .map(|(job, pruner)| {
+                let (done, failed) = (&done, &failed);
+                scope.spawn(move || {
+                    let mut mine = Vec::new();
+                    // Job j takes candidates j, j + jobs, j + 2·jobs, …
+                    for i in (job..total).step_by(jobs) {
+                        if failed.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let result = evaluate(pruner, windows, &plans[i]);
+                        failed.fetch_or(result.is_err(), Ordering::Relaxed);
+                        mine.push((i, result));
+                        progress.item(label, done.fetch_add(1, Ordering::Relaxed) + 1, total);
+                    }
+                    mine
+                })
+            })
+            .collect();
+        for worker in workers {
+            // A panicking candidate is a bug: let it surface as one.
+            for (i, result) in worker
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            {
+                results[i] = Some(result);
+            }
+        }
+    });
+    // After a failure the jobs skip what is left: report the failure, not the gaps.
+    let mut scored = Vec::with_capacity(total);
+    let mut gap = false;
+    for result in results {
+        match result {
+            Some(r) => scored.push(r?),
+            None => gap = true,
+        }
+    }
+    if gap {
+        return Err(crate::error::Error::Runtime(format!(
+            "{label}: a candidate was skipped without a failure (an internal error; please report it)"
+        )));
+    }
+    Ok(scored)
+}
+
 /// Prunes a candidate on `windows` and scores it: Σ of every linear's misalignment.
 fn evaluate(
     pruner: &mut SequentialPruner,
     windows: &[Vec<i64>],
     plan: &SparsityPlan,
-) -> Result<(f64, Vec<Alignment>)> {
-    let pass = pruner.run(windows, plan, false, true, &Progress::silent())?;
+) -> Result<Scored> {
+    let pass = pruner.run(windows, plan, None, true, &Progress::silent())?;
     let score = pass
         .alignment
         .iter()

@@ -8,7 +8,7 @@ use super::PrunedWeights;
 use crate::allocate::SparsityPlan;
 use crate::error::{Error, Result};
 use crate::graph::{Discovery, Layout, Linear, Partition, StageKind};
-use crate::onnx::{OnnxModel, TensorKey};
+use crate::onnx::{ModelWriter, OnnxModel, TensorKey};
 use crate::progress::Progress;
 use crate::prune::{prune_matrix, ActivationStats, Masker, PruneMethod};
 use crate::runtime::{Activation, ModelSession, Runtime};
@@ -37,7 +37,7 @@ pub struct Alignment {
 
 /// What one pass produced.
 pub(crate) struct Pass {
-    /// The pruned weights (their bytes only when asked to keep them).
+    /// The sparsity of every pruned matrix (and their compressed sizes when written).
     pub pruned: PrunedWeights,
     /// Per linear in discovery order, when alignment was measured.
     pub alignment: Vec<Alignment>,
@@ -114,13 +114,13 @@ impl<'a> SequentialPruner<'a> {
     }
 
     /// Prunes every linear block by block on `windows` under `plan`, pruned outputs fed forward,
-    /// starting from the model's dense weights. `keep` keeps the new weights' bytes (for
-    /// writing); `measure` records every linear's [`Alignment`].
+    /// starting from the model's dense weights. Each pruned matrix goes to `output` as soon as it
+    /// is pruned, when given; `measure` records every linear's [`Alignment`].
     pub fn run(
         &mut self,
         windows: &[Vec<i64>],
         plan: &SparsityPlan,
-        keep: bool,
+        mut output: Option<&mut ModelWriter<'_>>,
         measure: bool,
         progress: &Progress,
     ) -> Result<Pass> {
@@ -187,11 +187,13 @@ impl<'a> SequentialPruner<'a> {
                 add_all(&mut dense_stats, &outputs, &captures)?;
                 self.timings.statistics += clock.elapsed().as_secs_f64();
             }
+            drop(feeds);
+            drop(dense); // one copy of the block's weights at a time
 
             // Prune, then the pruned pass feeds the next block.
-            let clock = Instant::now();
             let mut pruned_values = Vec::with_capacity(linears.len());
             for (l, &k) in linears.iter().zip(&source) {
+                let clock = Instant::now();
                 let rule = &plan.rules[self.index[&l.weight]];
                 let mut weights = l.read_out_in(model)?;
                 prune_matrix(
@@ -207,10 +209,12 @@ impl<'a> SequentialPruner<'a> {
                 )?;
                 let bytes = l.encode_out_in(&weights);
                 pruned_values.push(weight_value(model, l, Some(&bytes))?);
-                let target = rule.mean_sparsity(l.out_features);
-                pruned.record(l, &weights, target, keep.then_some(bytes));
+                pruned.record(l, &weights, rule.mean_sparsity(l.out_features));
+                self.timings.masks += clock.elapsed().as_secs_f64();
+                if let Some(out) = output.as_deref_mut() {
+                    pruned.write(model, l, Some(&bytes), out)?;
+                }
             }
-            self.timings.masks += clock.elapsed().as_secs_f64();
             let feeds: Vec<(&str, &Activation)> = linears
                 .iter()
                 .map(|l| l.weight.name.as_str())

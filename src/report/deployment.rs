@@ -4,42 +4,47 @@
 
 use super::DeploymentInfo;
 use crate::error::{Error, Result};
-use crate::graph::Discovery;
-use crate::onnx::{OnnxModel, TensorKey};
-use rayon::prelude::*;
-use std::collections::HashMap;
 
 /// zstd level used to measure compressibility (zstd's default).
 pub const ZSTD_LEVEL: i32 = 3;
 
-/// Compressed sizes of the prunable weights before and after pruning; `replacements` holds the
-/// new stored bytes of every weight that changed.
-pub fn deployment_info(
-    model: &OnnxModel,
-    discovery: &Discovery,
-    replacements: &HashMap<TensorKey, Vec<u8>>,
-    nm: Option<(usize, usize)>,
-) -> Result<DeploymentInfo> {
-    let sizes: Vec<(u64, u64, u64)> = discovery
-        .linears
-        .par_iter()
-        .map(|l| {
-            let tensor = model
-                .initializer(&l.weight)
-                .ok_or_else(|| Error::tensor(&l.weight.name, "initializer not found"))?;
-            let dense = model.tensor_bytes(&l.weight.graph, tensor)?;
-            let pruned = replacements
-                .get(&l.weight)
-                .map(Vec::as_slice)
-                .unwrap_or(&dense);
-            Ok((
-                dense.len() as u64,
-                compressed_len(&dense, &l.weight.name)?,
-                compressed_len(pruned, &l.weight.name)?,
-            ))
+/// One prunable matrix's stored size and its zstd sizes before and after pruning.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CompressedSizes {
+    /// Stored bytes (the same dense and pruned).
+    pub stored: u64,
+    /// zstd of the dense bytes.
+    pub dense: u64,
+    /// zstd of the pruned bytes.
+    pub pruned: u64,
+}
+
+impl CompressedSizes {
+    /// Compresses a matrix's `dense` and `pruned` stored bytes (both at once, on two threads);
+    /// `pruned` is `None` when pruning left the matrix unchanged.
+    pub fn measure(name: &str, dense: &[u8], pruned: Option<&[u8]>) -> Result<Self> {
+        let (dense_len, pruned_len) = match pruned {
+            Some(p) => {
+                let (d, p) =
+                    rayon::join(|| compressed_len(dense, name), || compressed_len(p, name));
+                (d?, p?)
+            }
+            None => {
+                let d = compressed_len(dense, name)?;
+                (d, d)
+            }
+        };
+        Ok(Self {
+            stored: dense.len() as u64,
+            dense: dense_len,
+            pruned: pruned_len,
         })
-        .collect::<Result<_>>()?;
-    let total = |f: fn(&(u64, u64, u64)) -> u64| sizes.iter().map(f).sum::<u64>();
+    }
+}
+
+/// What the zeros of the prunable weights give a deployment, from each matrix's sizes.
+pub fn deployment_info(sizes: &[CompressedSizes], nm: Option<(usize, usize)>) -> DeploymentInfo {
+    let total = |f: fn(&CompressedSizes) -> u64| sizes.iter().map(f).sum::<u64>();
     let mut note = "Zeros stored in dense tensors change neither the file size nor the latency by themselves. \
                     They make the weights compress better (see the zstd sizes), and sparse kernels can skip them."
         .to_string();
@@ -47,13 +52,13 @@ pub fn deployment_info(
         Some((2, 4)) => " This model has the 2:4 pattern that sparse tensor cores (NVIDIA Ampere and later) accelerate.",
         _ => " For a speed-up on GPUs, prune with --nm 2:4: sparse tensor cores (NVIDIA Ampere and later) accelerate that pattern.",
     };
-    Ok(DeploymentInfo {
+    DeploymentInfo {
         note,
-        prunable_weight_bytes: total(|s| s.0),
-        zstd_dense_bytes: total(|s| s.1),
-        zstd_pruned_bytes: total(|s| s.2),
+        prunable_weight_bytes: total(|s| s.stored),
+        zstd_dense_bytes: total(|s| s.dense),
+        zstd_pruned_bytes: total(|s| s.pruned),
         zstd_level: ZSTD_LEVEL,
-    })
+    }
 }
 
 fn compressed_len(bytes: &[u8], name: &str) -> Result<u64> {

@@ -5,7 +5,7 @@ mod deployment;
 mod digest;
 mod html;
 
-pub use deployment::{deployment_info, ZSTD_LEVEL};
+pub use deployment::{deployment_info, CompressedSizes, ZSTD_LEVEL};
 pub use digest::file_digests;
 pub use html::render_html;
 
@@ -142,6 +142,10 @@ pub enum TopUpParameters {
         step: crate::allocate::NeuroalStep,
         /// Calibration windows each candidate runs on.
         search_windows: usize,
+        /// `--neuroal-block-lambda`: the block λ given instead of searched.
+        fixed_block_lambda: Option<f64>,
+        /// `--neuroal-row-lambda`: the row λ given instead of searched.
+        fixed_row_lambda: Option<f64>,
     },
     /// OWL: outlier threshold `M` and spread `λ`.
     Owl {

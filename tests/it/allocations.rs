@@ -111,6 +111,117 @@ fn the_block_step_alone_follows_the_ramp_of_the_chosen_lambda() {
 }
 
 #[test]
+fn given_lambdas_replace_the_search_and_reproduce_its_model() {
+    let dir = scratch();
+    let (searched, out) = neuroal_run(dir.path(), "searched", "wanda", "both");
+    let (block, row) = (
+        searched["search"]["block_lambda"].as_f64().unwrap(),
+        searched["search"]["row_lambda"].as_f64().unwrap(),
+    );
+    let fx = fixture("tiny/llama");
+    let calib = crate::harness::austen("emma");
+    let common = format!(
+        "--sparsity 0.7 --prune-method wanda --top-up neuroal --calib {} --nsamples 10 --seqlen 48 --quiet",
+        calib.display()
+    );
+
+    // Both λ given: one block run for the row step's alignment, no row candidates, and the very
+    // model the search chose.
+    let again = dir.path().join("given.onnx");
+    let given = prune_ok(
+        &fx.model,
+        &again,
+        &format!("{common} --neuroal-block-lambda {block} --neuroal-row-lambda {row}"),
+    );
+    let search = &given["search"];
+    assert_eq!(search["block"].as_array().unwrap().len(), 1, "{search}");
+    assert!(search["row"].as_array().unwrap().is_empty(), "{search}");
+    assert_eq!(search["block_lambda"].as_f64(), Some(block));
+    assert_eq!(search["row_lambda"].as_f64(), Some(row));
+    assert_eq!(
+        given["method"]["top_up_parameters"]["fixed_block_lambda"].as_f64(),
+        Some(block)
+    );
+    let data = |p: &Path| std::fs::read(p.with_extension("onnx.data")).unwrap();
+    assert!(
+        data(&out) == data(&again),
+        "the given λ prune another model"
+    );
+
+    // The block step alone with a given λ runs no candidate and follows its ramp: with three
+    // blocks, 0.7 − 0.1, 0.7 and 0.7 + 0.1.
+    let ramp = prune_ok(
+        &fx.model,
+        &dir.path().join("ramp.onnx"),
+        &format!("{common} --neuroal-step block --neuroal-block-lambda 0.1"),
+    );
+    assert!(ramp["search"]["block"].as_array().unwrap().is_empty());
+    for (got, want) in per_block_targets(&ramp).iter().zip([0.6, 0.7, 0.8]) {
+        assert!((got - want).abs() < 1e-12, "{:?}", per_block_targets(&ramp));
+    }
+
+    // A λ for a step that does not run is refused before any work.
+    for (flags, says) in [
+        (
+            "--neuroal-step block --neuroal-row-lambda 0.1",
+            "--neuroal-row-lambda",
+        ),
+        (
+            "--neuroal-step row --neuroal-block-lambda 0.1",
+            "--neuroal-block-lambda",
+        ),
+        ("--neuroal-block-lambda 0.9", "outside [0, 0.5]"),
+    ] {
+        let out = dir.path().join("refused.onnx");
+        let mut args: Vec<String> = vec![fx.model.display().to_string(), out.display().to_string()];
+        args.extend(common.split_whitespace().map(String::from));
+        args.extend(flags.split_whitespace().map(String::from));
+        let r = crate::harness::run(&args);
+        assert_eq!(r.code, 2, "{flags}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{flags}: {}", r.stderr);
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn candidates_run_side_by_side_give_the_same_search_and_model() {
+    let dir = scratch();
+    let fx = fixture("tiny/llama");
+    let calib = crate::harness::austen("emma");
+    let run = |name: &str, jobs: usize| {
+        let out = dir.path().join(format!("{name}.onnx"));
+        let report = prune_ok(
+            &fx.model,
+            &out,
+            &format!(
+                "--sparsity 0.7 --prune-method wanda --top-up neuroal --calib {} --nsamples 10 --seqlen 48 --search-jobs {jobs} --quiet",
+                calib.display()
+            ),
+        );
+        (
+            report,
+            std::fs::read(out.with_extension("onnx.data")).unwrap(),
+        )
+    };
+    let (one, one_data) = run("one", 1);
+    let (three, three_data) = run("three", 3);
+    for step in ["block", "row"] {
+        assert_eq!(
+            one["search"][step], three["search"][step],
+            "{step} candidates"
+        );
+        assert_eq!(
+            one["search"][format!("{step}_lambda")],
+            three["search"][format!("{step}_lambda")]
+        );
+    }
+    assert!(
+        one_data == three_data,
+        "3 search jobs prune another model than 1"
+    );
+}
+
+#[test]
 fn sparsegpt_skips_the_row_step_and_runs_are_deterministic() {
     let dir = scratch();
     let (a, out_a) = neuroal_run(dir.path(), "a", "sparsegpt", "both");

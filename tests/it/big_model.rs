@@ -16,14 +16,14 @@ use std::time::Instant;
 const GIB: u64 = 1 << 30;
 const SPARSITY: f64 = 0.5;
 /// The pruner's peak resident memory may be at most this share of the weight bytes.
-const MAX_RSS_SHARE: f64 = 0.4;
+const MAX_RSS_SHARE: f64 = 0.25;
 
-// About 4 minutes on 2 cores, 9.7 GB of disk and 9 to 10 GB of memory at a time (the pruner, then the
-// ONNX Runtime session). Kept out of the default run while it fails: the pruner's peak RSS is about
-// twice the weights (docs/big-models.md says where it goes). Run it with
-// `cargo test --release --test it big_model -- --ignored --nocapture`.
+// About 4 minutes on 2 cores, 9.7 GB of disk, and 9 to 10 GB of memory for ONNX Runtime's session
+// on the output (the pruner itself stays under a quarter of the weights). Kept out of `make test`
+// for the disk it needs, which a CI machine may not have; `make test-big` runs it
+// (docs/big-models.md has the numbers).
 #[test]
-#[ignore = "4 min, 10 GB of disk; fails until the pruner streams its output (peak RSS 2x the weights, docs/big-models.md)"]
+#[ignore = "4 min and 10 GB of disk: run with `make test-big`"]
 fn a_model_over_4_gib_is_pruned_with_bounded_memory_and_loads_in_onnx_runtime() {
     let started = Instant::now();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

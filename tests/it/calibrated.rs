@@ -42,7 +42,7 @@ fn channel_sumsq(model: &OnnxModel, names: &[String], windows: &[Vec<u32>]) -> V
     let mut proto: ModelProto = model.proto.clone();
     let graph = proto.graph.as_mut().unwrap();
     for t in &mut graph.initializer {
-        let bytes = model.tensor_bytes("", t).unwrap().into_owned();
+        let bytes = model.tensor_bytes("", t).unwrap().to_vec();
         t.external_data.clear();
         t.data_location = None;
         t.raw_data = Some(bytes.into());

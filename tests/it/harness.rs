@@ -151,10 +151,7 @@ pub fn initializer_bytes(model: &OnnxModel) -> BTreeMap<(String, String), Vec<u8
     let mut out = BTreeMap::new();
     visit_graphs(model.graph(), &mut |path, g, _| {
         for t in &g.initializer {
-            let bytes = model
-                .tensor_bytes(path, t)
-                .expect("tensor bytes")
-                .into_owned();
+            let bytes = model.tensor_bytes(path, t).expect("tensor bytes").to_vec();
             out.insert((path.to_string(), t.name().to_string()), bytes);
         }
     })
