@@ -26,5 +26,9 @@ print(f"| search: block step | {s['windows']} | {len(s['block'])} | – |")
 print(f"| search: row step | {s['windows']} | {len(s['row'])} | – |")
 print(f"| search, both steps | {s['windows']} | {n} | {t['search']:.1f} |")
 print(f"| final pass | {r['calibration']['windows']} | 1 | {final:.1f} |")
+print("\n| seconds in | search (all candidates) | final pass |\n|---|---|---|")
+for key, label in [("forward", "ONNX Runtime"), ("statistics", "statistics"), ("masks", "weights, scores, masks")]:
+    print(f"| {label} | {s['timings_s'][key]:.1f} | {t['prune_' + key]:.1f} |")
+print(f"| writing and zstd | – | {t['prune_write']:.1f} |")
 print(f"\nsearch / final pass = {t['search'] / final:.2f}; peak RSS {r['peak_rss_mib']:.0f} MiB")
 PY

@@ -2,7 +2,7 @@
 //! first calibration windows from the dense weights and scored by neuron alignment; the block-wise
 //! λ first, then the row-wise λ from the best block run's alignment differences.
 
-use super::sequential::{Alignment, SequentialPruner};
+use super::sequential::{Alignment, SequentialPruner, SequentialTimings};
 use super::PruneConfig;
 use crate::allocate::neuroal::{
     argmin_first, block_lambdas, block_ramp, misalignment, row_sparsities, ROW_LAMBDAS,
@@ -46,6 +46,9 @@ pub struct SearchReport {
     pub windows: usize,
     /// Wall time of the search, seconds.
     pub seconds: f64,
+    /// Where the candidate passes spent their time, summed over candidates (and over jobs run
+    /// side by side, so it may exceed `seconds`).
+    pub timings_s: SequentialTimings,
 }
 
 /// λ values given instead of searched (`--neuroal-block-lambda`, `--neuroal-row-lambda`).
@@ -69,13 +72,34 @@ pub(crate) fn neuroal(
     config: &PruneConfig,
     progress: &Progress,
 ) -> Result<(SparsityPlan, SearchReport)> {
+    let clock = Instant::now();
+    for pruner in pruners.iter_mut() {
+        pruner.timings = SequentialTimings::default();
+    }
+    let (plan, mut report) = steps(pruners, discovery, windows, config, progress)?;
+    report.seconds = clock.elapsed().as_secs_f64();
+    for pruner in pruners.iter() {
+        report.timings_s.forward += pruner.timings.forward;
+        report.timings_s.statistics += pruner.timings.statistics;
+        report.timings_s.masks += pruner.timings.masks;
+    }
+    Ok((plan, report))
+}
+
+/// The block step, then the row step, as the job asks.
+fn steps(
+    pruners: &mut [SequentialPruner],
+    discovery: &Discovery,
+    windows: &[Vec<i64>],
+    config: &PruneConfig,
+    progress: &Progress,
+) -> Result<(SparsityPlan, SearchReport)> {
     let (sparsity, step, fixed, method) = (
         config.sparsity,
         config.neuroal_step,
         config.neuroal_lambdas,
         config.method,
     );
-    let clock = Instant::now();
     let windows = &windows[..windows.len().min(SEARCH_WINDOWS)];
     let blocks: Vec<usize> = {
         let mut b: Vec<usize> = discovery.linears.iter().map(|l| l.block).collect();
@@ -104,6 +128,7 @@ pub(crate) fn neuroal(
         row_skipped: None,
         windows: windows.len(),
         seconds: 0.0,
+        timings_s: SequentialTimings::default(),
     };
     let row_wanted = matches!(step, NeuroalStep::Row | NeuroalStep::Both);
     let row_runs = row_wanted && method != PruneMethod::Sparsegpt;
@@ -141,13 +166,11 @@ pub(crate) fn neuroal(
     };
 
     if !row_wanted {
-        report.seconds = clock.elapsed().as_secs_f64();
         return Ok((block_rules, report));
     }
     if method == PruneMethod::Sparsegpt {
         report.row_skipped =
             Some("SparseGPT takes one sparsity per matrix (as in the reference)".into());
-        report.seconds = clock.elapsed().as_secs_f64();
         return Ok((block_rules, report));
     }
 
@@ -170,7 +193,6 @@ pub(crate) fn neuroal(
     };
     if let Some(lambda) = fixed.row {
         report.row_lambda = Some(lambda);
-        report.seconds = clock.elapsed().as_secs_f64();
         return Ok((row_plan(lambda), report));
     }
     let mut plans: Vec<SparsityPlan> = ROW_LAMBDAS.iter().map(|&l| row_plan(l)).collect();
@@ -181,7 +203,6 @@ pub(crate) fn neuroal(
     }
     let best = chosen(&report.row);
     report.row_lambda = Some(report.row[best].lambda);
-    report.seconds = clock.elapsed().as_secs_f64();
     Ok((plans.swap_remove(best), report))
 }
 

@@ -486,6 +486,7 @@ mod tests {
             row_skipped: Some("SparseGPT <updates>".into()),
             windows: 8,
             seconds: 0.0,
+            timings_s: Default::default(),
         });
         let html = render_html(&report);
         assert!(html.contains("id=\"search-curves\""));
@@ -522,6 +523,7 @@ mod tests {
             row_skipped: None,
             windows: 8,
             seconds: f64::NAN,
+            timings_s: Default::default(),
         });
         let html = render_html(&report);
         assert!(!html.contains("NaN") && !html.contains("inf\"") && !html.contains(">inf<"));
