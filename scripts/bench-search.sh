@@ -30,5 +30,5 @@ print("\n| seconds in | search (all candidates) | final pass |\n|---|---|---|")
 for key, label in [("forward", "ONNX Runtime"), ("statistics", "statistics"), ("masks", "weights, scores, masks")]:
     print(f"| {label} | {s['timings_s'][key]:.1f} | {t['prune_' + key]:.1f} |")
 print(f"| writing and zstd | – | {t['prune_write']:.1f} |")
-print(f"\nsearch / final pass = {t['search'] / final:.2f}; peak RSS {r['peak_rss_mib']:.0f} MiB")
+print(f"\nsearch / final pass = {t['search'] / final:.2f} with {s['jobs']} search job(s); peak RSS {r['peak_rss_mib']:.0f} MiB")
 PY

@@ -140,7 +140,7 @@ pub struct PruneArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// NeuroAL candidates evaluated at a time, each with its own sessions and a share of the
-    /// cores (0: one per 4 cores). The result does not depend on it.
+    /// cores (0: one per core, at most 4, while memory allows). The result does not depend on it.
     #[arg(long, default_value_t = 0)]
     pub search_jobs: usize,
     /// Print the report as JSON on stdout.

@@ -80,7 +80,7 @@ pub struct PruneConfig {
     pub alpha_epsilon: f64,
     /// ONNX Runtime intra-op threads (0: its default).
     pub threads: usize,
-    /// NeuroAL candidates evaluated at a time (0: one per 4 cores).
+    /// NeuroAL candidates evaluated at a time (0: one per core, at most 4, while memory allows).
     pub search_jobs: usize,
     /// The command line, for the report.
     pub command_line: Vec<String>,
@@ -324,45 +324,11 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
                     allocation_detail = Some(detail);
                 }
                 TopUp::Neuroal => {
-                    let jobs = search_jobs(config, &masker);
-                    // One runtime per job, sharing the cores (one job: the run's own runtime).
-                    let job_runtimes = match jobs {
-                        1 => Vec::new(),
-                        _ => {
-                            let cores = match config.threads {
-                                0 => available_cores(),
-                                n => n,
-                            };
-                            let threads = (cores / jobs).max(1);
-                            (0..jobs)
-                                .map(|_| {
-                                    Runtime::new(rt.library(), config.device, threads, progress)
-                                })
-                                .collect::<Result<Vec<_>>>()?
-                        }
-                    };
-                    let runtimes: Vec<&Runtime> = match jobs {
-                        1 => vec![rt],
-                        _ => job_runtimes.iter().collect(),
-                    };
-                    let mut pruners =
-                        runtimes
-                            .into_iter()
-                            .map(|rt| {
-                                Ok(SequentialPruner::new(
-                                    &model,
-                                    &discovery,
-                                    rt,
-                                    config.method,
-                                    false,
-                                )?
-                                .with_masker(&masker)
-                                .reuse_sessions())
-                            })
-                            .collect::<Result<Vec<_>>>()?;
                     let (chosen, report) = search::neuroal(
-                        &mut pruners,
+                        &model,
                         &discovery,
+                        rt,
+                        &masker,
                         &calib.windows,
                         config,
                         progress,
@@ -373,8 +339,7 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
                 }
                 TopUp::Uniform | TopUp::Alpha | TopUp::Dsnot => {}
             }
-            // The stage timings below are the final pass's; the search has its own.
-            pruner.timings = SequentialTimings::default();
+            // The search ran on pruners of its own: these timings are the final pass's.
             let pass = pruner.run(&calib.windows, &plan, Some(&mut output), false, progress)?;
             timings.insert("prune_forward".to_string(), pruner.timings.forward);
             timings.insert("prune_statistics".to_string(), pruner.timings.statistics);
@@ -514,24 +479,6 @@ impl Drop for OutputGuard {
             }
         }
     }
-}
-
-/// The cores this process may use.
-fn available_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// How many NeuroAL candidates run at a time: `--search-jobs`, or one per 4 cores (ONNX Runtime
-/// gains little from more threads on one block of a small model). The CUDA path runs one at a
-/// time: its masks and sessions share one device.
-fn search_jobs(config: &PruneConfig, masker: &prune::Masker) -> usize {
-    if config.search_jobs > 0 {
-        return config.search_jobs;
-    }
-    if !matches!(masker, prune::Masker::Cpu) || config.device == Device::Cuda {
-        return 1;
-    }
-    (available_cores() / 4).max(1)
 }
 
 /// The parameters of the allocation in use, for the report.

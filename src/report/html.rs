@@ -485,6 +485,7 @@ mod tests {
             row_lambda: None,
             row_skipped: Some("SparseGPT <updates>".into()),
             windows: 8,
+            jobs: 1,
             seconds: 0.0,
             timings_s: Default::default(),
         });
@@ -522,6 +523,7 @@ mod tests {
             row_lambda: None,
             row_skipped: None,
             windows: 8,
+            jobs: 1,
             seconds: f64::NAN,
             timings_s: Default::default(),
         });
