@@ -188,13 +188,13 @@ fn candidates_run_side_by_side_give_the_same_search_and_model() {
     let dir = scratch();
     let fx = fixture("tiny/llama");
     let calib = crate::harness::austen("emma");
-    let run = |name: &str, jobs: usize| {
+    let run = |name: &str, flags: &str| {
         let out = dir.path().join(format!("{name}.onnx"));
         let report = prune_ok(
             &fx.model,
             &out,
             &format!(
-                "--sparsity 0.7 --prune-method wanda --top-up neuroal --calib {} --nsamples 10 --seqlen 48 --search-jobs {jobs} --quiet",
+                "--sparsity 0.7 --prune-method wanda --top-up neuroal --calib {} --nsamples 10 --seqlen 48 --quiet {flags}",
                 calib.display()
             ),
         );
@@ -203,8 +203,9 @@ fn candidates_run_side_by_side_give_the_same_search_and_model() {
             std::fs::read(out.with_extension("onnx.data")).unwrap(),
         )
     };
-    let (one, one_data) = run("one", 1);
-    let (three, three_data) = run("three", 3);
+    let (one, one_data) = run("one", "--search-jobs 1");
+    let (three, three_data) = run("three", "--search-jobs 3");
+    assert_eq!(three["search"]["jobs"], 3);
     for step in ["block", "row"] {
         assert_eq!(
             one["search"][step], three["search"][step],
@@ -219,6 +220,17 @@ fn candidates_run_side_by_side_give_the_same_search_and_model() {
         one_data == three_data,
         "3 search jobs prune another model than 1"
     );
+    // Each candidate's score is its own: a block λ given alone is scored by one plain pass, and
+    // must score what the side-by-side search reported for it.
+    let grid = three["search"]["block"].as_array().unwrap();
+    for candidate in [&grid[0], &grid[4], &grid[grid.len() - 1]] {
+        let lambda = candidate["lambda"].as_f64().unwrap();
+        let (alone, _) = run("alone", &format!("--neuroal-block-lambda {lambda}"));
+        assert_eq!(
+            alone["search"]["block"][0]["score"], candidate["score"],
+            "block λ {lambda}"
+        );
+    }
 }
 
 #[test]
