@@ -278,3 +278,62 @@ fn outputs_over_2_gib_are_written_and_load_back() {
     let b = CausalLm::open(&rt, &output).unwrap().logits(&ids).unwrap();
     assert_eq!(a, b);
 }
+
+#[test]
+fn replacements_streamed_while_pruning_land_in_place_inline_or_external() {
+    use neuroal_onnx::onnx::{ModelWriter, SaveOptions};
+    let fx = crate::harness::fixture("tiny/llama");
+    let (model, discovery) = inspect(&fx.model).unwrap();
+    let dense = initializer_bytes(&model);
+    let (first, second) = (&discovery.linears[0], &discovery.linears[1]);
+    let zeros = vec![0u8; first.numel() * first.dtype.size()];
+    let ones: Vec<u8> = (0..second.numel() * second.dtype.size())
+        .map(|i| i as u8)
+        .collect();
+    let key = |l: &Linear| (l.weight.graph.clone(), l.weight.name.clone());
+    let dir = scratch();
+
+    // Under the threshold a replacement stays in the model file; over it, it goes to the data file.
+    for (name, threshold, location) in [
+        ("inline", usize::MAX, DataLocation::Default),
+        ("external", 1, DataLocation::External),
+    ] {
+        let out = dir.path().join(format!("{name}.onnx"));
+        let options = SaveOptions {
+            external_threshold: threshold,
+        };
+        let mut writer = ModelWriter::create(&model, &out, &options).unwrap();
+        writer.put(&first.weight, &zeros).unwrap();
+        writer.put(&second.weight, &ones).unwrap();
+        let err = writer.put(&first.weight, &zeros).unwrap_err().to_string();
+        assert!(err.contains("replaced twice"), "{err}");
+        writer.finish().unwrap();
+
+        let written = OnnxModel::load(&out).unwrap();
+        let mut expected = dense.clone();
+        expected.insert(key(first), zeros.clone());
+        expected.insert(key(second), ones.clone());
+        assert!(
+            initializer_bytes(&written) == expected,
+            "{name}: tensor bytes"
+        );
+        let tensor = written.initializer(&first.weight).unwrap();
+        assert_eq!(tensor.data_location(), location, "{name}");
+    }
+
+    // A replacement for a tensor the model does not have is refused, and nothing is left.
+    let out = dir.path().join("unknown.onnx");
+    let mut writer = ModelWriter::create(&model, &out, &SaveOptions::default()).unwrap();
+    let mut stranger = first.weight.clone();
+    stranger.name.push_str(".nowhere");
+    writer.put(&stranger, &zeros).unwrap();
+    let err = writer.finish().unwrap_err().to_string();
+    assert!(err.contains("names no initializer"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("unknown"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
