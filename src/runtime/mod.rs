@@ -315,9 +315,16 @@ impl Runtime {
                 Ok(b)
             }
         };
+        // Without the CPU arena, memory a run no longer needs goes back at once: a block's fp32
+        // copies of fp16 weights stay resident otherwise (2.6 GB against 1.0 GB on a 4.5 GiB
+        // model, docs/big-models.md), at no measured cost in speed.
+        let cpu = || -> Result<ort::session::builder::SessionBuilder> {
+            let ep = ort::ep::CPU::default().with_arena_allocator(false).build();
+            base()?.with_execution_providers([ep]).map_err(|e| fail(&e))
+        };
         let device = resolved.unwrap_or(self.requested);
         let mut builder = match device {
-            Device::Cpu => base()?,
+            Device::Cpu => cpu()?,
             Device::Cuda | Device::Auto => {
                 let cuda = ort::ep::CUDA::default().build().error_on_failure();
                 match base()?.with_execution_providers([cuda]) {
@@ -334,7 +341,7 @@ impl Runtime {
                             *f = Some(reason);
                         }
                         *resolved = Some(Device::Cpu);
-                        base()?
+                        cpu()?
                     }
                     Err(e) => {
                         return Err(Error::invalid(
