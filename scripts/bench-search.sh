@@ -3,17 +3,19 @@
 # 70%, both steps, calibration N windows of 512 tokens from four Austen novels (the search uses the
 # first 8, as the reference does), no evaluation. Prints the search's and the final pass's wall
 # time and their ratio, read from the run's report. Run after `make setup build`.
-#   scripts/bench-search.sh [NSAMPLES]   (default 128, the reference's; about 10 min on 2 cores)
+#   scripts/bench-search.sh [NSAMPLES [SEARCH_JOBS]]   (default 128, the reference's, and the default
+#   jobs; about 5 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nsamples="${1:-128}"
+jobs="${2:-0}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 books=.cache/fixtures/austen
 target/release/neuroal-onnx .cache/fixtures/smollm2/model.onnx "$out/neuroal.onnx" --sparsity 0.7 \
   --prune-method wanda --top-up neuroal --neuroal-step both --calib $books/emma.txt \
   --calib $books/mansfield_park.txt --calib $books/northanger_abbey.txt \
-  --calib $books/sense_and_sensibility.txt --nsamples "$nsamples" --seqlen 512 --tasks none \
+  --calib $books/sense_and_sensibility.txt --nsamples "$nsamples" --seqlen 512 --tasks none --search-jobs "$jobs" \
   --device cpu --quiet >/dev/null
 python3 - "$out/neuroal.report.json" <<'PY'
 import json, sys

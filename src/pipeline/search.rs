@@ -125,7 +125,7 @@ const MAX_AUTO_JOBS: usize = 4;
 
 /// How many candidates run at a time: `--search-jobs`, or one per core up to [`MAX_AUTO_JOBS`]
 /// while half of the available memory holds them all ([`job_memory`]). On 2 cores, two jobs of
-/// one ONNX Runtime thread each finish the search 22% sooner than one job of two threads
+/// one ONNX Runtime thread each finish the search 25% sooner than one job of two threads
 /// (README, "NeuroAL's search"). The CUDA path runs one at a time: its masks and sessions share
 /// one device.
 fn search_jobs(config: &PruneConfig, masker: &Masker, discovery: &Discovery) -> usize {
@@ -143,7 +143,8 @@ fn search_jobs(config: &PruneConfig, masker: &Masker, discovery: &Discovery) -> 
 }
 
 /// What one more search job is taken to cost in memory: 2 GiB (a second job on SmolLM2-135M
-/// raised the peak by 1.7 GiB: its sessions, one per block, and its 8 windows' hidden states) plus
+/// raised the peak by 0.55 GB, and by 1.7 GB while ONNX Runtime kept its CPU arena: its
+/// sessions, one per block, and its 8 windows' hidden states) plus
 /// four fp32 copies of the largest block's weights (the block's weights as session inputs, the
 /// matrix being pruned, its scores).
 fn job_memory(discovery: &Discovery) -> u64 {
