@@ -4,6 +4,7 @@
 //! read, every pruned weight written), as in the GPU table, so criterion's GB/s compare.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use neuroal_onnx::prune::cuda::LLM_SHAPES;
 use neuroal_onnx::prune::{magnitude, prune_mask, row_prune_count, MaskRule};
 use std::hint::black_box;
 use std::time::Duration;
@@ -28,15 +29,7 @@ fn masks(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    // LLaMA-7B's shapes, then SmolLM2-135M's ([out, in]).
-    for (rows, cols) in [
-        (4096, 4096),
-        (11008, 4096),
-        (4096, 11008),
-        (576, 576),
-        (1536, 576),
-        (576, 1536),
-    ] {
+    for &(rows, cols) in LLM_SHAPES {
         let w = weights(rows * cols);
         let pruned = rows * row_prune_count(cols, SPARSITY);
         group.throughput(Throughput::Bytes(4 * (rows * cols + pruned) as u64));

@@ -381,15 +381,7 @@ impl CudaMasker {
         rule: &MaskRule,
         want_mask: bool,
     ) -> Result<Option<RowMask>, String> {
-        let counts;
-        let kernel = match (rule, row_counts(rule, rows, cols)) {
-            (MaskRule::NofM { n, m }, _) => Kernel::NofM(*n, *m),
-            (_, Some((c, ties))) => {
-                counts = c;
-                Kernel::Rows(&counts, ties)
-            }
-            (_, None) => return Err("unsupported mask rule".into()),
-        };
+        let kernel = Kernel::for_rule(rule, rows, cols)?;
         let flags = self.run(weights, rows, cols, norms, kernel, want_mask)?;
         Ok(flags.map(|f| RowMask {
             rows,
@@ -404,7 +396,7 @@ impl CudaMasker {
         rows: usize,
         cols: usize,
         norms: Option<&[f32]>,
-        kernel: Kernel<'_>,
+        kernel: Kernel,
         want_mask: bool,
     ) -> Result<Option<Vec<u8>>, String> {
         check_shape(weights, rows, cols, norms, &kernel)?;
@@ -426,7 +418,7 @@ impl CudaMasker {
             None
         };
         let counts = match &kernel {
-            Kernel::Rows(c, _) => Some(s.clone_htod(*c).map_err(driver("upload"))?),
+            Kernel::Rows(c, _) => Some(s.clone_htod(c).map_err(driver("upload"))?),
             Kernel::NofM(..) => None,
         };
         let launch = Launch {
@@ -448,7 +440,7 @@ impl CudaMasker {
     }
 
     /// Queues one kernel launch on the stream.
-    fn launch(&self, l: Launch<'_>, kernel: &Kernel<'_>) -> Result<(), String> {
+    fn launch(&self, l: Launch<'_>, kernel: &Kernel) -> Result<(), String> {
         const NULL: u64 = 0;
         let (rows, cols) = (l.rows as u32, l.cols as u32);
         let (function, config, p1, p2) = match kernel {
@@ -504,9 +496,20 @@ impl CudaMasker {
 }
 
 /// Which kernel a call runs.
-enum Kernel<'a> {
-    Rows(&'a [u32], Ties),
+enum Kernel {
+    Rows(Vec<u32>, Ties),
     NofM(usize, usize),
+}
+
+impl Kernel {
+    /// The kernel that applies `rule` to a `[rows, cols]` matrix.
+    fn for_rule(rule: &MaskRule, rows: usize, cols: usize) -> Result<Self, String> {
+        match (rule, row_counts(rule, rows, cols)) {
+            (MaskRule::NofM { n, m }, _) => Ok(Kernel::NofM(*n, *m)),
+            (_, Some((counts, ties))) => Ok(Kernel::Rows(counts, ties)),
+            (_, None) => Err("unsupported mask rule".into()),
+        }
+    }
 }
 
 /// The device buffers of one launch.
@@ -525,7 +528,7 @@ fn check_shape(
     rows: usize,
     cols: usize,
     norms: Option<&[f32]>,
-    kernel: &Kernel<'_>,
+    kernel: &Kernel,
 ) -> Result<(), String> {
     if rows.checked_mul(cols) != Some(weights.len()) {
         return Err(format!(
@@ -554,8 +557,9 @@ fn check_shape(
     }
 }
 
-/// Shapes `[out, in]` the GPU check runs: LLaMA-7B's linears, then SmolLM2-135M's.
-pub const CHECK_SHAPES: &[(usize, usize)] = &[
+/// Linear shapes `[out, in]` of LLaMA-7B, then of SmolLM2-135M: the GPU check and the mask
+/// benchmark run on them.
+pub const LLM_SHAPES: &[(usize, usize)] = &[
     (4096, 4096),
     (11008, 4096),
     (4096, 11008),
@@ -654,15 +658,7 @@ impl CudaMasker {
         rule: &MaskRule,
     ) -> Result<f64, String> {
         use cudarc::driver::sys::CUevent_flags;
-        let counts;
-        let kernel = match (rule, row_counts(rule, rows, cols)) {
-            (MaskRule::NofM { n, m }, _) => Kernel::NofM(*n, *m),
-            (_, Some((c, ties))) => {
-                counts = c;
-                Kernel::Rows(&counts, ties)
-            }
-            (_, None) => return Err("unsupported mask rule".into()),
-        };
+        let kernel = Kernel::for_rule(rule, rows, cols)?;
         check_shape(weights, rows, cols, norms, &kernel)?;
         let s = &self.stream;
         let pristine = s.clone_htod(weights).map_err(driver("upload"))?;
@@ -674,7 +670,7 @@ impl CudaMasker {
             .transpose()
             .map_err(driver("upload"))?;
         let c = match &kernel {
-            Kernel::Rows(c, _) => Some(s.clone_htod(*c).map_err(driver("upload"))?),
+            Kernel::Rows(c, _) => Some(s.clone_htod(c).map_err(driver("upload"))?),
             Kernel::NofM(..) => None,
         };
         let event = || {
@@ -740,7 +736,7 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// The GPU check: for every shape of [`CHECK_SHAPES`] and every case (magnitude and Wanda, row
+/// The GPU check: for every shape of [`LLM_SHAPES`] and every case (magnitude and Wanda, row
 /// and neuron granularity, 2:4, continuous and 4-bit weights), fresh random data from `seed`,
 /// the CUDA and CPU masks and pruned weights compared bit for bit, and the kernel timed with
 /// CUDA events against the device's copy bandwidth. Returns a Markdown report and whether every
@@ -761,7 +757,7 @@ pub fn gpu_check(seed: u64, mut progress: impl FnMut(&str)) -> Result<(String, b
     );
     let mut all_identical = true;
     let mut rng = Rng(seed);
-    for &(rows, cols) in CHECK_SHAPES {
+    for &(rows, cols) in LLM_SHAPES {
         for case in CASES {
             let w = random_weights(&mut rng, rows, cols, case.quantized);
             let norms: Option<Vec<f32>> = case.wanda.then(|| {
@@ -887,7 +883,7 @@ mod tests {
     #[test]
     fn shapes_the_kernels_cannot_index_are_refused() {
         let w = [0.0f32; 12];
-        let rows = |counts: &'static [u32]| Kernel::Rows(counts, Ties::LowerIndexFirst);
+        let rows = |counts: &[u32]| Kernel::Rows(counts.to_vec(), Ties::LowerIndexFirst);
         assert!(check_shape(&w, 3, 4, None, &rows(&[1, 1, 1])).is_ok());
         assert!(check_shape(&w, 4, 4, None, &rows(&[1, 1, 1, 1])).is_err());
         assert!(check_shape(&w, 3, 4, None, &rows(&[1, 1])).is_err());

@@ -173,10 +173,9 @@ fn given_lambdas_replace_the_search_and_reproduce_its_model() {
         ("--neuroal-block-lambda 0.9", "outside [0, 0.5]"),
     ] {
         let out = dir.path().join("refused.onnx");
-        let mut args: Vec<String> = vec![fx.model.display().to_string(), out.display().to_string()];
-        args.extend(common.split_whitespace().map(String::from));
-        args.extend(flags.split_whitespace().map(String::from));
-        let r = crate::harness::run(&args);
+        let all = format!("{common} {flags}");
+        let args: Vec<&str> = all.split_whitespace().collect();
+        let r = crate::harness::run(crate::harness::job(&fx.model, &out, &args));
         assert_eq!(r.code, 2, "{flags}: {}", r.stderr);
         assert!(r.stderr.contains(says), "{flags}: {}", r.stderr);
         assert!(!out.exists());
