@@ -12,7 +12,12 @@ DEMO_OUT := out/smollm2-magnitude-0.7.onnx
 .PHONY: setup fixtures build test lint demo bench clean
 
 ## setup: Python venv for the fixture generator, ONNX Runtime, and every fixture.
-setup: $(ORT_LIB) fixtures browser
+setup: $(ORT_LIB) fixtures browser xz
+
+## xz: packs and unpacks the GPU check's parts (scripts/gpu-check.sh, tests/it/gpu_check.rs).
+.PHONY: xz
+xz:
+	command -v xz >/dev/null || (apt-get update -qq && apt-get install -y -qq xz-utils)
 
 ## browser: Debian's chromium, which the HTML report's test loads the report in.
 .PHONY: browser

@@ -101,15 +101,21 @@ pub struct Preload {
 /// The preloaded libraries: opened once per process and never closed.
 static PRELOADED: OnceLock<(Preload, Vec<libloading::os::unix::Library>)> = OnceLock::new();
 
-/// The `nvidia/` folder beside the folder of `library` (the layout `scripts/fetch-ort-gpu.sh`
-/// writes: `DEST/lib/libonnxruntime.so` and `DEST/nvidia/<pkg>/lib`), following a symbolic link
-/// to the library when the folder is not beside the link.
+/// The `nvidia/` folder that holds the NVIDIA wheels' libraries for `library`, in one of two
+/// layouts, following a symbolic link to the library when neither is found beside the link:
+/// - beside the library's folder, as `scripts/fetch-ort-gpu.sh` writes it
+///   (`DEST/lib/libonnxruntime.so` and `DEST/nvidia/<pkg>/lib`);
+/// - a pip environment's (`site-packages/onnxruntime/capi/libonnxruntime.so` and
+///   `site-packages/nvidia/<pkg>/lib`, where `pip install onnxruntime-gpu[cuda,cudnn]` puts them).
 pub fn nvidia_folder(library: &Path) -> Option<PathBuf> {
-    let beside = |lib: &Path| {
-        let dir = lib.parent()?.parent()?.join("nvidia");
-        dir.is_dir().then_some(dir)
+    let near = |lib: &Path| {
+        let folder = lib.parent()?;
+        [folder.parent()?, folder.parent()?.parent()?]
+            .into_iter()
+            .map(|up| up.join("nvidia"))
+            .find(|dir| dir.is_dir())
     };
-    beside(library).or_else(|| beside(&library.canonicalize().ok()?))
+    near(library).or_else(|| near(&library.canonicalize().ok()?))
 }
 
 /// The NVIDIA libraries under `root/*/lib`, in the order of [`NVIDIA_LIBRARIES`]; one file per
@@ -222,8 +228,8 @@ static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
 impl Runtime {
     /// Loads the library at `library` (once per process) and prepares sessions for `device`.
     /// `threads` = 0 lets ONNX Runtime choose; a fallback to the CPU is noted on `progress`.
-    /// For `auto` and `cuda`, the NVIDIA libraries of an `nvidia/` folder beside the library's
-    /// folder are preloaded first ([`preload_nvidia`]).
+    /// For `auto` and `cuda`, the NVIDIA libraries of the library's `nvidia/` folder
+    /// ([`nvidia_folder`]) are preloaded first ([`preload_nvidia`]).
     pub fn new(
         library: &Path,
         device: Device,
@@ -326,7 +332,12 @@ impl Runtime {
         let mut builder = match device {
             Device::Cpu => cpu()?,
             Device::Cuda | Device::Auto => {
-                let cuda = ort::ep::CUDA::default().build().error_on_failure();
+                // TF32 matrix products (ONNX Runtime's default) round the activations the
+                // statistics are taken from to 10-bit mantissas: calibration runs in full fp32.
+                let cuda = ort::ep::CUDA::default()
+                    .with_tf32(false)
+                    .build()
+                    .error_on_failure();
                 match base()?.with_execution_providers([cuda]) {
                     Ok(b) => {
                         *resolved = Some(Device::Cuda);
@@ -458,6 +469,20 @@ mod tests {
             found.canonicalize().unwrap(),
             dir.path().join("ort-gpu/nvidia").canonicalize().unwrap()
         );
+    }
+
+    #[test]
+    fn the_nvidia_folder_of_a_pip_environment_is_found_above_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = dir.path().join("venv/lib/python3.12/site-packages");
+        let lib = site.join("onnxruntime/capi/libonnxruntime.so.1.31.1");
+        touch(&lib);
+        assert_eq!(nvidia_folder(&lib), None);
+        std::fs::create_dir_all(site.join("nvidia/cu13/lib")).unwrap();
+        assert_eq!(nvidia_folder(&lib), Some(site.join("nvidia")));
+        // A folder beside the library's folder comes first.
+        std::fs::create_dir_all(site.join("onnxruntime/nvidia")).unwrap();
+        assert_eq!(nvidia_folder(&lib), Some(site.join("onnxruntime/nvidia")));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod cli;
 mod discovery;
 mod evaluation;
 mod fuzz_regressions;
+mod gpu_check;
 mod harness;
 mod hostile;
 mod kernels;
