@@ -26,16 +26,17 @@
 # Staging, on a machine set up with `make setup` (and `make setup-gpu` for the `ep` bundle):
 #   scripts/gpu-check.sh --stage [core] [smollm2] [ep]
 # (default: all three, `ep` only when .cache/ort-gpu exists) writes into .cache/gpu/parts
-# (git-ignored) each bundle as an xz tarball cut into parts of at most 56 MiB, manifest.sha256,
-# and calls.txt: the paths each device call carries, at most 60 MiB a call (a call carries
-# 64 MiB in all, the checkout included).
-#   core     the stripped binary, the CPU ONNX Runtime, the tiny fixtures, two Austen texts (one part)
-#   smollm2  the SmolLM2 GGUF, the Austen Debian package and the gguf wheel (two parts)
-#   ep       onnxruntime-gpu's libonnxruntime and CUDA provider (four parts)
+# (git-ignored) each bundle as an xz tarball cut into parts of at most 30 MiB, manifest.sha256,
+# and calls.txt: the paths each device call carries, at most 61 MiB a call (a call carries
+# 64 MiB in all, the checkout included); five calls for all three bundles.
+#   core     the stripped binary, the CPU ONNX Runtime, the tiny fixtures, two Austen texts (12 MiB)
+#   smollm2  the SmolLM2 GGUF, the Austen Debian package and the gguf wheel (88 MiB)
+#   ep       onnxruntime-gpu's libonnxruntime and CUDA provider (186 MiB)
 # On the GPU machine every call runs the same command, `OUT=$OUT scripts/gpu-check.sh`, carrying
 # the next line of calls.txt. A warm machine keeps ignored files between calls, so the parts
-# gather there; until every part in the manifest has arrived, the script says which are missing
-# and exits 3. The call that brings the last one unpacks the bundles and runs the checks
+# gather there; make the calls back to back, since an idle machine goes back after 30 s and
+# takes the parts with it. Until every part in the manifest has arrived, the script says which
+# are missing and exits 3. The call that brings the last one unpacks the bundles and runs the checks
 # (`--receive` unpacks and stops there).
 #
 # Environment: OUT (results folder), MODEL, BIN (a binary to use), REQUIRE_CUDA=0 (a dry run of
@@ -45,8 +46,8 @@ cd "$(dirname "$0")/.."
 
 GPU=.cache/gpu
 PARTS="$GPU/parts"
-PART_MIB=56
-CALL_MIB=60
+PART_MIB=30
+CALL_MIB=61
 REQUIRE_CUDA="${REQUIRE_CUDA:-1}"
 
 # --- Staging -------------------------------------------------------------------------------------
@@ -140,7 +141,7 @@ receive() {
     [ -f "$PARTS/$f" ] || missing+=("$f")
   done
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "gpu-check: waiting for ${#missing[@]} part(s): ${missing[*]}; carry the next line of $PARTS/calls.txt" >&2
+    echo "gpu-check: waiting for ${#missing[@]} part(s): ${missing[*]}; carry the next line of $PARTS/calls.txt now" >&2
     exit 3
   fi
   for name in $(cut -d' ' -f3 "$PARTS/manifest.sha256" | sed -n 's/\.tar\.xz\.[0-9]*$//p' | uniq); do
