@@ -9,11 +9,128 @@ use super::discover::{Discovery, Linear};
 use super::naming::module_path;
 use crate::error::{Error, Result};
 use crate::onnx::proto::{
-    GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto, TypeProto,
-    ValueInfoProto,
+    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, GraphProto, ModelProto,
+    NodeProto, StringStringEntryProto, TensorProto, TypeProto, ValueInfoProto,
 };
 use crate::onnx::{subgraphs, OnnxModel, TensorKey};
 use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Per-channel sums of one activation `[…, channels]` over its tokens, taken inside a stage
+/// model in float64: the stage hands out `2 × channels` numbers and the activation's shape
+/// instead of the activation, which stays with ONNX Runtime (on the GPU with the CUDA provider).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelSums {
+    /// The activation (a linear's input).
+    pub activation: String,
+    /// Its last dimension.
+    pub channels: usize,
+}
+
+impl ChannelSums {
+    /// The stage outputs that hold the sums, in this order: Σ x² and Σ x per channel (float64
+    /// `[channels]`), and the activation's shape (int64), whose other dimensions count the tokens.
+    pub fn outputs(&self) -> [String; 3] {
+        ["sumsq", "sum", "shape"].map(|what| self.name(what))
+    }
+
+    fn name(&self, what: &str) -> String {
+        format!("{}::{what}", self.activation)
+    }
+
+    /// The nodes and initializers that compute [`Self::outputs`] under the default domain's
+    /// `opset`: the rows `[tokens, channels]` in float64, squared, and summed over the tokens one
+    /// row after the other (the order [`crate::prune::ActivationStats::add`] sums in).
+    pub fn nodes(&self, opset: i64) -> (Vec<NodeProto>, Vec<TensorProto>) {
+        let node = |op: &str, inputs: &[String], output: String, attribute: Vec<AttributeProto>| {
+            NodeProto {
+                name: Some(format!("{output}::node")),
+                op_type: Some(op.to_string()),
+                input: inputs.to_vec(),
+                output: vec![output],
+                attribute,
+                ..Default::default()
+            }
+        };
+        let ints = |name: &str, values: Vec<i64>| TensorProto {
+            name: Some(self.name(name)),
+            dims: vec![values.len() as i64],
+            data_type: Some(DataType::Int64 as i32),
+            int64_data: values,
+            ..Default::default()
+        };
+        let keepdims = AttributeProto {
+            name: Some("keepdims".into()),
+            r#type: Some(AttributeType::Int as i32),
+            i: Some(0),
+            ..Default::default()
+        };
+        let (f64s, rows, squares) = (self.name("f64"), self.name("rows"), self.name("squares"));
+        let [sumsq, sum, shape] = self.outputs();
+        let mut initializers = vec![ints("rows_shape", vec![-1, self.channels as i64])];
+        // ReduceSum takes its axes as an input from opset 13, as an attribute before.
+        if opset >= 13 {
+            initializers.push(ints("axes", vec![0]));
+        }
+        let reduce = |input: &String, output: String| {
+            if opset >= 13 {
+                node(
+                    "ReduceSum",
+                    &[input.clone(), self.name("axes")],
+                    output,
+                    vec![keepdims.clone()],
+                )
+            } else {
+                let axes = AttributeProto {
+                    name: Some("axes".into()),
+                    r#type: Some(AttributeType::Ints as i32),
+                    ints: vec![0],
+                    ..Default::default()
+                };
+                node(
+                    "ReduceSum",
+                    std::slice::from_ref(input),
+                    output,
+                    vec![keepdims.clone(), axes],
+                )
+            }
+        };
+        let to_double = AttributeProto {
+            name: Some("to".into()),
+            r#type: Some(AttributeType::Int as i32),
+            i: Some(DataType::Double as i64),
+            ..Default::default()
+        };
+        let mut nodes = vec![
+            node(
+                "Shape",
+                std::slice::from_ref(&self.activation),
+                shape,
+                vec![],
+            ),
+            node(
+                "Cast",
+                std::slice::from_ref(&self.activation),
+                f64s.clone(),
+                vec![to_double],
+            ),
+            node(
+                "Reshape",
+                &[f64s, self.name("rows_shape")],
+                rows.clone(),
+                vec![],
+            ),
+            node(
+                "Mul",
+                &[rows.clone(), rows.clone()],
+                squares.clone(),
+                vec![],
+            ),
+        ];
+        nodes.push(reduce(&squares, sumsq));
+        nodes.push(reduce(&rows, sum));
+        (nodes, initializers)
+    }
+}
 
 /// What part of the decoder a stage is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -306,7 +423,8 @@ impl Partition {
 
     /// A self-contained model of `stage`: its nodes, every initializer they read (inline), inputs
     /// typed by `input_types` (graph inputs keep their declared types), the weights of `weights`
-    /// turned into inputs, and `extra_outputs` (e.g. captured activations) besides its own.
+    /// turned into inputs, and besides its own outputs, the activations `extra_outputs` whole and
+    /// the [`ChannelSums::outputs`] of `sums`.
     pub fn stage_model(
         &self,
         model: &OnnxModel,
@@ -314,9 +432,11 @@ impl Partition {
         input_types: &HashMap<String, TypeProto>,
         weights: &[&Linear],
         extra_outputs: &[String],
+        sums: &[ChannelSums],
     ) -> Result<ModelProto> {
         let weight_names: HashSet<&str> = weights.iter().map(|l| l.weight.name.as_str()).collect();
-        let nodes: Vec<NodeProto> = stage.nodes.iter().map(|&i| self.nodes[i].clone()).collect();
+        let mut nodes: Vec<NodeProto> =
+            stage.nodes.iter().map(|&i| self.nodes[i].clone()).collect();
         let mut read: BTreeSet<String> = BTreeSet::new();
         for n in &nodes {
             read.extend(all_inputs(n));
@@ -359,10 +479,25 @@ impl Partition {
                 initializer.push(inline(model, key, tensor)?);
             }
         }
+        let opset = self
+            .template
+            .opset_import
+            .iter()
+            .find(|o| matches!(o.domain.as_deref(), None | Some("" | "ai.onnx")))
+            .and_then(|o| o.version)
+            .unwrap_or(1);
+        let mut sum_outputs = Vec::new();
+        for s in sums {
+            let (n, i) = s.nodes(opset);
+            nodes.extend(n);
+            initializer.extend(i);
+            sum_outputs.extend(s.outputs());
+        }
         let mut output: Vec<ValueInfoProto> = stage
             .outputs
             .iter()
             .chain(extra_outputs)
+            .chain(&sum_outputs)
             .map(|o| ValueInfoProto {
                 name: Some(o.clone()),
                 ..Default::default()

@@ -1,13 +1,14 @@
 //! Sequential block-wise pruning (spec §0.3): for each block, run it dense on the current inputs
-//! of every calibration window and collect its linears' input statistics, prune its linears, run
-//! it again pruned, and feed its outputs to the next block. The same pass, on a few windows and a
-//! candidate allocation, measures NeuroAL's neuron alignment (spec §1.2).
+//! of every calibration window and collect its linears' input statistics (summed per window in
+//! the stage model, [`ChannelSums`]), prune its linears, run it again pruned, and feed its outputs
+//! to the next block. The same pass, on a few windows and a candidate allocation, measures
+//! NeuroAL's neuron alignment (spec §1.2).
 
 use super::staged::StagedRun;
 use super::PrunedWeights;
 use crate::allocate::SparsityPlan;
 use crate::error::{Error, Result};
-use crate::graph::{Discovery, Layout, Linear, Partition, StageKind};
+use crate::graph::{ChannelSums, Discovery, Layout, Linear, Partition, StageKind};
 use crate::onnx::{ModelWriter, OnnxModel, TensorKey};
 use crate::progress::Progress;
 use crate::prune::{prune_matrix, ActivationStats, Masker, PruneMethod};
@@ -18,9 +19,10 @@ use std::time::Instant;
 /// Where the time of sequential passes went, in seconds.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SequentialTimings {
-    /// ONNX Runtime: stage sessions, prefix and block runs (dense and pruned).
+    /// ONNX Runtime: stage sessions, prefix and block runs (dense and pruned), with the channel
+    /// sums the stage models take.
     pub forward: f64,
-    /// Accumulating activation statistics.
+    /// Accumulating activation statistics from those sums (and SparseGPT's XᵀX).
     pub statistics: f64,
     /// Scores, masks and weight updates.
     pub masks: f64,
@@ -127,7 +129,7 @@ impl<'a> SequentialPruner<'a> {
         let (model, discovery, method) = (self.model, self.discovery, self.method);
         let clock = Instant::now();
         let mut run = StagedRun::new(model, &self.partition, self.runtime, windows)?;
-        let prefix = session(&mut self.sessions, &mut run, &[], &[])?;
+        let prefix = session(&mut self.sessions, &mut run, &[], &[], &[])?;
         run.advance(prefix, &[], &[], |_, _| Ok(()))?;
         if !self.reuse_sessions {
             self.sessions.clear();
@@ -145,28 +147,42 @@ impl<'a> SequentialPruner<'a> {
             };
             progress.item("blocks", done, blocks);
             let linears: Vec<&Linear> = discovery.block(block).collect();
-            // One capture per distinct input tensor (q, k and v read the same one).
-            let mut captures: Vec<String> = Vec::new();
+            // One set of channel sums per distinct input tensor (q, k and v read the same one),
+            // taken in the stage model; the activations themselves leave ONNX Runtime only for
+            // SparseGPT's Gram matrix.
+            let mut sums: Vec<ChannelSums> = Vec::new();
             let mut dense_stats: Vec<ActivationStats> = Vec::new();
             let mut source: Vec<usize> = Vec::new();
             for l in &linears {
                 let input = capture_of(l);
-                let k = captures.iter().position(|c| c == input).unwrap_or_else(|| {
-                    captures.push(input.to_string());
-                    dense_stats.push(ActivationStats::new(
-                        l.in_features,
-                        method == PruneMethod::Sparsegpt,
-                    ));
-                    captures.len() - 1
-                });
+                let k = sums
+                    .iter()
+                    .position(|c| c.activation == input)
+                    .unwrap_or_else(|| {
+                        sums.push(ChannelSums {
+                            activation: input.to_string(),
+                            channels: l.in_features,
+                        });
+                        dense_stats.push(ActivationStats::new(
+                            l.in_features,
+                            method == PruneMethod::Sparsegpt,
+                        ));
+                        sums.len() - 1
+                    });
                 source.push(k);
             }
             let mut sparse_stats: Vec<ActivationStats> = dense_stats
                 .iter()
                 .map(|s| ActivationStats::new(s.channels, false))
                 .collect();
+            let captures: Vec<String> = match method {
+                PruneMethod::Sparsegpt => sums.iter().map(|c| c.activation.clone()).collect(),
+                _ => Vec::new(),
+            };
+            let sum_outputs: Vec<String> = sums.iter().flat_map(ChannelSums::outputs).collect();
+            let dense_outputs: Vec<String> = sum_outputs.iter().chain(&captures).cloned().collect();
             let clock = Instant::now();
-            let stage_session = session(&mut self.sessions, &mut run, &linears, &captures)?;
+            let stage_session = session(&mut self.sessions, &mut run, &linears, &captures, &sums)?;
             self.timings.forward += clock.elapsed().as_secs_f64();
             let dense: Vec<Activation> = linears
                 .iter()
@@ -181,10 +197,10 @@ impl<'a> SequentialPruner<'a> {
             // Dense pass: statistics of every linear's input.
             for w in 0..run.windows() {
                 let clock = Instant::now();
-                let outputs = run.run(stage_session, w, &feeds, &captures)?;
+                let outputs = run.run(stage_session, w, &feeds, &dense_outputs)?;
                 self.timings.forward += clock.elapsed().as_secs_f64();
                 let clock = Instant::now();
-                add_all(&mut dense_stats, &outputs, &captures)?;
+                add_all(&mut dense_stats, &outputs, &sums)?;
                 self.timings.statistics += clock.elapsed().as_secs_f64();
             }
             drop(feeds);
@@ -221,10 +237,16 @@ impl<'a> SequentialPruner<'a> {
                 .zip(&pruned_values)
                 .collect();
             let clock = Instant::now();
-            let measured: &[String] = if measure { &captures } else { &[] };
-            run.advance(stage_session, &feeds, measured, |_, outputs| {
-                add_all(&mut sparse_stats, &outputs, measured)
-            })?;
+            let measured: &[String] = if measure { &sum_outputs } else { &[] };
+            run.advance(
+                stage_session,
+                &feeds,
+                measured,
+                |_, outputs| match measure {
+                    true => add_all(&mut sparse_stats, &outputs, &sums),
+                    false => Ok(()),
+                },
+            )?;
             self.timings.forward += clock.elapsed().as_secs_f64();
             if !self.reuse_sessions {
                 self.sessions.remove(&(run.stage_index() - 1));
@@ -259,24 +281,50 @@ fn session<'s>(
     run: &mut StagedRun,
     weights: &[&Linear],
     captures: &[String],
+    sums: &[ChannelSums],
 ) -> Result<&'s mut ModelSession> {
     match sessions.entry(run.stage_index()) {
         std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
-        std::collections::hash_map::Entry::Vacant(e) => Ok(e.insert(run.open(weights, captures)?)),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            Ok(e.insert(run.open(weights, captures, sums)?))
+        }
     }
 }
 
-/// Adds one window's captured activations to their statistics.
-fn add_all(stats: &mut [ActivationStats], outputs: &[Activation], names: &[String]) -> Result<()> {
-    for ((s, x), name) in stats.iter_mut().zip(outputs).zip(names) {
-        let shape = x.shape();
-        if shape.last() != Some(&s.channels) {
+/// Adds one window's stage outputs to the statistics: the three [`ChannelSums::outputs`] of each
+/// of `sums`, then, when the Gram matrix is accumulated, the activations themselves in the same
+/// order.
+fn add_all(
+    stats: &mut [ActivationStats],
+    outputs: &[Activation],
+    sums: &[ChannelSums],
+) -> Result<()> {
+    let (reduced, whole) = outputs.split_at((3 * sums.len()).min(outputs.len()));
+    if reduced.len() != 3 * sums.len() {
+        return Err(Error::Runtime(format!(
+            "a stage gave {} outputs for the sums of {} activations",
+            outputs.len(),
+            sums.len()
+        )));
+    }
+    for (k, ((s, c), values)) in stats
+        .iter_mut()
+        .zip(sums)
+        .zip(reduced.chunks(3))
+        .enumerate()
+    {
+        let shape = values[2].as_i64()?;
+        if shape.last() != Some(&(c.channels as i64)) {
             return Err(Error::Runtime(format!(
-                "activation '{name}' has shape {shape:?}; expected {} channels last",
-                s.channels
+                "activation '{}' has shape {shape:?}; expected {} channels last",
+                c.activation, c.channels
             )));
         }
-        s.add(x.as_f32()?);
+        let tokens = shape[..shape.len() - 1].iter().product::<i64>().max(0) as usize;
+        s.add_window(values[0].as_f64()?, values[1].as_f64()?, tokens);
+        if let Some(x) = whole.get(k) {
+            s.add_gram(x.as_f32()?);
+        }
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! block on every window, its outputs kept for the stages that read them.
 
 use crate::error::{Error, Result};
-use crate::graph::{Linear, Partition, Stage};
+use crate::graph::{ChannelSums, Linear, Partition, Stage};
 use crate::onnx::proto::TypeProto;
 use crate::onnx::OnnxModel;
 use crate::runtime::{Activation, GraphFeeds, ModelSession, Runtime};
@@ -65,9 +65,15 @@ impl<'a> StagedRun<'a> {
     }
 
     /// Opens a session on the next stage, with the weights of `weights` as inputs (fed on every
-    /// run) and `captures` as extra outputs. Stage models do not depend on the windows, so a
-    /// session can serve every later run of the same stage.
-    pub fn open(&mut self, weights: &[&Linear], captures: &[String]) -> Result<ModelSession> {
+    /// run), and as extra outputs the activations `captures` and the [`ChannelSums::outputs`] of
+    /// `sums`. Stage models do not depend on the windows, so a session can serve every later
+    /// run of the same stage.
+    pub fn open(
+        &mut self,
+        weights: &[&Linear],
+        captures: &[String],
+        sums: &[ChannelSums],
+    ) -> Result<ModelSession> {
         let stage = self.stage();
         for name in &stage.inputs {
             if !self.types.contains_key(name) {
@@ -78,7 +84,7 @@ impl<'a> StagedRun<'a> {
         }
         let proto =
             self.partition
-                .stage_model(self.model, stage, &self.types, weights, captures)?;
+                .stage_model(self.model, stage, &self.types, weights, captures, sums)?;
         ModelSession::open(self.runtime, &proto, &format!("{:?}", stage.kind))
     }
 

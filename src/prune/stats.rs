@@ -38,42 +38,59 @@ impl ActivationStats {
         }
     }
 
-    /// Adds one window's activations, row-major `[tokens, channels]`.
+    /// Adds one window's per-channel sums over its `tokens` tokens: Σ x² and Σ x (as
+    /// [`crate::graph::ChannelSums`] takes them in the stage model).
+    pub fn add_window(&mut self, sumsq: &[f64], sum: &[f64], tokens: usize) {
+        assert!(
+            sumsq.len() == self.channels && sum.len() == self.channels,
+            "window sums must have one entry per channel"
+        );
+        for (total, s) in self.sumsq.iter_mut().zip(sumsq) {
+            *total += s;
+        }
+        if tokens > 0 {
+            for ((total, sq_mean), s) in self.sum.iter_mut().zip(&mut self.window_sq_means).zip(sum)
+            {
+                *total += s;
+                *sq_mean += s * s / tokens as f64;
+            }
+        }
+        self.samples += 1;
+        self.tokens += tokens;
+    }
+
+    /// Adds one window's XᵀX (the activations row-major `[tokens, channels]`) to the Gram matrix;
+    /// does nothing when it is not accumulated.
+    pub fn add_gram(&mut self, x: &[f32]) {
+        let Some(gram) = &mut self.gram else { return };
+        let tokens = x.len() / self.channels;
+        let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let xm = MatRef::from_row_major_slice(&x64, tokens, self.channels);
+        let g = MatMut::from_row_major_slice_mut(gram, self.channels, self.channels);
+        // Sequential on purpose: the sum must not depend on the thread count.
+        matmul(g, Accum::Add, xm.transpose(), xm, 1.0, Par::Seq);
+    }
+
+    /// Adds one window's activations, row-major `[tokens, channels]`: the window's sums taken on
+    /// the host in the stage model's order (row after row), then [`Self::add_window`] and
+    /// [`Self::add_gram`].
     pub fn add(&mut self, x: &[f32]) {
         assert_eq!(
             x.len() % self.channels,
             0,
             "activations must be [tokens, channels]"
         );
-        let tokens = x.len() / self.channels;
-        let mut window_sum = vec![0.0f64; self.channels];
+        let mut sumsq = vec![0.0f64; self.channels];
+        let mut sum = vec![0.0f64; self.channels];
         for row in x.chunks_exact(self.channels) {
-            for ((sq, s), &v) in self.sumsq.iter_mut().zip(&mut window_sum).zip(row) {
+            for ((sq, s), &v) in sumsq.iter_mut().zip(&mut sum).zip(row) {
                 let v = v as f64;
                 *sq += v * v;
                 *s += v;
             }
         }
-        if tokens > 0 {
-            for ((total, sq_mean), s) in self
-                .sum
-                .iter_mut()
-                .zip(&mut self.window_sq_means)
-                .zip(&window_sum)
-            {
-                *total += s;
-                *sq_mean += s * s / tokens as f64;
-            }
-        }
-        if let Some(gram) = &mut self.gram {
-            let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-            let xm = MatRef::from_row_major_slice(&x64, tokens, self.channels);
-            let g = MatMut::from_row_major_slice_mut(gram, self.channels, self.channels);
-            // Sequential on purpose: the sum must not depend on the thread count.
-            matmul(g, Accum::Add, xm.transpose(), xm, 1.0, Par::Seq);
-        }
-        self.samples += 1;
-        self.tokens += tokens;
+        self.add_window(&sumsq, &sum, x.len() / self.channels);
+        self.add_gram(x);
     }
 
     /// Wanda's input-channel norms `a_j = sqrt(Σ x² / windows)` (spec §0.2).

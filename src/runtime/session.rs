@@ -71,10 +71,24 @@ impl Activation {
 
     /// The values of a float32 tensor, row-major.
     pub fn as_f32(&self) -> Result<&[f32]> {
+        self.values("float32")
+    }
+
+    /// The values of a float64 tensor, row-major.
+    pub fn as_f64(&self) -> Result<&[f64]> {
+        self.values("float64")
+    }
+
+    /// The values of an int64 tensor, row-major.
+    pub fn as_i64(&self) -> Result<&[i64]> {
+        self.values("int64")
+    }
+
+    fn values<T: PrimitiveTensorElementType>(&self, type_name: &str) -> Result<&[T]> {
         self.0
-            .try_extract_tensor::<f32>()
+            .try_extract_tensor::<T>()
             .map(|(_, data)| data)
-            .map_err(|e| Error::Runtime(format!("expected a float32 activation: {e}")))
+            .map_err(|e| Error::Runtime(format!("expected a {type_name} tensor: {e}")))
     }
 
     /// Its ONNX type: element type and rank, every dimension symbolic.

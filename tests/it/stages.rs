@@ -1,11 +1,16 @@
-//! The partition: prefix, blocks and suffix run one after the other give the full model's logits.
+//! The partition: prefix, blocks and suffix run one after the other give the full model's logits,
+//! and the channel sums a stage model takes equal the host's.
 
 use crate::harness::{fixture, reference, tiny_fixtures, Fixture};
-use neuroal_onnx::graph::{Partition, StageKind};
+use ndarray::{ArrayD, IxDyn};
+use neuroal_onnx::calib::Rng;
+use neuroal_onnx::graph::{ChannelSums, Partition, StageKind};
+use neuroal_onnx::onnx::proto::{GraphProto, ModelProto, OperatorSetIdProto, ValueInfoProto};
 use neuroal_onnx::onnx::OnnxModel;
 use neuroal_onnx::pipeline::{inspect, StagedRun};
 use neuroal_onnx::progress::Progress;
-use neuroal_onnx::runtime::{locate_library, CausalLm, Device, Runtime};
+use neuroal_onnx::prune::ActivationStats;
+use neuroal_onnx::runtime::{locate_library, Activation, CausalLm, Device, ModelSession, Runtime};
 
 fn runtime() -> Runtime {
     let lib = locate_library(None).expect("libonnxruntime: run `make setup`");
@@ -44,12 +49,12 @@ fn staged_vs_full(rt: &Runtime, fx: &Fixture, ids: &[i64]) -> (f32, usize) {
     let full = CausalLm::open(rt, &model).unwrap().logits(ids).unwrap();
     let mut run = StagedRun::new(&model, &partition, rt, &[ids.to_vec()]).unwrap();
     while !run.at_suffix() {
-        let mut session = run.open(&[], &[]).unwrap();
+        let mut session = run.open(&[], &[], &[]).unwrap();
         run.advance(&mut session, &[], &[], |_, _| Ok(()))
             .unwrap_or_else(|e| panic!("{}: {e}", fx.name));
     }
     assert_eq!(run.stage().kind, StageKind::Suffix);
-    let mut suffix = run.open(&[], &[]).unwrap();
+    let mut suffix = run.open(&[], &[], &[]).unwrap();
     let logits = run
         .run(&mut suffix, 0, &[], &["logits".to_string()])
         .unwrap();
@@ -93,4 +98,90 @@ fn stages_in_sequence_reproduce_smollm2() {
     assert_eq!(blocks, 30);
     assert!(diff < 1e-4, "smollm2: staged logits differ by {diff}");
     let _ = OnnxModel::load(&fx.model).unwrap();
+}
+
+/// A model of `[rows…, channels]` float32 input `x` and the [`ChannelSums`] nodes for it.
+fn channel_sums_model(sums: &ChannelSums, shape: &[usize], opset: i64) -> ModelProto {
+    use neuroal_onnx::onnx::proto::tensor_shape_proto::{dimension, Dimension};
+    use neuroal_onnx::onnx::proto::{type_proto, TensorShapeProto, TypeProto};
+    let (node, initializer) = sums.nodes(opset);
+    let typed = |name: &str| ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(1),
+                shape: Some(TensorShapeProto {
+                    dim: shape
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(dimension::Value::DimValue(d as i64)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }],
+        graph: Some(GraphProto {
+            name: Some("sums".into()),
+            node,
+            initializer,
+            input: vec![typed(&sums.activation)],
+            output: sums
+                .outputs()
+                .into_iter()
+                .map(|name| ValueInfoProto {
+                    name: Some(name),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn channel_sums_taken_by_onnx_runtime_equal_the_host_sums_under_either_reduce_sum() {
+    let rt = runtime();
+    let mut rng = Rng::new(7);
+    let mut uniform = || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    // ReduceSum takes its axes as an attribute before opset 13 and as an input from 13 on.
+    for (opset, shape) in [(12, [1usize, 37, 24]), (18, [3, 19, 24]), (20, [1, 1, 24])] {
+        let sums = ChannelSums {
+            activation: "/model/layers.0/mlp/down_proj/input".into(),
+            channels: 24,
+        };
+        let n: usize = shape.iter().product();
+        // Wide-ranging values, so that summing in another order would round differently.
+        let x: Vec<f32> = (0..n)
+            .map(|_| ((uniform() - 0.5) * 2f64.powi((uniform() * 40.0) as i32 - 20)) as f32)
+            .collect();
+        let proto = channel_sums_model(&sums, &shape, opset);
+        let mut session = ModelSession::open(&rt, &proto, "sums").unwrap();
+        let input =
+            Activation::from_array(ArrayD::from_shape_vec(IxDyn(&shape), x.clone()).unwrap())
+                .unwrap();
+        let out = session
+            .run(&[(sums.activation.as_str(), &input)], &sums.outputs())
+            .unwrap_or_else(|e| panic!("opset {opset}: {e}"));
+        let mut graph = ActivationStats::new(24, false);
+        let shape_out = out[2].as_i64().unwrap();
+        assert_eq!(shape_out, shape.map(|d| d as i64), "opset {opset}");
+        graph.add_window(out[0].as_f64().unwrap(), out[1].as_f64().unwrap(), n / 24);
+        let mut host = ActivationStats::new(24, false);
+        host.add(&x);
+        assert_eq!(graph.sumsq, host.sumsq, "opset {opset}: Σx²");
+        assert_eq!(graph.sum, host.sum, "opset {opset}: Σx");
+        assert_eq!(graph.window_sq_means, host.window_sq_means, "opset {opset}");
+        assert_eq!((graph.samples, graph.tokens), (1, n / 24));
+    }
 }
