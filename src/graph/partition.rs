@@ -41,43 +41,43 @@ impl ChannelSums {
     /// `opset`: the rows `[tokens, channels]` in float64, squared, and summed over the tokens one
     /// row after the other (the order [`crate::prune::ActivationStats::add`] sums in).
     pub fn nodes(&self, opset: i64) -> (Vec<NodeProto>, Vec<TensorProto>) {
-        let node = |op: &str, inputs: &[String], output: String, attribute: Vec<AttributeProto>| {
-            NodeProto {
-                name: Some(format!("{output}::node")),
-                op_type: Some(op.to_string()),
-                input: inputs.to_vec(),
-                output: vec![output],
-                attribute,
-                ..Default::default()
-            }
+        let n = |what: &str| self.name(what);
+        let node =
+            |op: &str, input: Vec<String>, output: String, attribute: Vec<AttributeProto>| {
+                NodeProto {
+                    name: Some(format!("{output}::node")),
+                    op_type: Some(op.to_string()),
+                    input,
+                    output: vec![output],
+                    attribute,
+                    ..Default::default()
+                }
+            };
+        let int = |name: &str, i: i64| AttributeProto {
+            name: Some(name.to_string()),
+            r#type: Some(AttributeType::Int as i32),
+            i: Some(i),
+            ..Default::default()
         };
-        let ints = |name: &str, values: Vec<i64>| TensorProto {
-            name: Some(self.name(name)),
+        let int64s = |name: &str, values: Vec<i64>| TensorProto {
+            name: Some(n(name)),
             dims: vec![values.len() as i64],
             data_type: Some(DataType::Int64 as i32),
             int64_data: values,
             ..Default::default()
         };
-        let keepdims = AttributeProto {
-            name: Some("keepdims".into()),
-            r#type: Some(AttributeType::Int as i32),
-            i: Some(0),
-            ..Default::default()
-        };
-        let (f64s, rows, squares) = (self.name("f64"), self.name("rows"), self.name("squares"));
-        let [sumsq, sum, shape] = self.outputs();
-        let mut initializers = vec![ints("rows_shape", vec![-1, self.channels as i64])];
+        let mut initializers = vec![int64s("rows_shape", vec![-1, self.channels as i64])];
         // ReduceSum takes its axes as an input from opset 13, as an attribute before.
         if opset >= 13 {
-            initializers.push(ints("axes", vec![0]));
+            initializers.push(int64s("axes", vec![0]));
         }
-        let reduce = |input: &String, output: String| {
+        let reduce = |input: String, output: String| {
             if opset >= 13 {
                 node(
                     "ReduceSum",
-                    &[input.clone(), self.name("axes")],
+                    vec![input, n("axes")],
                     output,
-                    vec![keepdims.clone()],
+                    vec![int("keepdims", 0)],
                 )
             } else {
                 let axes = AttributeProto {
@@ -88,46 +88,32 @@ impl ChannelSums {
                 };
                 node(
                     "ReduceSum",
-                    std::slice::from_ref(input),
+                    vec![input],
                     output,
-                    vec![keepdims.clone(), axes],
+                    vec![int("keepdims", 0), axes],
                 )
             }
         };
-        let to_double = AttributeProto {
-            name: Some("to".into()),
-            r#type: Some(AttributeType::Int as i32),
-            i: Some(DataType::Double as i64),
-            ..Default::default()
-        };
-        let mut nodes = vec![
-            node(
-                "Shape",
-                std::slice::from_ref(&self.activation),
-                shape,
-                vec![],
-            ),
+        let [sumsq, sum, shape] = self.outputs();
+        let x = self.activation.clone();
+        let nodes = vec![
+            node("Shape", vec![x.clone()], shape, vec![]),
             node(
                 "Cast",
-                std::slice::from_ref(&self.activation),
-                f64s.clone(),
-                vec![to_double],
+                vec![x],
+                n("f64"),
+                vec![int("to", DataType::Double as i64)],
             ),
             node(
                 "Reshape",
-                &[f64s, self.name("rows_shape")],
-                rows.clone(),
+                vec![n("f64"), n("rows_shape")],
+                n("rows"),
                 vec![],
             ),
-            node(
-                "Mul",
-                &[rows.clone(), rows.clone()],
-                squares.clone(),
-                vec![],
-            ),
+            node("Mul", vec![n("rows"), n("rows")], n("squares"), vec![]),
+            reduce(n("squares"), sumsq),
+            reduce(n("rows"), sum),
         ];
-        nodes.push(reduce(&squares, sumsq));
-        nodes.push(reduce(&rows, sum));
         (nodes, initializers)
     }
 }
