@@ -15,7 +15,8 @@
 #   4. ONNX Runtime's CUDA execution provider, end to end: Wanda at 70% with --device cuda (the
 #      provider for calibration and evaluation, the kernels for the masks) against --device cpu.
 #      Not bit for bit (cuBLAS sums in another order): the table gives both perplexities, the
-#      fraction of mask bits that differ and both times. The provider is taken from the machine's
+#      fraction of mask bits that differ and both times, and a third run with the activation sums
+#      taken on the host (NEUROAL_ONNX_SUMS=host) to show what keeping them on the device saves. The provider is taken from the machine's
 #      Python onnxruntime when it offers CUDA, else from the staged `ep` bundle, with the NVIDIA
 #      libraries of the machine's Python `nvidia` packages (PyTorch's).
 #
@@ -241,24 +242,26 @@ if [ "$REQUIRE_CUDA" = 1 ]; then
   fi
 fi
 
-# Runs one job on each of two setups; sets dir (its folder) and ok. $1 the job's name, $2 and $3
-# the two setups as "label:device:library", then the job's flags. Each setup writes
-# <dir>/<label>/model.onnx, report.json and stderr.
+# Runs one job on each of several setups; sets dir (its folder), ok and secs (seconds per setup).
+# Arguments: the job's name, the setups as "label:device:library[:sums]" (sums: NEUROAL_ONNX_SUMS),
+# `--`, then the job's flags. Each setup writes <dir>/<label>/model.onnx, report.json and stderr.
 jobs=0
-run_pair() {
-  local name="$1" setup label dev lib t0
-  local -a setups=("$2" "$3")
-  shift 3
+run_setups() {
+  local name="$1" setup label dev lib sums t0
+  local -a setups=()
+  shift
+  while [ "$1" != -- ]; do setups+=("$1"); shift; done
+  shift
   dir="$work/job$jobs"
   jobs=$((jobs + 1))
   ok=1
   secs=()
   for setup in "${setups[@]}"; do
-    IFS=: read -r label dev lib <<<"$setup"
+    IFS=: read -r label dev lib sums <<<"$setup"
     mkdir -p "$dir/$label"
     t0=$SECONDS
-    if ! timeout "$(left)" "$bin" "$model" "$dir/$label/model.onnx" --device "$dev" --ort-lib "$lib" "$@" \
-      >"$dir/$label/report.json" 2>"$dir/$label/stderr"; then
+    if ! NEUROAL_ONNX_SUMS="$sums" timeout "$(left)" "$bin" "$model" "$dir/$label/model.onnx" --device "$dev" \
+      --ort-lib "$lib" "$@" >"$dir/$label/report.json" 2>"$dir/$label/stderr"; then
       say "$name --device $dev: failed: $(tail -2 "$dir/$label/stderr")"
       ok=0
       return
@@ -282,7 +285,7 @@ calib=(--calib "$texts/emma.txt" --nsamples 8)
 masks_job() {
   local name="$1" same=identical file ppl=()
   shift
-  run_pair "$name" "gpu:auto:$ort" "cpu:cpu:$ort" "${common[@]}" "$@"
+  run_setups "$name" "gpu:auto:$ort" "cpu:cpu:$ort" -- "${common[@]}" "$@"
   [ "$ok" = 1 ] || { status=1; return; }
   ppl=("$(field "$dir/gpu/report.json" 'r["evaluation"][0]["pruned"]["value"]')"
     "$(field "$dir/cpu/report.json" 'r["evaluation"][0]["pruned"]["value"]')")
@@ -327,26 +330,28 @@ ep_device=$([ "$REQUIRE_CUDA" = 1 ] && echo cuda || echo auto)
   echo "# ONNX Runtime's CUDA execution provider against the CPU: $model"
   echo
   echo "Wanda + uniform at 70%; calibration on *Emma* (32 windows of 256 tokens), perplexity on *Persuasion* (8 windows of 256)."
-  echo "CUDA: $ort_gpu --device $ep_device (provider and mask kernels). CPU: $ort --device cpu."
+  echo "CUDA: $ort_gpu --device $ep_device (provider and mask kernels); once with the activation sums in the stage models (the default with CUDA), once on the host (NEUROAL_ONNX_SUMS=host). CPU: $ort --device cpu."
   echo
-  echo "| | dense perplexity | pruned perplexity | seconds | calibration forward s |"
-  echo "|---|---:|---:|---:|---:|"
+  echo "| run (device, where the activation sums were taken) | dense perplexity | pruned perplexity | seconds | calibration forward s | statistics s |"
+  echo "|---|---:|---:|---:|---:|---:|"
 } >"$work/gpu-ep.md"
 if [ -z "$ort_gpu" ]; then
   say "CUDA execution provider: skipped (the machine's onnxruntime has no CUDA provider and the ep bundle was not staged)"
   echo "Skipped: no ONNX Runtime with a CUDA provider (stage the ep bundle)." >>"$work/gpu-ep.md"
 else
   say "CUDA execution provider: $ort_gpu, --device $ep_device ..."
-  run_pair "wanda 0.7 (execution provider)" "cuda:$ep_device:$ort_gpu" "cpu:cpu:$ort" \
-    --eval-text "$texts/persuasion.txt" --seqlen 256 --eval-windows 8 --json --tasks lm \
+  run_setups "wanda 0.7 (execution provider)" "cuda:$ep_device:$ort_gpu" "cpu:cpu:$ort" \
+    "cuda-host-sums:$ep_device:$ort_gpu:host" -- --eval-text "$texts/persuasion.txt" --seqlen 256 --eval-windows 8 --json --tasks lm \
     --calib "$texts/emma.txt" --nsamples 32 --sparsity 0.7 --prune-method wanda --top-up uniform
   if [ "$ok" = 1 ]; then
-    for label in cuda cpu; do
+    i=0
+    for label in cuda cpu cuda-host-sums; do
       r="$dir/$label/report.json"
-      i=$([ "$label" = cuda ] && echo 0 || echo 1)
-      echo "| $label ($(field "$r" 'r["onnx_runtime"]["device"]')) | $(field "$r" 'r["evaluation"][0]["dense"]["value"]') |" \
+      echo "| $label ($(field "$r" 'r["onnx_runtime"]["device"]'), sums: $(field "$r" 'r["calibration"]["activation_sums"]')) | $(field "$r" 'r["evaluation"][0]["dense"]["value"]') |" \
         "$(field "$r" 'r["evaluation"][0]["pruned"]["value"]') | ${secs[$i]} |" \
-        "$(field "$r" 'round(r["timings_s"].get("prune_forward", 0), 2)') |" >>"$work/gpu-ep.md"
+        "$(field "$r" 'round(r["timings_s"].get("prune_forward", 0), 2)') |" \
+        "$(field "$r" 'round(r["timings_s"].get("prune_statistics", 0), 2)') |" >>"$work/gpu-ep.md"
+      i=$((i + 1))
     done
     # The fraction of prunable weights whose keep/prune decision differs.
     diff="$(python3 - "$dir/cuda/model.onnx" "$dir/cpu/model.onnx" <<'EOF' 2>>"$log" || echo "?"

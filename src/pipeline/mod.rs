@@ -9,7 +9,7 @@ mod staged;
 
 pub use allocation::AllocationDetail;
 pub use search::{Candidate, FixedLambdas, SearchReport};
-pub use sequential::{Alignment, SequentialTimings};
+pub use sequential::{Alignment, SequentialTimings, SumsSite};
 
 use evaluate::EvalSet;
 use sequential::SequentialPruner;
@@ -310,7 +310,7 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     }
     // Pruned matrices go to the output's data file as they are pruned: one at a time in memory.
     let mut output = ModelWriter::create(&model, &config.output, &SaveOptions::default())?;
-    let pruned = match (&calibration, &runtime) {
+    let (pruned, sums_site) = match (&calibration, &runtime) {
         (Some(calib), Some(rt)) => {
             let dsnot = config.top_up == TopUp::Dsnot;
             let mut pruner = SequentialPruner::new(&model, &discovery, rt, config.method, dsnot)?
@@ -344,17 +344,20 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
             timings.insert("prune_forward".to_string(), pruner.timings.forward);
             timings.insert("prune_statistics".to_string(), pruner.timings.statistics);
             timings.insert("prune_masks".to_string(), pruner.timings.masks);
-            pass.pruned
+            (pass.pruned, pruner.sums_site())
         }
-        _ => prune_without_data(
-            config.method,
-            &model,
-            &discovery,
-            &plan,
-            &masker,
-            &mut output,
-            progress,
-        )?,
+        _ => (
+            prune_without_data(
+                config.method,
+                &model,
+                &discovery,
+                &plan,
+                &masker,
+                &mut output,
+                progress,
+            )?,
+            None,
+        ),
     };
     timings.insert("prune_write".to_string(), pruned.write_seconds);
     timings.insert("prune".to_string(), stage.finish());
@@ -421,7 +424,10 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
             seed: config.seed,
             top_up_parameters: top_up_parameters(config),
         },
-        calibration: calibration.map(|c| c.info),
+        calibration: calibration.map(|c| CalibrationInfo {
+            activation_sums: sums_site.map(|s| s.name().to_string()),
+            ..c.info
+        }),
         search,
         allocation: allocation_detail,
         sparsity: summarize_sparsity(config.sparsity, &discovery, pruned.per_matrix),
@@ -729,6 +735,7 @@ impl Calibration {
                 documents: documents.len(),
                 windows: config.nsamples,
                 seqlen,
+                activation_sums: None,
             },
         })
     }
@@ -770,6 +777,7 @@ impl Calibration {
                 documents: 0,
                 windows: config.nsamples,
                 seqlen,
+                activation_sums: None,
             },
         })
     }

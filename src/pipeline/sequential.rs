@@ -1,8 +1,8 @@
 //! Sequential block-wise pruning (spec §0.3): for each block, run it dense on the current inputs
-//! of every calibration window and collect its linears' input statistics (summed per window in
-//! the stage model, [`ChannelSums`]), prune its linears, run it again pruned, and feed its outputs
-//! to the next block. The same pass, on a few windows and a candidate allocation, measures
-//! NeuroAL's neuron alignment (spec §1.2).
+//! of every calibration window and collect its linears' input statistics (summed per window on
+//! the host, or in the stage model with CUDA: [`SumsSite`]), prune its linears, run it again
+//! pruned, and feed its outputs to the next block. The same pass, on a few windows and a
+//! candidate allocation, measures NeuroAL's neuron alignment (spec §1.2).
 
 use super::staged::StagedRun;
 use super::PrunedWeights;
@@ -12,7 +12,7 @@ use crate::graph::{ChannelSums, Discovery, Layout, Linear, Partition, StageKind}
 use crate::onnx::{ModelWriter, OnnxModel, TensorKey};
 use crate::progress::Progress;
 use crate::prune::{prune_matrix, ActivationStats, Masker, PruneMethod};
-use crate::runtime::{Activation, ModelSession, Runtime};
+use crate::runtime::{Activation, Device, ModelSession, Runtime};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -66,6 +66,8 @@ pub(crate) struct SequentialPruner<'a> {
     index: HashMap<&'a TensorKey, usize>,
     /// Time spent so far.
     pub timings: SequentialTimings,
+    /// Where the last pass summed the activations.
+    sums_site: Option<SumsSite>,
 }
 
 impl<'a> SequentialPruner<'a> {
@@ -94,6 +96,7 @@ impl<'a> SequentialPruner<'a> {
                 .map(|(i, l)| (&l.weight, i))
                 .collect(),
             timings: SequentialTimings::default(),
+            sums_site: None,
         })
     }
 
@@ -115,6 +118,11 @@ impl<'a> SequentialPruner<'a> {
         &self.partition
     }
 
+    /// Where the last pass summed the linears' input activations (none before the first pass).
+    pub fn sums_site(&self) -> Option<SumsSite> {
+        self.sums_site
+    }
+
     /// Prunes every linear block by block on `windows` under `plan`, pruned outputs fed forward,
     /// starting from the model's dense weights. Each pruned matrix goes to `output` as soon as it
     /// is pruned, when given; `measure` records every linear's [`Alignment`].
@@ -131,6 +139,8 @@ impl<'a> SequentialPruner<'a> {
         let mut run = StagedRun::new(model, &self.partition, self.runtime, windows)?;
         let prefix = session(&mut self.sessions, &mut run, &[], &[], &[])?;
         run.advance(prefix, &[], &[], |_, _| Ok(()))?;
+        let site = sums_site(self.runtime.device())?; // the device is known once a session opened
+        self.sums_site = Some(site);
         if !self.reuse_sessions {
             self.sessions.clear();
         }
@@ -147,42 +157,44 @@ impl<'a> SequentialPruner<'a> {
             };
             progress.item("blocks", done, blocks);
             let linears: Vec<&Linear> = discovery.block(block).collect();
-            // One set of channel sums per distinct input tensor (q, k and v read the same one),
-            // taken in the stage model; the activations themselves leave ONNX Runtime only for
-            // SparseGPT's Gram matrix.
-            let mut sums: Vec<ChannelSums> = Vec::new();
-            let mut dense_stats: Vec<ActivationStats> = Vec::new();
+            // One capture per distinct input tensor (q, k and v read the same one).
+            let mut activations: Vec<ChannelSums> = Vec::new();
             let mut source: Vec<usize> = Vec::new();
             for l in &linears {
                 let input = capture_of(l);
-                let k = sums
+                let k = activations
                     .iter()
                     .position(|c| c.activation == input)
                     .unwrap_or_else(|| {
-                        sums.push(ChannelSums {
+                        activations.push(ChannelSums {
                             activation: input.to_string(),
                             channels: l.in_features,
                         });
-                        dense_stats.push(ActivationStats::new(
-                            l.in_features,
-                            method == PruneMethod::Sparsegpt,
-                        ));
-                        sums.len() - 1
+                        activations.len() - 1
                     });
                 source.push(k);
             }
-            let mut sparse_stats: Vec<ActivationStats> = dense_stats
+            let gram = method == PruneMethod::Sparsegpt;
+            let capture = BlockCapture::new(activations, site);
+            let mut dense_stats: Vec<ActivationStats> = capture
+                .activations
                 .iter()
-                .map(|s| ActivationStats::new(s.channels, false))
+                .map(|c| ActivationStats::new(c.channels, gram))
                 .collect();
-            let captures: Vec<String> = match method {
-                PruneMethod::Sparsegpt => sums.iter().map(|c| c.activation.clone()).collect(),
-                _ => Vec::new(),
-            };
-            let sum_outputs: Vec<String> = sums.iter().flat_map(ChannelSums::outputs).collect();
-            let dense_outputs: Vec<String> = sum_outputs.iter().chain(&captures).cloned().collect();
+            let mut sparse_stats: Vec<ActivationStats> = capture
+                .activations
+                .iter()
+                .map(|c| ActivationStats::new(c.channels, false))
+                .collect();
+            let (dense_outputs, sparse_outputs) = (capture.outputs(gram), capture.outputs(false));
             let clock = Instant::now();
-            let stage_session = session(&mut self.sessions, &mut run, &linears, &captures, &sums)?;
+            let stage_session = session(
+                &mut self.sessions,
+                &mut run,
+                &linears,
+                &capture.whole(gram),
+                &capture.sums,
+            )?;
             self.timings.forward += clock.elapsed().as_secs_f64();
             let dense: Vec<Activation> = linears
                 .iter()
@@ -200,7 +212,7 @@ impl<'a> SequentialPruner<'a> {
                 let outputs = run.run(stage_session, w, &feeds, &dense_outputs)?;
                 self.timings.forward += clock.elapsed().as_secs_f64();
                 let clock = Instant::now();
-                add_all(&mut dense_stats, &outputs, &sums)?;
+                capture.add(&mut dense_stats, &outputs)?;
                 self.timings.statistics += clock.elapsed().as_secs_f64();
             }
             drop(feeds);
@@ -237,13 +249,13 @@ impl<'a> SequentialPruner<'a> {
                 .zip(&pruned_values)
                 .collect();
             let clock = Instant::now();
-            let measured: &[String] = if measure { &sum_outputs } else { &[] };
+            let measured: &[String] = if measure { &sparse_outputs } else { &[] };
             run.advance(
                 stage_session,
                 &feeds,
                 measured,
                 |_, outputs| match measure {
-                    true => add_all(&mut sparse_stats, &outputs, &sums),
+                    true => capture.add(&mut sparse_stats, &outputs),
                     false => Ok(()),
                 },
             )?;
@@ -291,42 +303,125 @@ fn session<'s>(
     }
 }
 
-/// Adds one window's stage outputs to the statistics: the three [`ChannelSums::outputs`] of each
-/// of `sums`, then, when the Gram matrix is accumulated, the activations themselves in the same
-/// order.
-fn add_all(
-    stats: &mut [ActivationStats],
-    outputs: &[Activation],
-    sums: &[ChannelSums],
-) -> Result<()> {
-    let (reduced, whole) = outputs.split_at((3 * sums.len()).min(outputs.len()));
-    if reduced.len() != 3 * sums.len() {
-        return Err(Error::Runtime(format!(
-            "a stage gave {} outputs for the sums of {} activations",
-            outputs.len(),
-            sums.len()
-        )));
-    }
-    for (k, ((s, c), values)) in stats
-        .iter_mut()
-        .zip(sums)
-        .zip(reduced.chunks(3))
-        .enumerate()
-    {
-        let shape = values[2].as_i64()?;
-        if shape.last() != Some(&(c.channels as i64)) {
-            return Err(Error::Runtime(format!(
-                "activation '{}' has shape {shape:?}; expected {} channels last",
-                c.activation, c.channels
-            )));
-        }
-        let tokens = shape[..shape.len() - 1].iter().product::<i64>().max(0) as usize;
-        s.add_window(values[0].as_f64()?, values[1].as_f64()?, tokens);
-        if let Some(x) = whole.get(k) {
-            s.add_gram(x.as_f32()?);
+/// Where a pass sums the linears' input activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SumsSite {
+    /// In the stage models ([`ChannelSums`]): the default on CUDA, where the activations then
+    /// stay on the device.
+    Model,
+    /// On the host, from the whole activations: the default on the CPU, where the stage model's
+    /// float64 intermediates cost more than the host's one pass over each activation.
+    Host,
+}
+
+impl SumsSite {
+    /// Its name in reports and in `NEUROAL_ONNX_SUMS`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SumsSite::Model => "model",
+            SumsSite::Host => "host",
         }
     }
-    Ok(())
+}
+
+/// The [`SumsSite`] for sessions on `device`, or the one `NEUROAL_ONNX_SUMS` (`model` or `host`;
+/// unset or empty for the default) names: both give the same sums in the same order, and the
+/// variable is there to test that and to measure the difference on a GPU.
+fn sums_site(device: Device) -> Result<SumsSite> {
+    let chosen = std::env::var("NEUROAL_ONNX_SUMS").unwrap_or_default();
+    match chosen.as_str() {
+        "model" => Ok(SumsSite::Model),
+        "host" => Ok(SumsSite::Host),
+        "" if device == Device::Cuda => Ok(SumsSite::Model),
+        "" => Ok(SumsSite::Host),
+        other => Err(Error::invalid(
+            "NEUROAL_ONNX_SUMS",
+            format!("'{other}': expected model or host, or leave it unset"),
+        )),
+    }
+}
+
+/// What a block's stage runs hand out for the statistics of its linears' distinct inputs.
+struct BlockCapture {
+    /// The distinct inputs.
+    activations: Vec<ChannelSums>,
+    /// The sums the stage model takes: all of `activations`, or none when the host takes them.
+    sums: Vec<ChannelSums>,
+}
+
+impl BlockCapture {
+    fn new(activations: Vec<ChannelSums>, site: SumsSite) -> Self {
+        let sums = match site {
+            SumsSite::Model => activations.clone(),
+            SumsSite::Host => Vec::new(),
+        };
+        Self { activations, sums }
+    }
+
+    /// The activations a run hands out whole: for the host's sums, or for XᵀX (`gram`).
+    fn whole(&self, gram: bool) -> Vec<String> {
+        if self.sums.is_empty() || gram {
+            self.activations
+                .iter()
+                .map(|c| c.activation.clone())
+                .collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The outputs to ask a run for: the stage model's sums, then the whole activations.
+    fn outputs(&self, gram: bool) -> Vec<String> {
+        self.sums
+            .iter()
+            .flat_map(ChannelSums::outputs)
+            .chain(self.whole(gram))
+            .collect()
+    }
+
+    /// Adds one window's [`Self::outputs`] to `stats` (one per activation): the model's sums,
+    /// else the host's of the whole activation; XᵀX from the whole activation when `stats`
+    /// accumulate it.
+    fn add(&self, stats: &mut [ActivationStats], outputs: &[Activation]) -> Result<()> {
+        let (reduced, whole) = outputs.split_at((3 * self.sums.len()).min(outputs.len()));
+        for (k, (s, c)) in stats.iter_mut().zip(&self.activations).enumerate() {
+            let x = match whole.get(k) {
+                Some(x) if x.shape().last() != Some(&c.channels) => {
+                    return Err(shape_error(c, &x.shape()))
+                }
+                x => x,
+            };
+            match (reduced.get(3 * k..3 * k + 3), x) {
+                (Some([sumsq, sum, shape]), x) => {
+                    let shape = shape.as_i64()?;
+                    if shape.last() != Some(&(c.channels as i64)) {
+                        return Err(shape_error(c, shape));
+                    }
+                    let tokens = shape[..shape.len() - 1].iter().product::<i64>().max(0);
+                    s.add_window(sumsq.as_f64()?, sum.as_f64()?, tokens as usize);
+                    if let Some(x) = x {
+                        s.add_gram(x.as_f32()?);
+                    }
+                }
+                (_, Some(x)) => s.add(x.as_f32()?),
+                (_, None) => {
+                    return Err(Error::Runtime(format!(
+                        "a stage gave no statistics of activation '{}'",
+                        c.activation
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An activation whose last dimension is not its linear's input channels.
+fn shape_error(c: &ChannelSums, shape: &[impl std::fmt::Debug]) -> Error {
+    Error::Runtime(format!(
+        "activation '{}' has shape {shape:?}; expected {} channels last",
+        c.activation, c.channels
+    ))
 }
 
 /// The activation a linear multiplies, in the decoder the partition runs (the no-cache branch of

@@ -182,6 +182,9 @@ pub struct CalibrationInfo {
     pub windows: usize,
     /// Tokens per window.
     pub seqlen: usize,
+    /// Where the linears' input activations were summed per window: `model` (in the stage
+    /// models, by ONNX Runtime: the default with CUDA) or `host` (the default on the CPU).
+    pub activation_sums: Option<String>,
 }
 
 /// Target and measured sparsity.

@@ -1,7 +1,7 @@
 //! Calibrated pruning (Wanda, SparseGPT, multiflow): masks equal an independent computation,
 //! pruning is sequential, runs are deterministic, bad calibration input is refused.
 
-use crate::harness::{fixture, job, prune_ok, run, scratch, snapshot, Fixture};
+use crate::harness::{fixture, job, prune_ok, run, run_command, scratch, snapshot, Fixture};
 use neuroal_onnx::calib::sample_windows;
 use neuroal_onnx::graph::Linear;
 use neuroal_onnx::onnx::proto::{ModelProto, ValueInfoProto};
@@ -11,6 +11,7 @@ use neuroal_onnx::progress::Progress;
 use neuroal_onnx::prune::row_prune_count;
 use neuroal_onnx::runtime::{locate_library, Device, GraphFeeds, ModelSession, Runtime};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 const SEQLEN: usize = 32;
 const NSAMPLES: usize = 6;
@@ -182,44 +183,81 @@ fn wanda_masks_equal_an_independent_computation_and_are_sequential() {
     );
 }
 
+/// The activation sums a pass takes on the host (the CPU default) and in the stage models (the
+/// CUDA default, `NEUROAL_ONNX_SUMS=model`) are the same sums in the same order: the same bytes.
 #[test]
-fn every_calibrated_method_prunes_every_convention_deterministically() {
+fn every_calibrated_method_prunes_every_convention_deterministically_wherever_the_sums_are_taken() {
     let dir = scratch();
     let (calib, _) = token_documents(dir.path());
-    for (name, method) in [
-        ("llama-merged", "sparsegpt"),
-        ("dynamo", "wanda"),
-        ("genai", "multiflow"),
-        ("opt", "sparsegpt"),
-        ("gpt2", "wanda"),
-        ("phi", "multiflow"),
+    for (name, method, top_up) in [
+        ("llama-merged", "sparsegpt", "uniform"),
+        ("dynamo", "wanda", "uniform"),
+        ("genai", "multiflow", "uniform"),
+        ("opt", "sparsegpt", "uniform"),
+        ("gpt2", "wanda", "uniform"),
+        ("phi", "multiflow", "uniform"),
+        ("llama", "wanda", "dsnot"),
+        ("llama", "wanda", "neuroal"),
+        ("llama", "sparsegpt", "neuroal"),
     ] {
         let fx = fixture(&format!("tiny/{name}"));
-        let outs: Vec<(PathBuf, serde_json::Value)> = (0..2)
-            .map(|i| {
-                let out = dir.path().join(format!("{name}-{i}.onnx"));
+        let outs: Vec<(PathBuf, serde_json::Value)> = ["host", "model"]
+            .iter()
+            .map(|site| {
+                let out = dir.path().join(format!("{name}-{method}-{top_up}-{site}.onnx"));
                 let flags = format!(
-                    "--sparsity 0.6 --prune-method {method} --top-up uniform --calib {} --nsamples 4 --seqlen 32 --quiet",
+                    "--sparsity 0.6 --prune-method {method} --top-up {top_up} --calib {} --nsamples 4 --seqlen 32 --quiet",
                     calib.display()
                 );
-                (out.clone(), prune_ok(&fx.model, &out, &flags))
+                let flags: Vec<&str> = flags.split_whitespace().collect();
+                let mut command = Command::new(env!("CARGO_BIN_EXE_neuroal-onnx"));
+                command
+                    .args(job(&fx.model, &out, &flags))
+                    .env("NEUROAL_ONNX_SUMS", site);
+                run_command(&mut command).ok();
+                let report: serde_json::Value = serde_json::from_str(
+                    &std::fs::read_to_string(out.with_extension("report.json")).unwrap(),
+                )
+                .unwrap();
+                assert_eq!(report["calibration"]["activation_sums"], *site);
+                (out, report)
             })
             .collect();
         let data = |p: &PathBuf| std::fs::read(p.with_extension("onnx.data")).unwrap();
-        assert_eq!(
-            data(&outs[0].0),
-            data(&outs[1].0),
-            "{name} {method}: same seed, same bytes"
+        assert!(
+            data(&outs[0].0) == data(&outs[1].0),
+            "{name} {method} {top_up}: same seed, same bytes, sums on the host or in the model"
         );
         let report = &outs[0].1;
         let measured = report["sparsity"]["measured"].as_f64().unwrap();
         assert!(
             (measured - 0.6).abs() < 0.01,
-            "{name} {method}: measured sparsity {measured}"
+            "{name} {method} {top_up}: measured sparsity {measured}"
         );
         assert_eq!(report["calibration"]["source"], "token_ids");
         assert_eq!(report["calibration"]["windows"], 4);
     }
+    let out = dir.path().join("bad-site.onnx");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_neuroal-onnx"));
+    command
+        .args(job(
+            &fixture("tiny/llama").model,
+            &out,
+            &[
+                "--sparsity",
+                "0.5",
+                "--prune-method",
+                "wanda",
+                "--top-up",
+                "uniform",
+                "--calib",
+            ],
+        ))
+        .arg(&calib)
+        .env("NEUROAL_ONNX_SUMS", "gpu");
+    let r = run_command(&mut command);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("NEUROAL_ONNX_SUMS"), "{}", r.stderr);
 }
 
 #[test]
