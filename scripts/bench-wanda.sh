@@ -20,8 +20,8 @@ wall = float(sys.argv[3]) - float(sys.argv[2])
 rest = wall - t["prune"] - t["write"] - t["measure_files"]
 outside = t["prune_statistics"] + t["prune_masks"] + t["prune_write"] + t["write"] + rest
 print(f"| stage | seconds |\n|---|---|")
-for key, label in [("prune_forward", "ONNX Runtime forward (stage models with their channel sums, dense and pruned runs)"),
-                   ("prune_statistics", "activation statistics (adding up the window sums)"), ("prune_masks", "scores and masks"),
+for key, label in [("prune_forward", "ONNX Runtime forward (stage models, dense and pruned runs)"),
+                   ("prune_statistics", "activation statistics"), ("prune_masks", "scores and masks"),
                    ("prune_write", "writing each pruned matrix, zstd of it dense and pruned"),
                    ("write", "writing the rest of the model"),
                    ("measure_files", "report: SHA-256 of every file (not counted below)")]:

@@ -20,9 +20,9 @@ use std::time::Instant;
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SequentialTimings {
     /// ONNX Runtime: stage sessions, prefix and block runs (dense and pruned), with the channel
-    /// sums the stage models take.
+    /// sums when the stage models take them ([`SumsSite::Model`]).
     pub forward: f64,
-    /// Accumulating activation statistics from those sums (and SparseGPT's XᵀX).
+    /// Accumulating activation statistics on the host.
     pub statistics: f64,
     /// Scores, masks and weight updates.
     pub masks: f64,
