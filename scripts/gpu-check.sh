@@ -16,9 +16,10 @@
 #      provider for calibration and evaluation, the kernels for the masks) against --device cpu.
 #      Not bit for bit (cuBLAS sums in another order): the table gives both perplexities, the
 #      fraction of mask bits that differ and both times, and a third run with the activation sums
-#      taken on the host (NEUROAL_ONNX_SUMS=host) to show what keeping them on the device saves. The provider is taken from the machine's
-#      Python onnxruntime when it offers CUDA, else from the staged `ep` bundle, with the NVIDIA
-#      libraries of the machine's Python `nvidia` packages (PyTorch's).
+#      taken on the host (NEUROAL_ONNX_SUMS=host) to show what keeping them on the device saves.
+#      The provider is taken from the machine's Python onnxruntime when it offers CUDA, else from
+#      the staged `ep` bundle, with the NVIDIA libraries of the machine's Python `nvidia` packages
+#      (PyTorch's).
 #
 # The model is SmolLM2-135M, converted on the GPU machine from the staged GGUF by the fixture
 # generator (about 30 s), or the tiny llama fixture when the `smollm2` bundle was not staged;
@@ -37,8 +38,8 @@
 # the next line of calls.txt. A warm machine keeps ignored files between calls, so the parts
 # gather there; make the calls back to back, since an idle machine goes back after 30 s and
 # takes the parts with it. Until every part in the manifest has arrived, the script says which
-# are missing and exits 3. The call that brings the last one unpacks the bundles and runs the checks
-# (`--receive` unpacks and stops there).
+# are missing and exits 3. The call that brings the last one unpacks the bundles and runs the
+# checks (`--receive` unpacks and stops there).
 #
 # Environment: OUT (results folder), MODEL, BIN (a binary to use), REQUIRE_CUDA=0 (a dry run of
 # the plumbing on a machine with no GPU: step 2 is skipped and CUDA failing is expected).
