@@ -175,7 +175,7 @@ impl<'a> SequentialPruner<'a> {
                 source.push(k);
             }
             let gram = method == PruneMethod::Sparsegpt;
-            let capture = BlockCapture::new(activations, site);
+            let capture = BlockCapture { activations, site };
             let mut dense_stats: Vec<ActivationStats> = capture
                 .activations
                 .iter()
@@ -193,7 +193,7 @@ impl<'a> SequentialPruner<'a> {
                 &mut run,
                 &linears,
                 &capture.whole(gram),
-                &capture.sums,
+                capture.sums(),
             )?;
             self.timings.forward += clock.elapsed().as_secs_f64();
             let dense: Vec<Activation> = linears
@@ -345,22 +345,21 @@ fn sums_site(device: Device) -> Result<SumsSite> {
 struct BlockCapture {
     /// The distinct inputs.
     activations: Vec<ChannelSums>,
-    /// The sums the stage model takes: all of `activations`, or none when the host takes them.
-    sums: Vec<ChannelSums>,
+    site: SumsSite,
 }
 
 impl BlockCapture {
-    fn new(activations: Vec<ChannelSums>, site: SumsSite) -> Self {
-        let sums = match site {
-            SumsSite::Model => activations.clone(),
-            SumsSite::Host => Vec::new(),
-        };
-        Self { activations, sums }
+    /// The sums the stage model takes: every activation's, or none when the host takes them.
+    fn sums(&self) -> &[ChannelSums] {
+        match self.site {
+            SumsSite::Model => &self.activations,
+            SumsSite::Host => &[],
+        }
     }
 
     /// The activations a run hands out whole: for the host's sums, or for XᵀX (`gram`).
     fn whole(&self, gram: bool) -> Vec<String> {
-        if self.sums.is_empty() || gram {
+        if self.site == SumsSite::Host || gram {
             self.activations
                 .iter()
                 .map(|c| c.activation.clone())
@@ -372,7 +371,7 @@ impl BlockCapture {
 
     /// The outputs to ask a run for: the stage model's sums, then the whole activations.
     fn outputs(&self, gram: bool) -> Vec<String> {
-        self.sums
+        self.sums()
             .iter()
             .flat_map(ChannelSums::outputs)
             .chain(self.whole(gram))
@@ -383,16 +382,27 @@ impl BlockCapture {
     /// else the host's of the whole activation; XᵀX from the whole activation when `stats`
     /// accumulate it.
     fn add(&self, stats: &mut [ActivationStats], outputs: &[Activation]) -> Result<()> {
-        let (reduced, whole) = outputs.split_at((3 * self.sums.len()).min(outputs.len()));
+        let reduced = 3 * self.sums().len();
+        if outputs.len() < reduced {
+            return Err(Error::Runtime(format!(
+                "a stage gave {} outputs for the sums of {} activations",
+                outputs.len(),
+                self.sums().len()
+            )));
+        }
+        let (reduced, whole) = outputs.split_at(reduced);
         for (k, (s, c)) in stats.iter_mut().zip(&self.activations).enumerate() {
-            let x = match whole.get(k) {
-                Some(x) if x.shape().last() != Some(&c.channels) => {
-                    return Err(shape_error(c, &x.shape()))
+            let x = whole.get(k);
+            if let Some(x) = x {
+                if x.shape().last() != Some(&c.channels) {
+                    return Err(shape_error(c, &x.shape()));
                 }
-                x => x,
-            };
-            match (reduced.get(3 * k..3 * k + 3), x) {
-                (Some([sumsq, sum, shape]), x) => {
+            }
+            match (self.site, x) {
+                (SumsSite::Model, x) => {
+                    let [sumsq, sum, shape] = &reduced[3 * k..3 * k + 3] else {
+                        unreachable!("three outputs per activation")
+                    };
                     let shape = shape.as_i64()?;
                     if shape.last() != Some(&(c.channels as i64)) {
                         return Err(shape_error(c, shape));
@@ -403,10 +413,10 @@ impl BlockCapture {
                         s.add_gram(x.as_f32()?);
                     }
                 }
-                (_, Some(x)) => s.add(x.as_f32()?),
-                (_, None) => {
+                (SumsSite::Host, Some(x)) => s.add(x.as_f32()?),
+                (SumsSite::Host, None) => {
                     return Err(Error::Runtime(format!(
-                        "a stage gave no statistics of activation '{}'",
+                        "a stage gave no activation '{}'",
                         c.activation
                     )))
                 }

@@ -238,22 +238,14 @@ fn every_calibrated_method_prunes_every_convention_deterministically_wherever_th
         assert_eq!(report["calibration"]["windows"], 4);
     }
     let out = dir.path().join("bad-site.onnx");
+    let flags = format!(
+        "--sparsity 0.5 --prune-method wanda --top-up uniform --calib {}",
+        calib.display()
+    );
+    let flags: Vec<&str> = flags.split_whitespace().collect();
     let mut command = Command::new(env!("CARGO_BIN_EXE_neuroal-onnx"));
     command
-        .args(job(
-            &fixture("tiny/llama").model,
-            &out,
-            &[
-                "--sparsity",
-                "0.5",
-                "--prune-method",
-                "wanda",
-                "--top-up",
-                "uniform",
-                "--calib",
-            ],
-        ))
-        .arg(&calib)
+        .args(job(&fixture("tiny/llama").model, &out, &flags))
         .env("NEUROAL_ONNX_SUMS", "gpu");
     let r = run_command(&mut command);
     assert_eq!(r.code, 2, "{}", r.stderr);
