@@ -46,6 +46,19 @@ pub enum Error {
     #[error("ONNX Runtime: {0}")]
     Runtime(String),
 
+    /// The model is valid but has a property this tool cannot work with; `hint` says what to do
+    /// instead (a flag, another export).
+    #[error("{}: {what}; {hint}", path.display())]
+    Unsupported {
+        path: PathBuf,
+        what: String,
+        hint: String,
+    },
+
+    /// A broken invariant of the tool itself, not of the input.
+    #[error("internal error: {0}; please report it")]
+    Internal(String),
+
     /// The tokenizer could not be loaded or does not fit the text or the model.
     #[error("tokenizer {}: {message}", path.display())]
     Tokenizer { path: PathBuf, message: String },
@@ -85,6 +98,24 @@ impl Error {
             flag: flag.into(),
             message: message.into(),
         }
+    }
+
+    /// A property of the model at `path` that this tool cannot work with, and what to do instead.
+    pub fn unsupported(
+        path: impl Into<PathBuf>,
+        what: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
+        Error::Unsupported {
+            path: path.into(),
+            what: what.into(),
+            hint: hint.into(),
+        }
+    }
+
+    /// A broken invariant of the tool itself.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal(message.into())
     }
 
     /// A feature that is accepted by the command line but not built yet.

@@ -6,12 +6,14 @@
 #[allow(clippy::all, missing_docs, rustdoc::all)]
 pub mod proto;
 
+mod companions;
 mod dtype;
 mod external;
 mod model;
 mod save;
 mod walk;
 
+pub use companions::{companions, Companion, GENAI_CONFIG};
 pub use dtype::{data_type_name, WeightDtype};
 pub use model::{OnnxModel, TensorBytes, TensorKey};
 pub use save::{data_file_for, ModelWriter, SaveOptions, SavedModel};

@@ -4,7 +4,7 @@ use super::dtype::{data_type_name, element_size};
 use super::external::{ExternalRef, ExternalStore};
 use super::proto::tensor_proto::{DataLocation, DataType};
 use super::proto::{GraphProto, ModelProto, TensorProto};
-use super::walk::visit_graphs;
+use super::walk::{try_visit_attribute_tensors_mut, visit_graphs};
 use crate::error::{Error, Result};
 use memmap2::Mmap;
 use prost::bytes::Bytes;
@@ -51,7 +51,7 @@ impl OnnxModel {
         if map.is_empty() {
             return Err(not_onnx("the file is empty".into()));
         }
-        let proto = ModelProto::decode(Bytes::from_owner(map)).map_err(|e| {
+        let mut proto = ModelProto::decode(Bytes::from_owner(map)).map_err(|e| {
             // prost's message would list every nested message on the way down.
             if e.to_string().ends_with("recursion limit reached") {
                 not_onnx(format!(
@@ -105,6 +105,10 @@ impl OnnxModel {
         if let Some(e) = first_error {
             return Err(e);
         }
+        let graph = proto.graph.as_mut().expect("checked above");
+        try_visit_attribute_tensors_mut(graph, &mut |label, tensor| {
+            inline_external(label, tensor, &mut external)
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
             dir,
@@ -193,6 +197,44 @@ impl Drop for TensorBytes<'_> {
             store.release(r);
         }
     }
+}
+
+/// Reads a node attribute's tensor that an external-data writer moved to a data file (onnx's
+/// `convert_attribute=True` does this to `Constant` and `ConstantOfShape` values) and stores it
+/// inline. ONNX Runtime resolves such references against the working directory when a model is
+/// built in memory, and an output would keep pointing at the input's data file: inline, no model
+/// made from this one depends on either (docs/onnx-layouts.md, "External data").
+fn inline_external(
+    label: &str,
+    tensor: &mut TensorProto,
+    external: &mut ExternalStore,
+) -> Result<()> {
+    if tensor.data_location() != DataLocation::External {
+        return Ok(());
+    }
+    let entries: Vec<(String, String)> = tensor
+        .external_data
+        .iter()
+        .map(|e| (e.key().to_string(), e.value().to_string()))
+        .collect();
+    let r = external.register(label, &entries, expected_bytes(tensor)?)?;
+    let bytes = Bytes::copy_from_slice(external.bytes(&r));
+    external.release(&r);
+    clear_data(tensor);
+    tensor.raw_data = Some(bytes);
+    Ok(())
+}
+
+/// Removes every form of stored data from a tensor, keeping its name, type and shape.
+pub(crate) fn clear_data(t: &mut TensorProto) {
+    t.raw_data = None;
+    t.float_data.clear();
+    t.int32_data.clear();
+    t.int64_data.clear();
+    t.double_data.clear();
+    t.uint64_data.clear();
+    t.external_data.clear();
+    t.data_location = None;
 }
 
 /// Checks the initializers of one graph and registers its external references.

@@ -2,10 +2,10 @@
 //! external data file with 4 KiB-aligned offsets, written under temporary names and renamed
 //! into place only when complete.
 
-use super::model::{OnnxModel, TensorKey};
+use super::model::{clear_data, OnnxModel, TensorKey};
 use super::proto::tensor_proto::{DataLocation, DataType};
-use super::proto::{StringStringEntryProto, TensorProto};
-use super::walk::visit_graphs_mut;
+use super::proto::{ModelProto, StringStringEntryProto, TensorProto};
+use super::walk::{try_visit_attribute_tensors_mut, visit_graphs_mut};
 use crate::atomic::AtomicFile;
 use crate::error::{Error, Result};
 use prost::bytes::Bytes;
@@ -140,10 +140,10 @@ impl<'m> ModelWriter<'m> {
             }
         };
         if self.placed.insert(key.clone(), placed).is_some() {
-            return Err(Error::tensor(
-                &key.name,
-                "was replaced twice in one output (an internal error; please report it)",
-            ));
+            return Err(Error::internal(format!(
+                "tensor '{}' was replaced twice in one output",
+                key.name
+            )));
         }
         Ok(())
     }
@@ -183,14 +183,21 @@ impl<'m> ModelWriter<'m> {
             return Err(e);
         }
         if replaced != self.placed.len() {
-            return Err(Error::graph(
-                &self.out,
-                "a replacement names no initializer of the model (an internal error; please report it)",
-            ));
+            return Err(Error::internal(format!(
+                "{}: a replacement names no initializer of the model",
+                self.out.display()
+            )));
         }
         self.writer
             .flush()
             .map_err(|e| Error::io(&self.data_path, e))?;
+        let data_len = self
+            .data_tmp
+            .file()
+            .metadata()
+            .map_err(|e| Error::io(&self.data_path, e))?
+            .len();
+        check_external_references(&mut proto, &self.data_name, data_len)?;
 
         let bytes = proto.encode_to_vec();
         if bytes.len() > PROTOBUF_LIMIT {
@@ -287,16 +294,60 @@ fn entry(key: &str, value: &str) -> StringStringEntryProto {
     }
 }
 
-/// Removes every form of stored data from a tensor, keeping its name, type and shape.
-fn clear_data(t: &mut TensorProto) {
-    t.raw_data = None;
-    t.float_data.clear();
-    t.int32_data.clear();
-    t.int64_data.clear();
-    t.double_data.clear();
-    t.uint64_data.clear();
-    t.external_data.clear();
-    t.data_location = None;
+/// Checks every external reference of a model about to be written, initializers and node
+/// attributes in every graph: each must name `data_name` (the data file written beside the model)
+/// and lie inside its `data_len` bytes. A reference that would dangle names its tensor, and the
+/// model is not written.
+pub(crate) fn check_external_references(
+    proto: &mut ModelProto,
+    data_name: &str,
+    data_len: u64,
+) -> Result<()> {
+    let check = |label: &str, tensor: &TensorProto| -> Result<()> {
+        if tensor.data_location() != DataLocation::External {
+            return Ok(());
+        }
+        let value = |key: &str| {
+            tensor
+                .external_data
+                .iter()
+                .find(|e| e.key() == key)
+                .map(|e| e.value().to_string())
+        };
+        let location = value("location").unwrap_or_default();
+        let bad = |message: String| Error::ExternalData {
+            tensor: label.to_string(),
+            location: PathBuf::from(&location),
+            message: format!(
+                "{message} (an internal error; nothing was written, please report it)"
+            ),
+        };
+        if location != data_name {
+            return Err(bad(format!(
+                "the output would refer to a file other than its own data file '{data_name}'"
+            )));
+        }
+        let number = |key: &str| value(key).and_then(|v| v.trim().parse::<u64>().ok());
+        match (number("offset").or(Some(0)), number("length")) {
+            (Some(offset), Some(length)) if offset.checked_add(length).is_some_and(|end| end <= data_len) => Ok(()),
+            (offset, length) => Err(bad(format!(
+                "offset {offset:?} and length {length:?} do not lie inside the {data_len}-byte data file"
+            ))),
+        }
+    };
+    let graph = proto.graph.as_mut().expect("checked at load");
+    let mut failure = None;
+    visit_graphs_mut(graph, &mut |_, g| {
+        for tensor in &g.initializer {
+            if failure.is_none() {
+                failure = check(tensor.name(), tensor).err();
+            }
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    try_visit_attribute_tensors_mut(graph, &mut |label, tensor| check(label, tensor))
 }
 
 /// Refuses an output (or its data file) that is one of the input's files.
@@ -329,4 +380,88 @@ fn resolve_maybe_missing(path: &Path) -> Option<PathBuf> {
         _ => Path::new("."),
     };
     Some(parent.canonicalize().ok()?.join(path.file_name()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::proto::{AttributeProto, GraphProto, NodeProto};
+
+    fn external(location: &str, offset: u64, length: u64) -> TensorProto {
+        TensorProto {
+            name: Some("w".into()),
+            dims: vec![length as i64 / 4],
+            data_type: Some(DataType::Float as i32),
+            data_location: Some(DataLocation::External as i32),
+            external_data: vec![
+                entry("location", location),
+                entry("offset", &offset.to_string()),
+                entry("length", &length.to_string()),
+            ],
+            ..Default::default()
+        }
+    }
+
+    /// A model whose `Constant` node holds `value` and whose graph holds `initializer`.
+    fn model(value: TensorProto, initializer: TensorProto) -> ModelProto {
+        let constant = NodeProto {
+            name: Some("/model/Constant_3".into()),
+            op_type: Some("Constant".into()),
+            output: vec!["c".into()],
+            attribute: vec![AttributeProto {
+                name: Some("value".into()),
+                t: Some(value),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        ModelProto {
+            graph: Some(GraphProto {
+                node: vec![constant],
+                initializer: vec![initializer],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn unnamed(mut t: TensorProto) -> TensorProto {
+        t.name = None;
+        t
+    }
+
+    #[test]
+    fn references_inside_the_own_data_file_pass() {
+        let mut m = model(
+            unnamed(external("out.onnx.data", 4096, 16)),
+            external("out.onnx.data", 0, 4096),
+        );
+        check_external_references(&mut m, "out.onnx.data", 4112).unwrap();
+    }
+
+    #[test]
+    fn an_attribute_pointing_at_the_input_data_file_is_named() {
+        let mut m = model(
+            unnamed(external("model.onnx_data", 0, 16)),
+            external("out.onnx.data", 0, 16),
+        );
+        let e = check_external_references(&mut m, "out.onnx.data", 4096)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("node '/model/Constant_3' attribute 'value'"),
+            "{e}"
+        );
+        assert!(e.contains("model.onnx_data"), "{e}");
+    }
+
+    #[test]
+    fn an_initializer_past_the_end_of_the_data_file_is_named() {
+        let mut m = model(TensorProto::default(), external("out.onnx.data", 4096, 16));
+        let e = check_external_references(&mut m, "out.onnx.data", 4100)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("tensor 'w'"), "{e}");
+        assert!(e.contains("4100-byte"), "{e}");
+    }
 }

@@ -3,7 +3,7 @@
 //! A graph is identified by its path: `""` for the main graph, then `node/attribute` segments
 //! (`"optimum::if/then_branch"`), with `[i]` for entries of a `graphs` list attribute.
 
-use super::proto::{GraphProto, NodeProto};
+use super::proto::{AttributeProto, GraphProto, NodeProto, TensorProto};
 
 /// Subgraphs nested deeper than this are refused: real exports nest one or two levels.
 pub const MAX_GRAPH_DEPTH: usize = 32;
@@ -84,4 +84,50 @@ pub fn visit_graphs_mut(graph: &mut GraphProto, f: &mut impl FnMut(&str, &mut Gr
         }
     }
     go("", graph, f)
+}
+
+/// The tensors held by one node attribute: `t`, `tensors`, and the values and indices of
+/// `sparse_tensor` and `sparse_tensors`.
+fn attribute_tensors_mut(attr: &mut AttributeProto) -> impl Iterator<Item = &mut TensorProto> {
+    let sparse = attr
+        .sparse_tensor
+        .iter_mut()
+        .chain(attr.sparse_tensors.iter_mut())
+        .flat_map(|s| s.values.iter_mut().chain(s.indices.iter_mut()));
+    attr.t
+        .iter_mut()
+        .chain(attr.tensors.iter_mut())
+        .chain(sparse)
+}
+
+/// Calls `f(label, tensor)` on every tensor held by a node attribute (`Constant`'s `value`,
+/// `ConstantOfShape`'s `value`, ...) in `graph` and its subgraphs. `label` names the tensor for
+/// errors: its own name, or `node 'N' attribute 'A'` when it has none. Stops at the first error.
+pub fn try_visit_attribute_tensors_mut<E>(
+    graph: &mut GraphProto,
+    f: &mut impl FnMut(&str, &mut TensorProto) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut failure = None;
+    visit_graphs_mut(graph, &mut |_, g| {
+        for node in &mut g.node {
+            let label = node_label(node);
+            for attr in &mut node.attribute {
+                let attr_name = attr.name().to_string();
+                for tensor in attribute_tensors_mut(attr) {
+                    if failure.is_some() {
+                        return;
+                    }
+                    let name = if tensor.name().is_empty() {
+                        format!("node '{label}' attribute '{attr_name}'")
+                    } else {
+                        tensor.name().to_string()
+                    };
+                    if let Err(e) = f(&name, tensor) {
+                        failure = Some(e);
+                    }
+                }
+            }
+        }
+    });
+    failure.map_or(Ok(()), Err)
 }

@@ -227,6 +227,8 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
 
     let stage = progress.stage("load and discover");
     let (model, discovery) = inspect(&config.input)?;
+    // Read now, so that a malformed runtime config fails the job before any long work.
+    let companions = crate::onnx::companions(&config.input, &config.output)?;
     timings.insert("load".to_string(), stage.finish());
     progress.note(&format!(
         "  {} blocks, {} prunable linears, {:.1} M prunable weights",
@@ -368,6 +370,10 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     // From here on a failure removes what this run wrote, and reports of an earlier run at the
     // same path describe a model that is gone.
     let mut outputs = OutputGuard::new(&saved);
+    for companion in &companions {
+        outputs.add(companion.target.clone());
+        companion.write()?;
+    }
     for stale in [
         report_path(&config.output),
         html_report_path(&config.output),
@@ -379,6 +385,7 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     let deployment = deployment_info(&pruned.compressed, config.nm);
     let mut written = vec![saved.model_path.clone()];
     written.extend(saved.data_path.clone());
+    written.extend(companions.iter().map(|c| c.target.clone()));
     let (input_files, output_files) =
         (file_digests(&model.input_files())?, file_digests(&written)?);
     timings.insert("measure_files".to_string(), stage.finish());

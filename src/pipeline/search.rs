@@ -356,8 +356,8 @@ fn evaluate_all(
         }
     }
     if gap {
-        return Err(crate::error::Error::Runtime(format!(
-            "{label}: a candidate was skipped without a failure (an internal error; please report it)"
+        return Err(crate::error::Error::internal(format!(
+            "{label}: a candidate was skipped without a failure"
         )));
     }
     Ok(scored)

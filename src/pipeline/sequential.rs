@@ -151,8 +151,8 @@ impl<'a> SequentialPruner<'a> {
         let mut done = 0;
         while !run.at_suffix() {
             let StageKind::Block(block) = run.stage().kind else {
-                return Err(Error::Runtime(
-                    "the partition has no block where one was expected".into(),
+                return Err(Error::internal(
+                    "the partition has no block where one was expected",
                 ));
             };
             progress.item("blocks", done, blocks);
@@ -384,7 +384,7 @@ impl BlockCapture {
     fn add(&self, stats: &mut [ActivationStats], outputs: &[Activation]) -> Result<()> {
         let reduced = 3 * self.sums().len();
         if outputs.len() < reduced {
-            return Err(Error::Runtime(format!(
+            return Err(Error::internal(format!(
                 "a stage gave {} outputs for the sums of {} activations",
                 outputs.len(),
                 self.sums().len()
@@ -410,12 +410,12 @@ impl BlockCapture {
                     let tokens = shape[..shape.len() - 1].iter().product::<i64>().max(0);
                     s.add_window(sumsq.as_f64()?, sum.as_f64()?, tokens as usize);
                     if let Some(x) = x {
-                        s.add_gram(x.as_f32()?);
+                        s.add_gram(&x.to_f32()?);
                     }
                 }
-                (SumsSite::Host, Some(x)) => s.add(x.as_f32()?),
+                (SumsSite::Host, Some(x)) => s.add(&x.to_f32()?),
                 (SumsSite::Host, None) => {
-                    return Err(Error::Runtime(format!(
+                    return Err(Error::internal(format!(
                         "a stage gave no activation '{}'",
                         c.activation
                     )))
@@ -428,7 +428,7 @@ impl BlockCapture {
 
 /// An activation whose last dimension is not its linear's input channels.
 fn shape_error(c: &ChannelSums, shape: &[impl std::fmt::Debug]) -> Error {
-    Error::Runtime(format!(
+    Error::internal(format!(
         "activation '{}' has shape {shape:?}; expected {} channels last",
         c.activation, c.channels
     ))

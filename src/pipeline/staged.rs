@@ -29,7 +29,7 @@ impl<'a> StagedRun<'a> {
         runtime: &'a Runtime,
         windows: &[Vec<i64>],
     ) -> Result<Self> {
-        let feeds = GraphFeeds::new(&model.path, &partition.graph_inputs)?;
+        let feeds = GraphFeeds::new(model, &partition.graph_inputs)?;
         let carry = windows
             .iter()
             .map(|w| Ok(feeds.values(w)?.into_iter().collect()))
@@ -78,7 +78,7 @@ impl<'a> StagedRun<'a> {
         for name in &stage.inputs {
             if !self.types.contains_key(name) {
                 if let Some(value) = self.carry.first().and_then(|c| c.get(name)) {
-                    self.types.insert(name.clone(), value.onnx_type()?);
+                    self.types.insert(name.clone(), value.onnx_type(name)?);
                 }
             }
         }
@@ -101,7 +101,7 @@ impl<'a> StagedRun<'a> {
             Vec::with_capacity(self.stage().inputs.len() + weights.len());
         for name in &self.stage().inputs {
             let value = carry.get(name).ok_or_else(|| {
-                Error::Runtime(format!(
+                Error::internal(format!(
                     "stage input '{name}' was not produced by an earlier stage"
                 ))
             })?;

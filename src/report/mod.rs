@@ -275,7 +275,7 @@ impl Report {
     /// Serialises the report as pretty JSON (non-finite numbers become `null`).
     pub fn to_json(&self) -> Result<String> {
         serde_json::to_string_pretty(self).map_err(|e| {
-            crate::Error::Runtime(format!("the report cannot be written as JSON: {e}"))
+            crate::Error::internal(format!("the report cannot be written as JSON: {e}"))
         })
     }
 

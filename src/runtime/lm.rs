@@ -8,9 +8,11 @@ use crate::onnx::proto::GraphProto;
 use crate::onnx::OnnxModel;
 use ndarray::Array2;
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 /// A loaded causal LM: scores token windows and generates text.
 pub struct CausalLm {
+    path: PathBuf,
     session: ModelSession,
     feeds: GraphFeeds,
     logits: String,
@@ -30,7 +32,7 @@ impl CausalLm {
             .filter(|i| !initializers.contains(i.name()))
             .cloned()
             .collect();
-        let feeds = GraphFeeds::new(&model.path, &inputs)?;
+        let feeds = GraphFeeds::new(model, &inputs)?;
         let logits = logits_output(graph).ok_or_else(|| {
             Error::graph(&model.path, "the graph has no outputs; expected 'logits'")
         })?;
@@ -49,6 +51,7 @@ impl CausalLm {
             .collect();
         let session = ModelSession::open_file(runtime, &model.path)?;
         Ok(Self {
+            path: model.path.clone(),
             session,
             feeds,
             logits,
@@ -66,8 +69,8 @@ impl CausalLm {
         if batch != 1 || seq != ids.len() {
             return Err(self.bad_logits(&logits, ids.len()));
         }
-        Array2::from_shape_vec((seq, vocab), logits.as_f32()?.to_vec())
-            .map_err(|e| Error::Runtime(e.to_string()))
+        Array2::from_shape_vec((seq, vocab), logits.to_f32()?.into_owned())
+            .map_err(|e| Error::internal(e.to_string()))
     }
 
     /// Generates `batch` sequences of `len` tokens that start with `bos`, with the KV cache;
@@ -80,8 +83,10 @@ impl CausalLm {
         mut pick: impl FnMut(&[f32]) -> i64,
     ) -> Result<Vec<Vec<i64>>> {
         if self.cache.is_empty() {
-            return Err(Error::Runtime(
-                "the model has no KV cache (present.* outputs for past_key_values.* inputs); it cannot generate its own calibration text".into(),
+            return Err(Error::unsupported(
+                &self.path,
+                "the model has no KV cache (present.* outputs for past_key_values.* inputs), so it cannot write its own calibration text",
+                "pass calibration text with --calib",
             ));
         }
         let mut sequences = vec![vec![bos]; batch];
@@ -94,7 +99,7 @@ impl CausalLm {
             let vocab = *logits.shape().last().unwrap_or(&0);
             for (s, row) in sequences
                 .iter_mut()
-                .zip(logits.as_f32()?.chunks_exact(vocab.max(1)))
+                .zip(logits.to_f32()?.chunks_exact(vocab.max(1)))
             {
                 s.push(pick(row));
             }
@@ -120,16 +125,19 @@ impl CausalLm {
         let mut outputs = self.session.run(&inputs, &names)?.into_iter();
         let logits = outputs
             .next()
-            .ok_or_else(|| Error::Runtime("no logits".into()))?;
+            .ok_or_else(|| Error::internal("a run gave no logits"))?;
         Ok((logits, outputs.collect()))
     }
 
     fn bad_logits(&self, logits: &Activation, seq: usize) -> Error {
-        Error::Runtime(format!(
-            "output '{}' has shape {:?}; expected [1, {seq}, vocab]",
-            self.logits,
-            logits.shape()
-        ))
+        Error::graph(
+            &self.path,
+            format!(
+                "output '{}' has shape {:?}; expected [1, {seq}, vocab]",
+                self.logits,
+                logits.shape()
+            ),
+        )
     }
 }
 

@@ -35,7 +35,7 @@ impl Activation {
     /// A weight tensor of shape `dims` from little-endian `bytes` of type `dtype`.
     pub fn weight(dtype: WeightDtype, dims: &[usize], bytes: &[u8]) -> Result<Self> {
         let shape = IxDyn(dims);
-        let bad = |e: ndarray::ShapeError| Error::Runtime(e.to_string());
+        let bad = |e: ndarray::ShapeError| Error::internal(e.to_string());
         match dtype {
             WeightDtype::Float32 => {
                 let v: Vec<f32> = bytes
@@ -69,9 +69,30 @@ impl Activation {
         }
     }
 
-    /// The values of a float32 tensor, row-major.
-    pub fn as_f32(&self) -> Result<&[f32]> {
-        self.values("float32")
+    /// The values of a float tensor as float32, row-major: borrowed from a float32 tensor,
+    /// converted from a float16 or bfloat16 one (the activations and logits of an fp16 export).
+    pub fn to_f32(&self) -> Result<Cow<'_, [f32]>> {
+        match self.0.dtype() {
+            ValueType::Tensor {
+                ty: TensorElementType::Float16,
+                ..
+            } => Ok(Cow::Owned(
+                self.values::<half::f16>("float16")?
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect(),
+            )),
+            ValueType::Tensor {
+                ty: TensorElementType::Bfloat16,
+                ..
+            } => Ok(Cow::Owned(
+                self.values::<half::bf16>("bfloat16")?
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect(),
+            )),
+            _ => self.values("float32").map(Cow::Borrowed),
+        }
     }
 
     /// The values of a float64 tensor, row-major.
@@ -91,16 +112,16 @@ impl Activation {
             .map_err(|e| Error::Runtime(format!("expected a {type_name} tensor: {e}")))
     }
 
-    /// Its ONNX type: element type and rank, every dimension symbolic.
-    pub fn onnx_type(&self) -> Result<TypeProto> {
+    /// Its ONNX type as the input `name` of a model: element type and rank, every dimension
+    /// symbolic and named after the input, so that ONNX Runtime never takes two inputs' dims
+    /// for one size (it plans buffers as if equal names were equal sizes).
+    pub fn onnx_type(&self, name: &str) -> Result<TypeProto> {
         let ValueType::Tensor { ty, shape, .. } = self.0.dtype() else {
-            return Err(Error::Runtime(
-                "a stage passed on a non-tensor value".into(),
-            ));
+            return Err(Error::internal("a stage passed on a non-tensor value"));
         };
         let dims = (0..shape.len())
             .map(|i| Dimension {
-                value: Some(dimension::Value::DimParam(format!("d{i}"))),
+                value: Some(dimension::Value::DimParam(format!("{name}::d{i}"))),
                 ..Default::default()
             })
             .collect();
@@ -192,7 +213,7 @@ impl ModelSession {
                 results
                     .remove(o.as_str())
                     .map(Activation)
-                    .ok_or_else(|| Error::Runtime(format!("stage produced no '{o}'")))
+                    .ok_or_else(|| Error::internal(format!("a run produced no '{o}'")))
             })
             .collect()
     }

@@ -56,7 +56,7 @@ fn channel_sumsq(model: &OnnxModel, names: &[String], windows: &[Vec<u32>]) -> V
     }
     let inputs: Vec<ValueInfoProto> = graph.input.clone();
     let mut session = ModelSession::open(&rt, &proto, "full model").unwrap();
-    let feeds = GraphFeeds::new(&model.path, &inputs).unwrap();
+    let feeds = GraphFeeds::new(model, &inputs).unwrap();
     let mut sums: Vec<Vec<f64>> = Vec::new();
     for w in windows {
         let ids: Vec<i64> = w.iter().map(|&t| t as i64).collect();
@@ -68,7 +68,7 @@ fn channel_sumsq(model: &OnnxModel, names: &[String], windows: &[Vec<u32>]) -> V
             if sums.len() <= k {
                 sums.push(vec![0.0; c]);
             }
-            for row in x.as_f32().unwrap().chunks_exact(c) {
+            for row in x.to_f32().unwrap().chunks_exact(c) {
                 for (s, v) in sums[k].iter_mut().zip(row) {
                     *s += (*v as f64) * (*v as f64);
                 }

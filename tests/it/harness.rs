@@ -11,9 +11,16 @@ use std::process::Command;
 pub fn fixtures() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/fixtures");
     assert!(
-        ["tiny", "smollm2", "austen", "dsnot"]
-            .iter()
-            .all(|f| dir.join(f).is_dir()),
+        [
+            "tiny",
+            "extattr",
+            "smollm2",
+            "smollm2-genai",
+            "austen",
+            "dsnot"
+        ]
+        .iter()
+        .all(|f| dir.join(f).is_dir()),
         "fixtures missing in {}: run `make setup` first",
         dir.display()
     );
@@ -45,20 +52,26 @@ pub fn fixture(rel: &str) -> Fixture {
 
 /// Every tiny fixture, sorted by name.
 pub fn tiny_fixtures() -> Vec<Fixture> {
-    let mut names: Vec<String> = std::fs::read_dir(fixtures().join("tiny"))
-        .expect("tiny fixtures")
+    fixture_set("tiny", 8)
+}
+
+/// Every fixture folder under `.cache/fixtures/SET` (one with a tokenizer), sorted by name; at
+/// least `at_least` of them.
+pub fn fixture_set(set: &str, at_least: usize) -> Vec<Fixture> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures().join(set))
+        .unwrap_or_else(|e| panic!("{set} fixtures: {e}; run `make setup`"))
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("fixture.json").is_file())
+        .filter(|e| e.path().join("tokenizer.json").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
     assert!(
-        names.len() >= 8,
-        "expected the 8 tiny fixtures, found {names:?}"
+        names.len() >= at_least,
+        "expected at least {at_least} {set} fixtures, found {names:?}"
     );
     names
         .iter()
-        .map(|n| fixture(&format!("tiny/{n}")))
+        .map(|n| fixture(&format!("{set}/{n}")))
         .collect()
 }
 
@@ -197,4 +210,65 @@ pub fn edited_llama(
     edit(&mut proto);
     std::fs::write(&model, proto.encode_to_vec()).expect("write");
     model
+}
+
+/// The fixture generator's Python (with onnxruntime and onnxruntime-genai), made by `make setup`.
+pub fn python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `make setup` first",
+        python.display()
+    );
+    python
+}
+
+/// Asserts that ONNX Runtime (the Python package, another process) opens `model` by its path
+/// while working in an empty folder: every external reference of the model resolves beside it,
+/// none against the working directory.
+pub fn assert_loads_from_another_folder(model: &Path) {
+    let elsewhere = scratch();
+    let run = run_command(
+        Command::new(python())
+            .current_dir(elsewhere.path())
+            .arg("-c")
+            .arg("import onnxruntime, sys; onnxruntime.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])")
+            .arg(model),
+    );
+    assert_eq!(
+        run.code,
+        0,
+        "ONNX Runtime cannot open {} from another folder:\n{}",
+        model.display(),
+        run.stderr
+    );
+}
+
+/// Every external `location` a model file names, initializers and node attributes, in every graph.
+pub fn external_locations(model: &Path) -> std::collections::BTreeSet<String> {
+    use neuroal_onnx::onnx::proto::tensor_proto::DataLocation;
+    use neuroal_onnx::onnx::proto::{ModelProto, TensorProto};
+    use prost::Message;
+    let bytes = std::fs::read(model).expect("model");
+    let proto = ModelProto::decode(bytes.as_slice()).expect("decodes");
+    let mut locations = std::collections::BTreeSet::new();
+    let mut add = |t: &TensorProto| {
+        if t.data_location() == DataLocation::External {
+            for e in &t.external_data {
+                if e.key() == "location" {
+                    locations.insert(e.value().to_string());
+                }
+            }
+        }
+    };
+    visit_graphs(proto.graph.as_ref().expect("graph"), &mut |_, g, _| {
+        g.initializer.iter().for_each(&mut add);
+        for node in &g.node {
+            for attr in &node.attribute {
+                attr.t.iter().chain(attr.tensors.iter()).for_each(&mut add);
+            }
+        }
+    })
+    .expect("graph depth");
+    locations
 }

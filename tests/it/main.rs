@@ -8,6 +8,7 @@ mod calibrated;
 mod cli;
 mod discovery;
 mod evaluation;
+mod exports;
 mod fuzz_regressions;
 mod gpu_check;
 mod harness;

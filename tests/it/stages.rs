@@ -58,7 +58,7 @@ fn staged_vs_full(rt: &Runtime, fx: &Fixture, ids: &[i64]) -> (f32, usize) {
     let logits = run
         .run(&mut suffix, 0, &[], &["logits".to_string()])
         .unwrap();
-    let staged = logits[0].as_f32().unwrap();
+    let staged = logits[0].to_f32().unwrap();
     assert_eq!(staged.len(), full.len(), "{}", fx.name);
     let diff = staged
         .iter()
@@ -68,13 +68,37 @@ fn staged_vs_full(rt: &Runtime, fx: &Fixture, ids: &[i64]) -> (f32, usize) {
     (diff, partition.blocks().count())
 }
 
+/// Whether the fixture's `logits` output is float16 (a graph that computes in float16).
+fn logits_are_f16(fx: &Fixture) -> bool {
+    use neuroal_onnx::onnx::proto::{tensor_proto::DataType, type_proto};
+    let model = OnnxModel::load(&fx.model).unwrap();
+    let logits = model.graph().output.iter().find(|o| o.name() == "logits");
+    matches!(
+        logits.and_then(|o| o.r#type.as_ref()?.value.as_ref()),
+        Some(type_proto::Value::TensorType(t)) if t.elem_type() == DataType::Float16 as i32
+    )
+}
+
 #[test]
 fn stages_in_sequence_reproduce_the_full_model_in_every_convention() {
     let rt = runtime();
     for fx in tiny_fixtures() {
         let (ids, _, _) = reference(&fx);
         let (diff, blocks) = staged_vs_full(&rt, &fx, &ids);
-        assert!(diff < 1e-4, "{}: staged logits differ by {diff}", fx.name);
+        // A graph that computes in float16 rounds where ONNX Runtime fuses nodes across a stage
+        // boundary in the full model: allow two float16 steps at the largest logit.
+        let tolerance = if logits_are_f16(&fx) {
+            let (_, logits, _) = reference(&fx);
+            let largest = logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+            2.0 * half::f16::from_f32(largest).to_f32().max(1.0) * f32::from(half::f16::EPSILON)
+        } else {
+            1e-4
+        };
+        assert!(
+            diff < tolerance,
+            "{}: staged logits differ by {diff} (tolerance {tolerance})",
+            fx.name
+        );
         assert_eq!(
             blocks as u64,
             fx.manifest["n_blocks"].as_u64().unwrap(),
