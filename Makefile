@@ -7,9 +7,8 @@ PYTHON   := $(VENV)/bin/python
 ORT_LIB  := $(CACHE)/ort/lib/libonnxruntime.so
 FIXTURES := $(CACHE)/fixtures
 BIN      := target/release/neuroal-onnx
-DEMO_OUT := out/smollm2-magnitude-0.7.onnx
 
-.PHONY: setup fixtures build test lint demo bench clean
+.PHONY: setup demo-setup fixtures build test lint demo bench clean
 
 ## setup: Python venv for the fixture generator, ONNX Runtime, and every fixture.
 setup: $(ORT_LIB) fixtures browser xz
@@ -78,19 +77,21 @@ test: setup lint
 test-big: setup
 	cargo test --release --test it big_model -- --ignored --nocapture
 
-## demo: prune SmolLM2-135M to 70% with magnitude and compare perplexity on Persuasion.
-demo: setup build
-	$(BIN) inspect $(FIXTURES)/smollm2/model.onnx | head -3
-	mkdir -p $(dir $(DEMO_OUT))
-	$(BIN) $(FIXTURES)/smollm2/model.onnx $(DEMO_OUT) --sparsity 0.7 \
-		--prune-method magnitude --top-up uniform \
-		--eval-text $(FIXTURES)/austen/persuasion.txt --seqlen 512 --eval-windows 64
+## demo-setup: only what the demo needs: ONNX Runtime, the generator's venv, SmolLM2 and the Austen texts.
+demo-setup: $(ORT_LIB) $(PYTHON)
+	$(PYTHON) fixtures/generate.py $(FIXTURES) --only smollm2 austen
 
-## bench: the CPU mask path (criterion), one Wanda pass on SmolLM2 (stage times, peak RSS), NeuroAL search vs final pass.
+## demo: SmolLM2-135M pruned to 70% with Wanda, uniform against NeuroAL, perplexity on held-out Persuasion.
+demo: demo-setup build
+	scripts/demo.sh
+
+## bench: the CPU mask path (criterion), one Wanda pass on SmolLM2 (stage times, peak RSS), NeuroAL search vs final pass,
+## and the headline command with no other flag (stage times, peak RSS).
 bench: setup build
 	cargo bench --bench masks
 	scripts/bench-wanda.sh
 	scripts/bench-search.sh
+	scripts/bench-default.sh
 
 ## fuzz: libFuzzer on the loader, external data, discovery and the partition (fuzz/README.md);
 ## FUZZ_SECONDS=120 by default. Stable Rust: RUSTC_BOOTSTRAP=1 lets cargo fuzz pass -Zsanitizer.

@@ -2,7 +2,10 @@
 
 use clap::{Args, Parser, Subcommand};
 use neuroal_onnx::allocate::{NeuroalStep, TopUp};
-use neuroal_onnx::pipeline::{FixedLambdas, PruneConfig};
+use neuroal_onnx::calib::{Prompt, Sampling};
+use neuroal_onnx::pipeline::{
+    FixedLambdas, PruneConfig, GENERATED_SEQLEN, GENERATED_WINDOWS, TEXT_SEQLEN, TEXT_WINDOWS,
+};
 use neuroal_onnx::prune::PruneMethod;
 use neuroal_onnx::runtime::Device;
 use neuroal_onnx::{Error, Result};
@@ -91,18 +94,34 @@ pub struct PruneArgs {
     /// Use this row-wise λ instead of searching it (`search.row_lambda` of an earlier report).
     #[arg(long, value_name = "LAMBDA")]
     pub neuroal_row_lambda: Option<f64>,
-    /// Calibration windows.
-    #[arg(long, default_value_t = 128)]
-    pub nsamples: usize,
-    /// Tokens per calibration and evaluation window (capped by the text).
-    #[arg(long, default_value_t = 2048)]
-    pub seqlen: usize,
+    /// Calibration windows [default: 128 with --calib, 32 when the model writes its own text].
+    #[arg(long)]
+    pub nsamples: Option<usize>,
+    /// Tokens per calibration and evaluation window, capped by the text and the model's position
+    /// tables [default: 2048 with --calib, 256 when the model writes its own text].
+    #[arg(long)]
+    pub seqlen: Option<usize>,
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// How each window of the model's own calibration text starts: its BOS token alone, or BOS
+    /// and a sentence-starting word of its tokenizer.
+    #[arg(long, value_enum, default_value = "bos")]
+    pub calib_prompt: CalibPrompt,
+    /// Sampling temperature of the model's own calibration text.
+    #[arg(long, default_value_t = Sampling::default().temperature)]
+    pub calib_temperature: f64,
+    /// Nucleus (top-p) of the model's own calibration text: sample among the most likely tokens
+    /// that make up this much probability.
+    #[arg(long, default_value_t = Sampling::default().top_p)]
+    pub calib_top_p: f64,
     /// Calibration text file (repeat for several documents).
     #[arg(long)]
     pub calib: Vec<PathBuf>,
+    /// Calibration windows used exactly as given, in order: a JSON array of token-id arrays of one
+    /// length (--nsamples and --seqlen come from it).
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["calib", "nsamples", "seqlen"])]
+    pub calib_windows: Option<PathBuf>,
     /// tokenizer.json to use (default: the one next to the model).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -112,6 +131,9 @@ pub struct PruneArgs {
     /// Evaluate at most this many windows of each text.
     #[arg(long)]
     pub eval_windows: Option<usize>,
+    /// Tokens per evaluation window [default: the calibration windows' --seqlen].
+    #[arg(long)]
+    pub eval_seqlen: Option<usize>,
     /// Where ONNX Runtime runs.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
@@ -214,6 +236,7 @@ impl PruneArgs {
         } else {
             Vec::new()
         };
+        let self_generated = self.calib.is_empty() && self.calib_windows.is_none();
         let config = PruneConfig {
             input: self.input.ok_or_else(|| missing("IN"))?,
             output: self.output.ok_or_else(|| missing("OUT"))?,
@@ -225,13 +248,31 @@ impl PruneArgs {
                 block: self.neuroal_block_lambda,
                 row: self.neuroal_row_lambda,
             },
-            nsamples: self.nsamples,
-            seqlen: self.seqlen,
+            nsamples: self.nsamples.unwrap_or(if self_generated {
+                GENERATED_WINDOWS
+            } else {
+                TEXT_WINDOWS
+            }),
+            seqlen: self.seqlen.unwrap_or(if self_generated {
+                GENERATED_SEQLEN
+            } else {
+                TEXT_SEQLEN
+            }),
             seed: self.seed,
+            sampling: Sampling {
+                prompt: match self.calib_prompt {
+                    CalibPrompt::Bos => Prompt::Bos,
+                    CalibPrompt::Words => Prompt::Words,
+                },
+                temperature: self.calib_temperature,
+                top_p: self.calib_top_p,
+            },
             calib: self.calib,
+            calib_windows: self.calib_windows,
             tokenizer: self.tokenizer,
             eval_texts,
             eval_windows: self.eval_windows,
+            eval_seqlen: self.eval_seqlen,
             task_files,
             device: self.device,
             ort_lib: self.ort_lib,
@@ -246,6 +287,15 @@ impl PruneArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// `--calib-prompt` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalibPrompt {
+    /// The BOS token alone.
+    Bos,
+    /// BOS and a sentence-starting word.
+    Words,
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Progress on stderr: one line per stage with its duration, and a live bar with the time left
-//! for long loops (blocks, candidates, windows) when stderr is a terminal. Silent with `--quiet`,
-//! and nothing but the stage lines when stderr is a file or a pipe.
+//! for long loops (blocks, candidates, windows) when stderr is a terminal. Silent with `--quiet`.
+//! When stderr is a file or a pipe, a long loop prints a plain line with the time left every
+//! [`LOG_EVERY_SECONDS`] instead of the bar.
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
@@ -8,14 +9,16 @@ use std::time::Instant;
 
 /// Width of the bar in characters.
 const BAR_WIDTH: usize = 24;
+/// Seconds between two progress lines of a loop when stderr is not a terminal.
+pub const LOG_EVERY_SECONDS: f64 = 30.0;
 
 /// Reports stages and items on stderr.
 #[derive(Clone, Debug)]
 pub struct Progress {
     quiet: bool,
     live: bool,
-    /// The loop on screen and when it started.
-    current: Arc<Mutex<Option<(String, Instant)>>>,
+    /// The loop on screen, when it started, and when its last plain line was printed.
+    current: Arc<Mutex<Option<(String, Instant, Instant)>>>,
 }
 
 impl Progress {
@@ -52,22 +55,36 @@ impl Progress {
         }
     }
 
-    /// Shows `done` of `total` for `label` as a bar with the time left, on a live terminal.
+    /// Shows `done` of `total` for `label` with the time left: as a bar on a live terminal, as a
+    /// plain line every [`LOG_EVERY_SECONDS`] otherwise.
     pub fn item(&self, label: &str, done: usize, total: usize) {
-        if !self.live {
+        if self.quiet {
             return;
         }
         let now = Instant::now();
-        let started = {
+        let (started, log_line) = {
             let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-            match &*current {
-                Some((l, t)) if l == label && done > 0 => *t,
+            match current.as_mut() {
+                Some((l, started, logged)) if l == label && done > 0 => {
+                    let due = (now - *logged).as_secs_f64() >= LOG_EVERY_SECONDS;
+                    if due {
+                        *logged = now;
+                    }
+                    (*started, due && done < total)
+                }
                 _ => {
-                    *current = Some((label.to_string(), now));
-                    now
+                    *current = Some((label.to_string(), now, now));
+                    (now, false)
                 }
             }
         };
+        if !self.live {
+            if log_line {
+                let line = bar_line(label, done, total, (now - started).as_secs_f64());
+                eprintln!("{}", plain_line(&line));
+            }
+            return;
+        }
         let line = bar_line(label, done, total, (now - started).as_secs_f64());
         let mut err = std::io::stderr().lock();
         let _ = write!(err, "\r\x1b[2K{line}");
@@ -101,6 +118,14 @@ fn bar_line(label: &str, done: usize, total: usize, elapsed: f64) -> String {
     format!("  {label:<24} [{bar}] {done}/{total}  {tail}")
 }
 
+/// A bar line without the bar, for logs: `  label 15/30  0:40 left`.
+fn plain_line(bar: &str) -> String {
+    match (bar.find('['), bar.find(']')) {
+        (Some(open), Some(close)) => format!("{}{}", bar[..open].trim_end(), &bar[close + 1..]),
+        _ => bar.to_string(),
+    }
+}
+
 /// `m:ss`, or `h:mm:ss` from an hour on.
 fn clock(seconds: f64) -> String {
     let s = seconds.max(0.0).round() as u64;
@@ -130,7 +155,7 @@ impl Stage {
 
 #[cfg(test)]
 mod tests {
-    use super::{bar_line, clock};
+    use super::{bar_line, clock, plain_line};
 
     #[test]
     fn the_bar_fills_and_extrapolates_the_time_left() {
@@ -146,5 +171,9 @@ mod tests {
         assert!(bar_line("blocks", 0, 30, 0.0).contains(&"░".repeat(24)));
         assert!(bar_line("blocks", 30, 30, 75.0).ends_with("1:15"));
         assert_eq!(clock(3725.0), "1:02:05");
+        assert_eq!(
+            plain_line(&bar_line("blocks", 15, 30, 40.0)),
+            "  blocks 15/30  0:40 left"
+        );
     }
 }

@@ -74,24 +74,105 @@ impl TextTokenizer {
             .find_map(|t| self.tokenizer.token_to_id(t))
     }
 
+    /// The text of `ids`, special tokens included (empty where the tokenizer cannot decode).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        self.tokenizer.decode(ids, false).unwrap_or_default()
+    }
+
+    /// Up to `max` tokens that start a sentence of prose: a capitalised word (`The`, ` In`), as
+    /// the tokenizer spells it, lowest ids first (byte-level BPE gives the most frequent merges the
+    /// lowest ids).
+    pub fn sentence_starters(&self, max: usize) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .tokenizer
+            .get_vocab(false)
+            .into_values()
+            .filter(|&id| {
+                let text = self.decode(&[id]);
+                let word = text.strip_prefix(' ').unwrap_or(&text);
+                let mut chars = word.chars();
+                word.len() >= 2
+                    && chars.next().is_some_and(|c| c.is_ascii_uppercase())
+                    && chars.all(|c| c.is_ascii_lowercase())
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(max);
+        ids
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
     }
 }
 
-/// Draws a token from the softmax of `logits` (temperature 1) with `rng`.
-pub fn sample_token(logits: &[f32], rng: &mut Rng) -> u32 {
+/// How the model's own calibration text is sampled.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Sampling {
+    /// How each window starts.
+    pub prompt: Prompt,
+    /// Softmax temperature (> 0).
+    pub temperature: f64,
+    /// Nucleus: sample among the most likely tokens whose probabilities add up to `top_p`
+    /// (in (0, 1]; 1 keeps every token).
+    pub top_p: f64,
+}
+
+/// How each self-written window starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prompt {
+    /// The BOS token alone.
+    Bos,
+    /// The BOS token and a word that starts a sentence of prose
+    /// ([`TextTokenizer::sentence_starters`]), drawn with the seed.
+    Words,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Self {
+            prompt: Prompt::Bos,
+            temperature: 1.0,
+            top_p: 1.0,
+        }
+    }
+}
+
+/// Draws a token from the softmax of `logits / temperature`, restricted to the nucleus `top_p`,
+/// with `rng`.
+pub fn sample_token(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> u32 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let weights: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let mut target = rng.unit() * weights.iter().sum::<f64>();
-    for (i, w) in weights.iter().enumerate() {
-        target -= w;
+    let weights: Vec<f64> = logits
+        .iter()
+        .map(|&v| ((v as f64 - max) / sampling.temperature).exp())
+        .collect();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    let mut total = weights.iter().sum::<f64>();
+    if sampling.top_p < 1.0 {
+        // The most likely first, the lower id first on ties; keep the shortest prefix that
+        // reaches top_p of the mass.
+        order.sort_unstable_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
+        let mut kept = 0.0;
+        let cut = order
+            .iter()
+            .position(|&i| {
+                kept += weights[i];
+                kept >= sampling.top_p * total
+            })
+            .map_or(order.len(), |p| p + 1);
+        order.truncate(cut);
+        total = kept;
+    }
+    let mut target = rng.unit() * total;
+    for &i in &order {
+        target -= weights[i];
         if target < 0.0 {
             return i as u32;
         }
     }
-    (logits.len().saturating_sub(1)) as u32
+    order.last().copied().unwrap_or(0) as u32
 }
 
 /// Token-id documents from a `.json` file: an array of ids (one document) or an array of arrays
@@ -145,7 +226,7 @@ pub fn consecutive_windows(
 
 #[cfg(test)]
 mod tests {
-    use super::{consecutive_windows, sample_token, Rng};
+    use super::{consecutive_windows, sample_token, Rng, Sampling};
 
     #[test]
     fn sampling_follows_the_softmax() {
@@ -154,12 +235,43 @@ mod tests {
         let logits = [0.0f32, 2f32.ln(), 4f32.ln(), -1e30];
         let mut counts = [0usize; 4];
         for _ in 0..70_000 {
-            counts[sample_token(&logits, &mut rng) as usize] += 1;
+            counts[sample_token(&logits, Sampling::default(), &mut rng) as usize] += 1;
         }
         assert_eq!(counts[3], 0);
         for (count, want) in counts.iter().zip([10_000.0, 20_000.0, 40_000.0]) {
             assert!((*count as f64 - want).abs() < 0.03 * want, "{counts:?}");
         }
+    }
+
+    #[test]
+    fn temperature_and_nucleus_reshape_the_distribution() {
+        let logits = [0.0f32, 2f32.ln(), 4f32.ln(), -1e30];
+        let draw = |sampling: Sampling| {
+            let mut rng = Rng::new(1);
+            let mut counts = [0usize; 4];
+            for _ in 0..70_000 {
+                counts[sample_token(&logits, sampling, &mut rng) as usize] += 1;
+            }
+            counts
+        };
+        // Temperature 0.5 squares the weights: 1/21, 4/21, 16/21.
+        let cold = draw(Sampling {
+            temperature: 0.5,
+            ..Sampling::default()
+        });
+        for (count, want) in cold.iter().zip([1.0, 4.0, 16.0]) {
+            let want = want / 21.0 * 70_000.0;
+            assert!((*count as f64 - want).abs() < 0.05 * want, "{cold:?}");
+        }
+        // top_p 0.8: 4/7 alone is below 0.8, 4/7 + 2/7 reaches it; token 0 is cut, and the
+        // rest keep their ratio 1:2.
+        let nucleus = draw(Sampling {
+            top_p: 0.8,
+            ..Sampling::default()
+        });
+        assert_eq!((nucleus[0], nucleus[3]), (0, 0), "{nucleus:?}");
+        let ratio = nucleus[2] as f64 / nucleus[1] as f64;
+        assert!((ratio - 2.0).abs() < 0.1, "{nucleus:?}");
     }
 
     #[test]

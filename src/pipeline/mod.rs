@@ -2,6 +2,7 @@
 //! report. The CLI builds a [`PruneConfig`] and calls [`prune`]; nothing here parses arguments.
 
 mod allocation;
+mod calibration;
 mod evaluate;
 mod search;
 mod sequential;
@@ -11,13 +12,15 @@ pub use allocation::AllocationDetail;
 pub use search::{Candidate, FixedLambdas, SearchReport};
 pub use sequential::{Alignment, SequentialTimings, SumsSite};
 
+use calibration::{is_token_file, Calibration};
+pub use calibration::{GENERATED_SEQLEN, GENERATED_WINDOWS, TEXT_SEQLEN, TEXT_WINDOWS};
 use evaluate::EvalSet;
 use sequential::SequentialPruner;
 pub use staged::StagedRun;
 
 use crate::allocate::{self, NeuroalStep, SparsityPlan, TopUp};
 use crate::atomic::AtomicFile;
-use crate::calib::{read_token_ids, sample_token, sample_windows, Rng, TextTokenizer};
+use crate::calib::{Sampling, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::graph::Linear;
 use crate::graph::{discover, Discovery};
@@ -29,7 +32,7 @@ use crate::report::{
     CompressedSizes, InputInfo, MatrixSparsity, MethodInfo, OutputInfo, Report, RuntimeInfo,
     SparsityInfo, TopUpParameters,
 };
-use crate::runtime::{locate_library, CausalLm, Device, Runtime};
+use crate::runtime::{locate_library, Device, Runtime};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -56,14 +59,21 @@ pub struct PruneConfig {
     pub seqlen: usize,
     /// Seed of every random choice.
     pub seed: u64,
+    /// How the model samples its own calibration text (used when no calibration data is given).
+    pub sampling: Sampling,
     /// Calibration documents: text files, or `.json` files of token ids.
     pub calib: Vec<PathBuf>,
+    /// Calibration windows used exactly as given (a JSON array of token-id arrays); `nsamples`
+    /// and `seqlen` are taken from it.
+    pub calib_windows: Option<PathBuf>,
     /// `tokenizer.json` (default: next to the model).
     pub tokenizer: Option<PathBuf>,
     /// Held-out texts to measure perplexity on.
     pub eval_texts: Vec<PathBuf>,
     /// At most this many evaluation windows per text.
     pub eval_windows: Option<usize>,
+    /// Tokens per evaluation window (default: `seqlen`).
+    pub eval_seqlen: Option<usize>,
     /// Zero-shot multiple-choice task files (JSON lines).
     pub task_files: Vec<PathBuf>,
     /// Where ONNX Runtime runs.
@@ -104,6 +114,21 @@ impl PruneConfig {
         if self.seqlen < 2 {
             return Err(Error::invalid("--seqlen", "must be at least 2 tokens"));
         }
+        if !(self.sampling.temperature > 0.0 && self.sampling.temperature.is_finite()) {
+            return Err(Error::invalid(
+                "--calib-temperature",
+                format!("{} must be a positive number", self.sampling.temperature),
+            ));
+        }
+        if !(self.sampling.top_p > 0.0 && self.sampling.top_p <= 1.0) {
+            return Err(Error::invalid(
+                "--calib-top-p",
+                format!("{} is outside (0, 1]", self.sampling.top_p),
+            ));
+        }
+        if self.eval_seqlen.is_some_and(|n| n < 2) {
+            return Err(Error::invalid("--eval-seqlen", "must be at least 2 tokens"));
+        }
         if let Some((n, m)) = self.nm {
             let implied = n as f64 / m as f64;
             if (self.sparsity - implied).abs() > 1e-9 {
@@ -137,7 +162,7 @@ impl PruneConfig {
             ));
         }
         self.validate_fixed_lambdas()?;
-        if !self.needs_calibration() && !self.calib.is_empty() {
+        if !self.needs_calibration() && (!self.calib.is_empty() || self.calib_windows.is_some()) {
             return Err(Error::invalid(
                 "--calib",
                 format!(
@@ -229,6 +254,27 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     let (model, discovery) = inspect(&config.input)?;
     // Read now, so that a malformed runtime config fails the job before any long work.
     let companions = crate::onnx::companions(&config.input, &config.output)?;
+    // Windows given verbatim set the job's window count and length.
+    let given = match &config.calib_windows {
+        Some(path) => Some(Calibration::read_windows(
+            path,
+            discovery.vocab,
+            discovery.max_positions,
+        )?),
+        None => None,
+    };
+    let sized;
+    let config = match &given {
+        Some(c) => {
+            sized = PruneConfig {
+                nsamples: c.windows.len(),
+                seqlen: c.info.seqlen,
+                ..config.clone()
+            };
+            &sized
+        }
+        None => config,
+    };
     timings.insert("load".to_string(), stage.finish());
     progress.note(&format!(
         "  {} blocks, {} prunable linears, {:.1} M prunable weights",
@@ -238,15 +284,17 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     ));
     let mut plan = allocate::uniform(&discovery, config.sparsity, config.nm)?;
     // Windows never run past the model's position tables.
-    let seqlen = match discovery.max_positions {
-        Some(max) if max < config.seqlen => {
+    let capped = |seqlen: usize| match discovery.max_positions {
+        Some(max) if max < seqlen => {
             progress.note(&format!(
                 "  windows capped at {max} tokens: the model's position tables end there"
             ));
             max
         }
-        _ => config.seqlen,
+        _ => seqlen,
     };
+    let seqlen = capped(config.seqlen);
+    let eval_seqlen = config.eval_seqlen.map_or(seqlen, capped);
     let mut search = None;
     let mut allocation_detail = None;
 
@@ -263,7 +311,7 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         TextTokenizer::load(&model.dir, None).ok()
     };
     let evaluation = match &tokenizer {
-        Some(t) => EvalSet::prepare(config, seqlen, t)?,
+        Some(t) => EvalSet::prepare(config, eval_seqlen, t)?,
         None => None,
     };
     let runtime = if config.needs_calibration() || evaluation.is_some() {
@@ -287,6 +335,7 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         ));
     }
     let calibration = match &runtime {
+        Some(_) if given.is_some() => given,
         Some(rt) if config.needs_calibration() && config.calib.is_empty() => {
             let stage = progress.stage("generate calibration");
             let c =
@@ -341,6 +390,12 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
                 }
                 TopUp::Uniform | TopUp::Alpha | TopUp::Dsnot => {}
             }
+            progress.note(&format!(
+                "  final pass: {} windows × {} tokens through {} blocks, dense and pruned",
+                calib.windows.len(),
+                calib.windows.first().map_or(0, Vec::len),
+                discovery.n_blocks
+            ));
             // The search ran on pruners of its own: these timings are the final pass's.
             let pass = pruner.run(&calib.windows, &plan, Some(&mut output), false, progress)?;
             timings.insert("prune_forward".to_string(), pruner.timings.forward);
@@ -518,12 +573,6 @@ fn top_up_parameters(config: &PruneConfig) -> Option<TopUpParameters> {
     }
 }
 
-/// Whether a calibration file holds token ids (`.json`) rather than text.
-fn is_token_file(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-}
-
 /// A tokenizer with more tokens than the model's embedding rows does not belong to the model.
 fn check_vocabulary(tokenizer: &TextTokenizer, discovery: &Discovery) -> Result<()> {
     match discovery.vocab {
@@ -665,129 +714,6 @@ fn prune_without_data(
     }
     progress.item("matrices", total, total);
     Ok(pruned)
-}
-
-/// The calibration windows of a run and what the report says of them.
-struct Calibration {
-    windows: Vec<Vec<i64>>,
-    info: CalibrationInfo,
-}
-
-impl Calibration {
-    /// Reads every `--calib` document (text through the tokenizer, `.json` as token ids) and
-    /// draws `--nsamples` windows of `--seqlen` tokens (capped by the longest document).
-    fn prepare(
-        config: &PruneConfig,
-        seqlen: usize,
-        vocab: Option<usize>,
-        tokenizer: Option<&TextTokenizer>,
-        progress: &Progress,
-    ) -> Result<Self> {
-        let mut documents = Vec::new();
-        for path in &config.calib {
-            let docs = if is_token_file(path) {
-                let docs = read_token_ids(path)?;
-                let outside = docs
-                    .iter()
-                    .flatten()
-                    .find(|&&t| vocab.is_some_and(|v| t as usize >= v));
-                if let (Some(id), Some(v)) = (outside, vocab) {
-                    return Err(Error::invalid(
-                        "--calib",
-                        format!(
-                            "{}: token id {id} is outside the model's vocabulary of {v}",
-                            path.display()
-                        ),
-                    ));
-                }
-                docs
-            } else {
-                let t =
-                    tokenizer.ok_or_else(|| Error::invalid("--calib", "text needs a tokenizer"))?;
-                vec![t.encode_file(path)?]
-            };
-            documents.extend(docs);
-        }
-        let longest = documents.iter().map(Vec::len).max().unwrap_or(0);
-        if longest < MIN_CALIBRATION_TOKENS {
-            return Err(Error::invalid(
-                "--calib",
-                format!(
-                    "{} hold(s) at most {longest} tokens per document; calibration needs at least {MIN_CALIBRATION_TOKENS}",
-                    config.calib.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
-        let capped = seqlen.min(longest - 1);
-        if capped < seqlen {
-            progress.note(&format!(
-                "  calibration windows shortened to {capped} tokens: the longest document has {longest}"
-            ));
-        }
-        let seqlen = capped;
-        let windows = sample_windows(&documents, config.nsamples, seqlen, config.seed)?
-            .into_iter()
-            .map(|w| w.into_iter().map(i64::from).collect())
-            .collect();
-        Ok(Self {
-            windows,
-            info: CalibrationInfo {
-                source: if config.calib.iter().all(|p| is_token_file(p)) {
-                    "token_ids"
-                } else {
-                    "text"
-                }
-                .to_string(),
-                files: config.calib.clone(),
-                documents: documents.len(),
-                windows: config.nsamples,
-                seqlen,
-                activation_sums: None,
-            },
-        })
-    }
-}
-
-impl Calibration {
-    /// Windows the model writes itself, from its BOS token with seeded sampling, when no
-    /// calibration data is given (the plain command then needs nothing but the model).
-    fn generate(
-        config: &PruneConfig,
-        seqlen: usize,
-        runtime: &Runtime,
-        model: &OnnxModel,
-        tokenizer: Option<&TextTokenizer>,
-        progress: &Progress,
-    ) -> Result<Self> {
-        let bos = tokenizer.and_then(TextTokenizer::bos_id).unwrap_or(0);
-        progress.note(&format!(
-            "  no --calib: the model writes {} windows of {} tokens from token {bos}",
-            config.nsamples, seqlen
-        ));
-        let mut lm = CausalLm::open(runtime, model)?;
-        let mut rng = Rng::new(config.seed);
-        let mut windows = Vec::with_capacity(config.nsamples);
-        // A few sequences at a time bound the cache's memory.
-        while windows.len() < config.nsamples {
-            let batch = (config.nsamples - windows.len()).min(8);
-            progress.item("windows", windows.len(), config.nsamples);
-            windows.extend(lm.generate(batch, seqlen, i64::from(bos), |row| {
-                i64::from(sample_token(row, &mut rng))
-            })?);
-        }
-        progress.item("windows", windows.len(), config.nsamples);
-        Ok(Self {
-            windows,
-            info: CalibrationInfo {
-                source: "self_generated".to_string(),
-                files: Vec::new(),
-                documents: 0,
-                windows: config.nsamples,
-                seqlen,
-                activation_sums: None,
-            },
-        })
-    }
 }
 
 fn summarize_sparsity(

@@ -311,6 +311,11 @@ fn evaluate_all(
     let jobs = pruners.len().clamp(1, total.max(1));
     let done = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
+    progress.note(&format!(
+        "  {label}: {total} pruned passes over {} windows × {} tokens, {jobs} at a time",
+        windows.len(),
+        windows.first().map_or(0, Vec::len)
+    ));
     progress.item(label, 0, total);
     let mut results: Vec<Option<Result<Scored>>> =
         std::iter::repeat_with(|| None).take(total).collect();

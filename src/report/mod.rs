@@ -171,8 +171,9 @@ pub enum TopUpParameters {
 /// The calibration data.
 #[derive(Clone, Debug, Serialize)]
 pub struct CalibrationInfo {
-    /// `text` (through the tokenizer), `token_ids` (`.json` files) or `self_generated` (sampled
-    /// from the model itself, starting at its BOS token, when no `--calib` is given).
+    /// `text` (through the tokenizer), `token_ids` (`.json` files), `windows`
+    /// (`--calib-windows`, used as given) or `self_generated` (sampled from the model itself,
+    /// starting at its BOS token, when no calibration data is given).
     pub source: String,
     /// The `--calib` files.
     pub files: Vec<PathBuf>,
@@ -185,6 +186,8 @@ pub struct CalibrationInfo {
     /// Where the linears' input activations were summed per window: `model` (in the stage
     /// models, by ONNX Runtime: the default with CUDA) or `host` (the default on the CPU).
     pub activation_sums: Option<String>,
+    /// How self-generated windows were sampled; `None` for every other source.
+    pub sampling: Option<crate::calib::Sampling>,
 }
 
 /// Target and measured sparsity.

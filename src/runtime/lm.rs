@@ -73,35 +73,55 @@ impl CausalLm {
             .map_err(|e| Error::internal(e.to_string()))
     }
 
-    /// Generates `batch` sequences of `len` tokens that start with `bos`, with the KV cache;
-    /// `pick` chooses each next token from a row of logits (e.g. by seeded sampling).
+    /// Whether the model hands its keys and values back (`present.*` for `past_key_values.*`),
+    /// so that generation feeds one new token per step instead of the whole prefix.
+    pub fn has_cache(&self) -> bool {
+        !self.cache.is_empty()
+    }
+
+    /// Continues each of `prompts` (token ids, all of one length) to `len` tokens; `pick`
+    /// chooses each next token from a row of logits (e.g. by seeded sampling). With a KV cache the
+    /// first step runs the prompts and every later step feeds one token per sequence; without one,
+    /// each step runs the whole prefix again (about `len²/2` token positions per sequence instead
+    /// of `len`) and reads the last position's logits.
     pub fn generate(
         &mut self,
-        batch: usize,
+        prompts: &[Vec<i64>],
         len: usize,
-        bos: i64,
         mut pick: impl FnMut(&[f32]) -> i64,
     ) -> Result<Vec<Vec<i64>>> {
-        if self.cache.is_empty() {
-            return Err(Error::unsupported(
-                &self.path,
-                "the model has no KV cache (present.* outputs for past_key_values.* inputs), so it cannot write its own calibration text",
-                "pass calibration text with --calib",
+        let batch = prompts.len();
+        let mut sequences = prompts.to_vec();
+        let prompt_len = sequences.first().map_or(0, Vec::len);
+        if prompt_len == 0 || sequences.iter().any(|s| s.len() != prompt_len) {
+            return Err(Error::internal(
+                "generation prompts must be non-empty and of one length",
             ));
         }
-        let mut sequences = vec![vec![bos]; batch];
         let mut past: HashMap<String, Activation> = HashMap::new();
         let presents: Vec<String> = self.cache.iter().map(|(p, _)| p.clone()).collect();
-        for t in 0..len.saturating_sub(1) {
-            let next: Vec<i64> = sequences.iter().map(|s| s[t]).collect();
-            let feeds = self.feeds.step(&next, batch, t, &mut past)?;
+        for t in prompt_len..len {
+            // Tokens already in the cache, and the ones this step feeds.
+            let cached = if self.has_cache() && t > prompt_len {
+                t - 1
+            } else {
+                0
+            };
+            let ids: Vec<i64> = sequences
+                .iter()
+                .flat_map(|s| s[cached..].iter().copied())
+                .collect();
+            let feeds = self.feeds.step(&ids, batch, cached, &mut past)?;
             let (logits, cache) = self.step(&feeds, &presents)?;
-            let vocab = *logits.shape().last().unwrap_or(&0);
-            for (s, row) in sequences
-                .iter_mut()
-                .zip(logits.to_f32()?.chunks_exact(vocab.max(1)))
-            {
-                s.push(pick(row));
+            let [rows, seq, vocab] = logits.shape()[..] else {
+                return Err(self.bad_logits(&logits, t - cached));
+            };
+            if rows != batch || seq != t - cached || vocab == 0 {
+                return Err(self.bad_logits(&logits, t - cached));
+            }
+            let values = logits.to_f32()?;
+            for (s, row) in sequences.iter_mut().zip(values.chunks_exact(seq * vocab)) {
+                s.push(pick(&row[(seq - 1) * vocab..]));
             }
             past = self
                 .cache
@@ -133,7 +153,7 @@ impl CausalLm {
         Error::graph(
             &self.path,
             format!(
-                "output '{}' has shape {:?}; expected [1, {seq}, vocab]",
+                "output '{}' has shape {:?}; expected [batch, {seq}, vocab]",
                 self.logits,
                 logits.shape()
             ),

@@ -1,6 +1,7 @@
 //! The pruning command end to end on a tiny model: report, summary, exit codes.
 
 use crate::harness::{austen, fixture, job, run, scratch, snapshot};
+use neuroal_onnx::pipeline::{GENERATED_SEQLEN, GENERATED_WINDOWS};
 use serde_json::Value;
 
 #[test]
@@ -103,8 +104,8 @@ fn zero_shot_without_a_task_file_is_refused_before_any_work() {
 
 #[test]
 fn the_plain_command_needs_nothing_but_the_model() {
-    // Defaults: Wanda, NeuroAL (both steps), 128 windows the model writes itself, capped at the
-    // 256 positions of the tiny model's rotary tables.
+    // Defaults: Wanda, NeuroAL (both steps), the self-generated calibration size, sampled at
+    // temperature 1 from the whole distribution.
     let fx = fixture("tiny/llama");
     let dir = scratch();
     let out = dir.path().join("out.onnx");
@@ -115,9 +116,24 @@ fn the_plain_command_needs_nothing_but_the_model() {
     assert_eq!(report["method"]["prune_method"], "wanda");
     assert_eq!(report["method"]["top_up"], "neuroal");
     assert_eq!(report["calibration"]["source"], "self_generated");
-    assert_eq!(report["calibration"]["windows"], 128);
-    assert_eq!(report["calibration"]["seqlen"], 256);
+    assert_eq!(report["calibration"]["windows"], GENERATED_WINDOWS);
+    assert_eq!(report["calibration"]["seqlen"], GENERATED_SEQLEN);
+    assert_eq!(report["calibration"]["sampling"]["temperature"], 1.0);
+    assert_eq!(report["calibration"]["sampling"]["top_p"], 1.0);
     assert_eq!(report["search"]["block"].as_array().unwrap().len(), 13 + 1);
     let measured = report["sparsity"]["measured"].as_f64().unwrap();
     assert!((measured - 0.7).abs() < 0.02, "{measured}");
+
+    // Longer windows are capped at the 256 positions of the tiny model's rotary tables.
+    let flags = ["--sparsity", "0.7", "--nsamples", "2", "--seqlen", "1000"];
+    let r = run(job(&fx.model, &out, &flags)).ok();
+    assert!(
+        r.stderr.contains("windows capped at 256 tokens"),
+        "{}",
+        r.stderr
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out.report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["calibration"]["seqlen"], 256);
 }

@@ -12,6 +12,7 @@ mod exports;
 mod fuzz_regressions;
 mod gpu_check;
 mod harness;
+mod headline;
 mod hostile;
 mod kernels;
 mod onnx_io;

@@ -65,3 +65,109 @@ fn magnitude_at_70_percent_on_smollm2() {
     let (_, after) = inspect(&out).unwrap();
     assert_eq!(after.linears.len(), 210);
 }
+
+/// Bit `i` of a mask packed little-endian (numpy `packbits(bitorder="little")`).
+fn bit(packed: &[u8], i: usize) -> bool {
+    packed[i / 8] >> (i % 8) & 1 == 1
+}
+
+#[test]
+fn wanda_from_verbatim_windows_equals_an_independent_numpy_wanda() {
+    // The generator's float64 numpy Wanda (sequential: each block calibrated on the pruned
+    // stream) from the same 4 × 64 windows; `ties.bin` marks scores within 1e-6 of their row's
+    // threshold, which float32 may order either way.
+    let reference = fixture("wanda-ref");
+    let masks = std::fs::read(reference.dir.join("masks.bin")).unwrap();
+    let ties = std::fs::read(reference.dir.join("ties.bin")).unwrap();
+    let windows = reference.dir.join("windows.json");
+    let fx = fixture("smollm2");
+    let dir = scratch();
+    let out = dir.path().join("wanda.onnx");
+    let args = [
+        fx.model.as_os_str(),
+        out.as_os_str(),
+        "--sparsity".as_ref(),
+        "0.5".as_ref(),
+        "--top-up".as_ref(),
+        "uniform".as_ref(),
+        "--calib-windows".as_ref(),
+        windows.as_os_str(),
+        "--quiet".as_ref(),
+    ];
+    run(args).ok();
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("wanda.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["calibration"]["source"], "windows");
+    assert_eq!(report["calibration"]["windows"], 4);
+    assert_eq!(report["calibration"]["seqlen"], 64);
+
+    let (_, discovery) = inspect(&fx.model).unwrap();
+    let output = neuroal_onnx::onnx::OnnxModel::load(&out).unwrap();
+    let mut differ_by_block = vec![0usize; 30];
+    for entry in reference.manifest["layout"].as_array().unwrap() {
+        let (block, role) = (
+            entry["block"].as_u64().unwrap() as usize,
+            entry["role"].as_str().unwrap(),
+        );
+        let linear = discovery
+            .block(block)
+            .find(|l| l.role() == role)
+            .unwrap_or_else(|| panic!("block {block} {role}"));
+        let weights = linear.read_out_in(&output).unwrap();
+        let offset = entry["offset"].as_u64().unwrap() as usize;
+        let length = entry["length"].as_u64().unwrap() as usize;
+        let (want, tie) = (
+            &masks[offset..offset + length],
+            &ties[offset..offset + length],
+        );
+        let input = linear.in_features;
+        for (row, values) in weights.chunks_exact(input).enumerate() {
+            // The dequantized weights hold no zero that Wanda keeps (a zero scores 0), so the
+            // output's zeros are the mask.
+            let zeros = values.iter().filter(|v| **v == 0.0).count();
+            assert_eq!(zeros, input / 2, "block {block} {role} row {row}");
+            for (j, v) in values.iter().enumerate() {
+                let i = row * input + j;
+                if (*v == 0.0) != bit(want, i) {
+                    differ_by_block[block] += 1;
+                    assert!(
+                        block > 1 || bit(tie, i),
+                        "block {block} {role} [{row}, {j}]: the mask differs outside the tie band"
+                    );
+                }
+            }
+        }
+    }
+    // Later blocks drift as float32 swaps of near-ties change the pruned stream (the generator
+    // measured at most 27k differing bits per block in a float32 rerun of its own pass); a pass
+    // on the dense stream instead of the pruned one differs by 55k–166k bits per block.
+    eprintln!("differing mask bits per block: {differ_by_block:?}");
+    let worst = differ_by_block.iter().copied().max().unwrap();
+    assert!(
+        worst < 45_000,
+        "differing mask bits per block: {differ_by_block:?}"
+    );
+}
+
+#[test]
+fn sentence_starters_are_capitalised_words_of_the_tokenizer() {
+    let fx = fixture("smollm2");
+    let tokenizer = TextTokenizer::load(&fx.dir, None).unwrap();
+    let starters = tokenizer.sentence_starters(64);
+    assert_eq!(starters.len(), 64);
+    let words: Vec<String> = starters
+        .iter()
+        .map(|&id| tokenizer.decode(&[id]).trim_start().to_string())
+        .collect();
+    for w in &words {
+        let mut chars = w.chars();
+        assert!(
+            chars.next().is_some_and(|c| c.is_ascii_uppercase())
+                && chars.all(|c| c.is_ascii_lowercase()),
+            "{w:?} in {words:?}"
+        );
+    }
+    assert!(words.iter().any(|w| w == "The"), "{words:?}");
+}
