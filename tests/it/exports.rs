@@ -3,8 +3,8 @@
 //! Runtime from another folder, and genai outputs are served by onnxruntime-genai itself.
 
 use crate::harness::{
-    assert_loads_from_another_folder, austen, copy_fixture, external_locations, fixture, python,
-    run_command, scratch, Fixture,
+    assert_loads_from_another_folder, austen, copy_fixture, external_locations, fixture, job,
+    python, run_command, scratch, Fixture,
 };
 use neuroal_onnx::onnx::proto::attribute_proto::AttributeType;
 use neuroal_onnx::onnx::proto::tensor_proto::{DataLocation, DataType};
@@ -21,14 +21,16 @@ fn attribute_fixtures() -> Vec<Fixture> {
     crate::harness::fixture_set("extattr", 12)
 }
 
-/// Runs the binary from `cwd` with `args`; asserts it succeeds.
-fn run_in(cwd: &Path, args: &[&std::ffi::OsStr]) {
+/// Runs a pruning job from the working directory `cwd` (`flags` split on whitespace); asserts
+/// it succeeds.
+fn run_in(cwd: &Path, model: &Path, out: &Path, flags: &str) {
+    let args = job(model, out, &flags.split_whitespace().collect::<Vec<_>>());
     let run = run_command(
         Command::new(env!("CARGO_BIN_EXE_neuroal-onnx"))
             .current_dir(cwd)
-            .args(args),
+            .args(&args),
     );
-    assert_eq!(run.code, 0, "{:?} failed:\n{}", args, run.stderr);
+    assert_eq!(run.code, 0, "{args:?} failed:\n{}", run.stderr);
 }
 
 #[test]
@@ -43,22 +45,11 @@ fn attribute_tensors_in_the_data_file_are_pruned_from_any_folder() {
         let out = out_dir.path().join("pruned.onnx");
         // A calibrated job builds its stage models in memory, where ONNX Runtime would resolve
         // external attribute data against the working directory.
-        let args = [
-            fx.model.as_os_str(),
-            out.as_os_str(),
-            "--sparsity".as_ref(),
-            "0.5".as_ref(),
-            "--top-up".as_ref(),
-            "uniform".as_ref(),
-            "--calib".as_ref(),
-            calib.as_os_str(),
-            "--nsamples".as_ref(),
-            "2".as_ref(),
-            "--seqlen".as_ref(),
-            "32".as_ref(),
-            "--quiet".as_ref(),
-        ];
-        run_in(cwd.path(), &args);
+        let flags = format!(
+            "--sparsity 0.5 --top-up uniform --calib {} --nsamples 2 --seqlen 32 --quiet",
+            calib.display()
+        );
+        run_in(cwd.path(), &fx.model, &out, &flags);
         let locations = external_locations(&out);
         assert_eq!(
             locations,
@@ -178,22 +169,11 @@ fn genai_builder_folders_are_pruned_into_folders_onnxruntime_genai_serves() {
         let out = out_dir.path().join("pruned.onnx");
         // No --calib: the model writes its own calibration text through its (fp16) KV cache.
         let persuasion = austen("persuasion");
-        let args = [
-            fx.model.as_os_str(),
-            out.as_os_str(),
-            "--sparsity".as_ref(),
-            "0.5".as_ref(),
-            "--nsamples".as_ref(),
-            "2".as_ref(),
-            "--seqlen".as_ref(),
-            "32".as_ref(),
-            "--eval-text".as_ref(),
-            persuasion.as_os_str(),
-            "--eval-windows".as_ref(),
-            "2".as_ref(),
-            "--quiet".as_ref(),
-        ];
-        run_in(out_dir.path(), &args);
+        let flags = format!(
+            "--sparsity 0.5 --nsamples 2 --seqlen 32 --eval-text {} --eval-windows 2 --quiet",
+            persuasion.display()
+        );
+        run_in(out_dir.path(), &fx.model, &out, &flags);
         let report: Value = serde_json::from_str(
             &std::fs::read_to_string(out.with_extension("report.json")).expect("report"),
         )
@@ -239,20 +219,8 @@ fn a_genai_folder_pruned_in_place_keeps_its_own_config() {
     let model = copy_fixture(&fx, dir.path());
     let config = std::fs::read(dir.path().join("genai_config.json")).expect("config");
     let out = dir.path().join("pruned.onnx");
-    run_in(
-        dir.path(),
-        &[
-            model.as_os_str(),
-            out.as_os_str(),
-            "--sparsity".as_ref(),
-            "0.5".as_ref(),
-            "--prune-method".as_ref(),
-            "magnitude".as_ref(),
-            "--top-up".as_ref(),
-            "uniform".as_ref(),
-            "--quiet".as_ref(),
-        ],
-    );
+    let flags = "--sparsity 0.5 --prune-method magnitude --top-up uniform --quiet";
+    run_in(dir.path(), &model, &out, flags);
     assert_eq!(
         std::fs::read(dir.path().join("genai_config.json")).expect("config"),
         config,
@@ -376,14 +344,8 @@ fn a_quantized_cache_is_a_model_limit_named_with_its_input() {
     });
     let out = dir.path().join("out.onnx");
     let calib = austen("emma");
-    let run = crate::harness::run([
-        model.as_os_str(),
-        out.as_os_str(),
-        "--sparsity".as_ref(),
-        "0.5".as_ref(),
-        "--calib".as_ref(),
-        calib.as_os_str(),
-    ]);
+    let calib = calib.to_str().expect("UTF-8 path");
+    let run = crate::harness::run(job(&model, &out, &["--sparsity", "0.5", "--calib", calib]));
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
         run.stderr

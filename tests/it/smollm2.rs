@@ -83,18 +83,16 @@ fn wanda_from_verbatim_windows_equals_an_independent_numpy_wanda() {
     let fx = fixture("smollm2");
     let dir = scratch();
     let out = dir.path().join("wanda.onnx");
-    let args = [
-        fx.model.as_os_str(),
-        out.as_os_str(),
-        "--sparsity".as_ref(),
-        "0.5".as_ref(),
-        "--top-up".as_ref(),
-        "uniform".as_ref(),
-        "--calib-windows".as_ref(),
-        windows.as_os_str(),
-        "--quiet".as_ref(),
-    ];
-    run(args).ok();
+    let flags = format!(
+        "--sparsity 0.5 --top-up uniform --calib-windows {} --quiet",
+        windows.display()
+    );
+    run(job(
+        &fx.model,
+        &out,
+        &flags.split_whitespace().collect::<Vec<_>>(),
+    ))
+    .ok();
     let report: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("wanda.report.json")).unwrap(),
     )
