@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use neuroal_onnx::allocate::{NeuroalStep, TopUp};
-use neuroal_onnx::calib::{Prompt, Sampling};
+use neuroal_onnx::calib::Sampling;
 use neuroal_onnx::pipeline::{
     FixedLambdas, PruneConfig, GENERATED_SEQLEN, GENERATED_WINDOWS, TEXT_SEQLEN, TEXT_WINDOWS,
 };
@@ -104,10 +104,6 @@ pub struct PruneArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// How each window of the model's own calibration text starts: its BOS token alone, or BOS
-    /// and a sentence-starting word of its tokenizer.
-    #[arg(long, value_enum, default_value = "bos")]
-    pub calib_prompt: CalibPrompt,
     /// Sampling temperature of the model's own calibration text.
     #[arg(long, default_value_t = Sampling::default().temperature)]
     pub calib_temperature: f64,
@@ -260,10 +256,6 @@ impl PruneArgs {
             }),
             seed: self.seed,
             sampling: Sampling {
-                prompt: match self.calib_prompt {
-                    CalibPrompt::Bos => Prompt::Bos,
-                    CalibPrompt::Words => Prompt::Words,
-                },
                 temperature: self.calib_temperature,
                 top_p: self.calib_top_p,
             },
@@ -287,15 +279,6 @@ impl PruneArgs {
         config.validate()?;
         Ok(config)
     }
-}
-
-/// `--calib-prompt` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum CalibPrompt {
-    /// The BOS token alone.
-    Bos,
-    /// BOS and a sentence-starting word.
-    Words,
 }
 
 #[cfg(test)]

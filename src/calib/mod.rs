@@ -74,33 +74,6 @@ impl TextTokenizer {
             .find_map(|t| self.tokenizer.token_to_id(t))
     }
 
-    /// The text of `ids`, special tokens included (empty where the tokenizer cannot decode).
-    pub fn decode(&self, ids: &[u32]) -> String {
-        self.tokenizer.decode(ids, false).unwrap_or_default()
-    }
-
-    /// Up to `max` tokens that start a sentence of prose: a capitalised word (`The`, ` In`), as
-    /// the tokenizer spells it, lowest ids first (byte-level BPE gives the most frequent merges the
-    /// lowest ids).
-    pub fn sentence_starters(&self, max: usize) -> Vec<u32> {
-        let mut ids: Vec<u32> = self
-            .tokenizer
-            .get_vocab(false)
-            .into_values()
-            .filter(|&id| {
-                let text = self.decode(&[id]);
-                let word = text.strip_prefix(' ').unwrap_or(&text);
-                let mut chars = word.chars();
-                word.len() >= 2
-                    && chars.next().is_some_and(|c| c.is_ascii_uppercase())
-                    && chars.all(|c| c.is_ascii_lowercase())
-            })
-            .collect();
-        ids.sort_unstable();
-        ids.truncate(max);
-        ids
-    }
-
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
@@ -110,8 +83,6 @@ impl TextTokenizer {
 /// How the model's own calibration text is sampled.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Sampling {
-    /// How each window starts.
-    pub prompt: Prompt,
     /// Softmax temperature (> 0).
     pub temperature: f64,
     /// Nucleus: sample among the most likely tokens whose probabilities add up to `top_p`
@@ -119,21 +90,9 @@ pub struct Sampling {
     pub top_p: f64,
 }
 
-/// How each self-written window starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Prompt {
-    /// The BOS token alone.
-    Bos,
-    /// The BOS token and a word that starts a sentence of prose
-    /// ([`TextTokenizer::sentence_starters`]), drawn with the seed.
-    Words,
-}
-
 impl Default for Sampling {
     fn default() -> Self {
         Self {
-            prompt: Prompt::Bos,
             temperature: 1.0,
             top_p: 1.0,
         }

@@ -2,7 +2,7 @@
 //! itself when none are given.
 
 use super::{PruneConfig, MIN_CALIBRATION_TOKENS};
-use crate::calib::{read_token_ids, sample_token, sample_windows, Prompt, Rng, TextTokenizer};
+use crate::calib::{read_token_ids, sample_token, sample_windows, Rng, TextTokenizer};
 use crate::error::{Error, Result};
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
@@ -14,8 +14,6 @@ use std::path::Path;
 pub const TEXT_WINDOWS: usize = 128;
 /// Tokens per window with `--calib` text when `--seqlen` is not given (the reference's).
 pub const TEXT_SEQLEN: usize = 2048;
-/// Sentence-starting words a `words` prompt draws from.
-const SENTENCE_STARTERS: usize = 64;
 /// Sequences generated side by side: a batch bounds the KV cache's memory.
 const GENERATION_BATCH: usize = 8;
 /// Windows the model writes itself when neither calibration data nor `--nsamples` is given.
@@ -179,29 +177,10 @@ impl Calibration {
         progress: &Progress,
     ) -> Result<Self> {
         let bos = i64::from(tokenizer.and_then(TextTokenizer::bos_id).unwrap_or(0));
-        let starters: Vec<i64> = match (config.sampling.prompt, tokenizer) {
-            (Prompt::Words, Some(t)) => t
-                .sentence_starters(SENTENCE_STARTERS)
-                .into_iter()
-                .map(i64::from)
-                .collect(),
-            _ => Vec::new(),
-        };
-        if config.sampling.prompt == Prompt::Words && starters.is_empty() {
-            return Err(Error::invalid(
-                "--calib-prompt",
-                "words needs a tokenizer with capitalised word tokens next to the model (or --tokenizer)",
-            ));
-        }
         let mut lm = CausalLm::open(runtime, model)?;
         let (n, len) = (config.nsamples, seqlen);
         progress.note(&format!(
-            "  no --calib: the model writes {n} windows of {len} tokens from token {bos}{}, {}",
-            if starters.is_empty() {
-                ""
-            } else {
-                " and a sentence-starting word"
-            },
+            "  no --calib: the model writes {n} windows of {len} tokens from token {bos}, {}",
             if lm.has_cache() {
                 format!("{} token steps with its KV cache", n * len)
             } else {
@@ -215,17 +194,11 @@ impl Calibration {
         let mut windows = Vec::with_capacity(n);
         let start = std::time::Instant::now();
         // Every token after the first of every window is sampled once.
-        let prompt_len = if starters.is_empty() { 1 } else { 2 };
-        let (mut sampled, to_sample) = (0, n * len.saturating_sub(prompt_len));
+        let (mut sampled, to_sample) = (0, n * len.saturating_sub(1));
         // A few sequences at a time bound the cache's memory.
         while windows.len() < n {
             let batch = (n - windows.len()).min(GENERATION_BATCH);
-            let prompts: Vec<Vec<i64>> = (0..batch)
-                .map(|_| match starters.len() {
-                    0 => vec![bos],
-                    k => vec![bos, starters[rng.below(k as u64) as usize]],
-                })
-                .collect();
+            let prompts = vec![vec![bos]; batch];
             windows.extend(lm.generate(&prompts, len, |row| {
                 sampled += 1;
                 if sampled % batch == 0 {
