@@ -105,7 +105,7 @@ fn zero_shot_without_a_task_file_is_refused_before_any_work() {
 #[test]
 fn the_plain_command_needs_nothing_but_the_model() {
     // Defaults: Wanda, NeuroAL (both steps), the self-generated calibration size, sampled at
-    // temperature 1 from the whole distribution.
+    // temperature 1 within the 0.95 nucleus.
     let fx = fixture("tiny/llama");
     let dir = scratch();
     let out = dir.path().join("out.onnx");
@@ -119,7 +119,7 @@ fn the_plain_command_needs_nothing_but_the_model() {
     assert_eq!(report["calibration"]["windows"], GENERATED_WINDOWS);
     assert_eq!(report["calibration"]["seqlen"], GENERATED_SEQLEN);
     assert_eq!(report["calibration"]["sampling"]["temperature"], 1.0);
-    assert_eq!(report["calibration"]["sampling"]["top_p"], 1.0);
+    assert_eq!(report["calibration"]["sampling"]["top_p"], 0.95);
     assert_eq!(report["search"]["block"].as_array().unwrap().len(), 13 + 1);
     let measured = report["sparsity"]["measured"].as_f64().unwrap();
     assert!((measured - 0.7).abs() < 0.02, "{measured}");
