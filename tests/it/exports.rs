@@ -146,8 +146,14 @@ fn a_reference_that_would_dangle_is_refused_with_its_tensor_before_anything_is_w
     assert!(left.is_empty(), "files left behind: {left:?}");
 }
 
-/// Generates a few tokens from the folder of `model` with onnxruntime-genai, working elsewhere.
+/// Generates a few tokens after the prompt "The" from the folder of `model` with
+/// onnxruntime-genai, working elsewhere.
 fn generate_with_genai(model: &Path) -> Value {
+    generate_with_genai_after(model, &["--max-new-tokens", "6"])
+}
+
+/// Like [`generate_with_genai`], with the script's own arguments (`--prompt`, `--max-new-tokens`).
+fn generate_with_genai_after(model: &Path, args: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/genai_generate.py");
     let elsewhere = scratch();
     let run = run_command(
@@ -155,7 +161,7 @@ fn generate_with_genai(model: &Path) -> Value {
             .current_dir(elsewhere.path())
             .arg(script)
             .arg(model.parent().expect("folder"))
-            .args(["--max-new-tokens", "6"]),
+            .args(args),
     );
     assert_eq!(run.code, 0, "onnxruntime-genai failed: {}", run.stderr);
     serde_json::from_str(run.stdout.trim()).expect("one JSON line")
@@ -278,11 +284,21 @@ fn smollm2_in_the_genai_fp16_form_is_pruned_on_its_own_text_and_served() {
     );
 
     assert_loads_from_another_folder(&out);
-    let generated = generate_with_genai(&out);
+    let prompt = "It is a truth universally acknowledged, that a single man in possession of a good fortune,";
+    let generated =
+        generate_with_genai_after(&out, &["--prompt", prompt, "--max-new-tokens", "12"]);
     let text = generated["text"].as_str().expect("text");
-    let letters = text.chars().filter(|c| c.is_ascii_alphabetic()).count();
+    // Words, not token soup: mostly letters and spaces, at least three lower-case words.
+    let wordy = text
+        .chars()
+        .filter(|c| c.is_ascii_alphabetic() || *c == ' ')
+        .count();
+    let words = text
+        .split_whitespace()
+        .filter(|w| w.chars().all(|c| c.is_ascii_lowercase()))
+        .count();
     assert!(
-        letters * 2 > text.chars().count(),
+        wordy * 10 > text.chars().count() * 7 && words >= 3,
         "onnxruntime-genai wrote {text:?}"
     );
 }
