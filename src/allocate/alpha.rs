@@ -1,4 +1,4 @@
-//! AlphaPruning (Lu et al. 2024; spec §3.4): the heavy-tail exponent α of each weight matrix's
+//! AlphaPruning (Lu et al. 2024; docs/methods.md §3.4): the heavy-tail exponent α of each weight matrix's
 //! eigenvalue spectrum, averaged per block; less heavy-tailed (higher α) blocks are pruned more,
 //! with the parameter-weighted mean sparsity kept at the target.
 
@@ -67,7 +67,7 @@ pub fn hill_alpha(eigs: &[f64]) -> f64 {
 
 /// Per-matrix sparsity from per-matrix α (already averaged over each block) and parameter counts:
 /// ratios from `1 − ε` (lowest α) to `1 + ε` (highest α), scaled so that the parameter-weighted
-/// mean is `sparsity` (spec §3.4), then clipped to [0.01, 0.99]. The reference does not clip; an
+/// mean is `sparsity` (docs/methods.md §3.4), then clipped to [0.01, 0.99]. The reference does not clip; an
 /// outlying α there can ask for more than 100% of a matrix (seen on SmolLM2 at 70%), which this
 /// tool refuses to do; the clip may move the global sparsity slightly (reported as measured).
 pub fn alpha_sparsities(alphas: &[f64], params: &[usize], sparsity: f64, epsilon: f64) -> Vec<f64> {

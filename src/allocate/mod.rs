@@ -45,7 +45,7 @@ pub struct SparsityPlan {
     pub rules: Vec<MaskRule>,
 }
 
-/// Every linear gets `sparsity` with `"row"` granularity (spec §3.1), or the N:M pattern `nm`
+/// Every linear gets `sparsity` with `"row"` granularity (docs/methods.md §3.1), or the N:M pattern `nm`
 /// (whose groups must tile every matrix's input dimension).
 pub fn uniform(
     discovery: &Discovery,

@@ -1,7 +1,7 @@
-//! NeuroAL's pure parts (spec §1): the neuron-alignment metric, the block-wise λ ramp, the
+//! NeuroAL's pure parts (docs/methods.md §1): the neuron-alignment metric, the block-wise λ ramp, the
 //! row-wise distribution from alignment differences, the λ grids and the selection rule.
 
-/// λ values of the block step (spec §1.3); 0.25 is dropped at sparsity ≥ 0.8.
+/// λ values of the block step (docs/methods.md §1.3); 0.25 is dropped at sparsity ≥ 0.8.
 pub fn block_lambdas(sparsity: f64) -> Vec<f64> {
     let all = [
         0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.12, 0.15, 0.20, 0.25,
@@ -12,7 +12,7 @@ pub fn block_lambdas(sparsity: f64) -> Vec<f64> {
         .collect()
 }
 
-/// λ values of the row step (spec §1.5(c)); 0 keeps the block step's uniform rows.
+/// λ values of the row step (docs/methods.md §1.5(c)); 0 keeps the block step's uniform rows.
 pub const ROW_LAMBDAS: [f64; 15] = [
     0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.10, 0.12, 0.15, 0.20, 0.25,
 ];
@@ -21,7 +21,7 @@ pub const ROW_LAMBDAS: [f64; 15] = [
 pub const CLIP: (f64, f64) = (0.01, 0.99);
 
 /// Per-block sparsity of the block step: `clip(s − λ + 2λ·l/(L−1))` for blocks `l = 0..L`, so
-/// early blocks are pruned less and late ones more, with mean `s` before clipping (spec §1.3).
+/// early blocks are pruned less and late ones more, with mean `s` before clipping (docs/methods.md §1.3).
 pub fn block_ramp(sparsity: f64, lambda: f64, blocks: usize) -> Vec<f64> {
     (0..blocks)
         .map(|l| {
@@ -36,7 +36,7 @@ pub fn block_ramp(sparsity: f64, lambda: f64, blocks: usize) -> Vec<f64> {
 }
 
 /// Per-row sparsity of a producer from its consumer's alignment difference `g` (one entry per
-/// output row): rows whose channel lost the most activation get more density (spec §1.5(b)).
+/// output row): rows whose channel lost the most activation get more density (docs/methods.md §1.5(b)).
 /// `None` (uniform rows at `block_sparsity`) when `g` sums to zero or is constant; the reference
 /// divides by zero in the second case.
 pub fn row_sparsities(block_sparsity: f64, lambda: f64, g: &[f32]) -> Option<Vec<f64>> {
@@ -63,7 +63,7 @@ pub fn row_sparsities(block_sparsity: f64, lambda: f64, g: &[f32]) -> Option<Vec
 }
 
 /// One linear's misalignment: `‖a/Σa − b/Σb‖₂ / C` between its input-channel norms with the
-/// block dense (`dense`) and pruned (`sparse`) on the same inputs (spec §1.2). An all-zero
+/// block dense (`dense`) and pruned (`sparse`) on the same inputs (docs/methods.md §1.2). An all-zero
 /// vector counts as the zero distribution.
 pub fn misalignment(dense: &[f32], sparse: &[f32]) -> f64 {
     let normalize = |v: &[f32]| -> Vec<f64> {

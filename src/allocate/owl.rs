@@ -1,4 +1,4 @@
-//! OWL, outlier-weighted layerwise sparsity (Yin et al. 2024; spec §3.2): blocks with more
+//! OWL, outlier-weighted layerwise sparsity (Yin et al. 2024; docs/methods.md §3.2): blocks with more
 //! outlier Wanda scores are pruned less.
 
 use super::neuroal::CLIP;

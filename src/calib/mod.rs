@@ -172,7 +172,7 @@ pub fn read_token_ids(path: &Path) -> Result<Vec<Vec<u32>>> {
 }
 
 /// Non-overlapping windows of `seqlen` tokens from the start of `tokens`, the remainder dropped
-/// (the evaluation convention of the reference, spec §4.1), at most `max_windows` of them.
+/// (the evaluation convention of the reference, docs/methods.md §4.1), at most `max_windows` of them.
 pub fn consecutive_windows(
     tokens: &[u32],
     seqlen: usize,

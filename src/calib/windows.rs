@@ -1,5 +1,5 @@
 //! Calibration windows: random windows of random documents, as the reference draws them from
-//! C4 (spec §4.1): pick a document longer than the window, then a window inside it.
+//! C4 (docs/methods.md §4.1): pick a document longer than the window, then a window inside it.
 
 use super::rng::Rng;
 use crate::error::{Error, Result};

@@ -1,4 +1,4 @@
-//! Perplexity over non-overlapping windows, in the convention of the reference (spec §4.1):
+//! Perplexity over non-overlapping windows, in the convention of the reference (docs/methods.md §4.1):
 //! per window the mean next-token cross-entropy over `seqlen − 1` positions times `seqlen`, and
 //! `PPL = exp(Σ / (windows · seqlen))`.
 

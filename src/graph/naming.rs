@@ -1,5 +1,5 @@
 //! Block index and module name of a linear, from node metadata, node name or initializer name
-//! (onnx-conventions: torch dynamo, TorchScript/optimum, onnxruntime-genai).
+//! (docs/onnx-layouts.md: torch dynamo, TorchScript/optimum, onnxruntime-genai).
 
 use crate::onnx::proto::NodeProto;
 use regex::Regex;

@@ -60,7 +60,7 @@ fn plan_from_blocks(discovery: &Discovery, per_block: &BTreeMap<usize, f64>) -> 
     }
 }
 
-/// OWL (spec §3.2): a dense pass over the calibration windows (dense outputs fed forward), the
+/// OWL (docs/methods.md §3.2): a dense pass over the calibration windows (dense outputs fed forward), the
 /// outlier ratio of every block's Wanda scores, and per-block sparsity from the ratios.
 pub(crate) fn owl(
     model: &OnnxModel,
@@ -100,7 +100,7 @@ pub(crate) fn owl(
     ))
 }
 
-/// AlphaPruning (spec §3.4): α of every matrix from its squared singular values, averaged per
+/// AlphaPruning (docs/methods.md §3.4): α of every matrix from its squared singular values, averaged per
 /// block, mapped to sparsities around the target with the parameter-weighted mean kept.
 pub(crate) fn alpha(
     model: &OnnxModel,

@@ -1,4 +1,4 @@
-//! NeuroAL's search (spec §1.3–§1.5): candidate allocations, each pruned sequentially on the
+//! NeuroAL's search (docs/methods.md §1.3–§1.5): candidate allocations, each pruned sequentially on the
 //! first calibration windows from the dense weights and scored by neuron alignment; the block-wise
 //! λ first, then the row-wise λ from the best block run's alignment differences.
 
@@ -289,7 +289,7 @@ fn steps(
     Ok((plans.swap_remove(best), report))
 }
 
-/// The index of the best candidate: the lowest score, the first on ties (spec §1.4).
+/// The index of the best candidate: the lowest score, the first on ties (docs/methods.md §1.4).
 fn chosen(candidates: &[Candidate]) -> usize {
     let scores: Vec<f64> = candidates.iter().map(|c| c.score).collect();
     argmin_first(&scores).unwrap_or(0)
@@ -383,7 +383,7 @@ fn evaluate(
     Ok((score, pass.alignment))
 }
 
-/// The row signal `g` of every linear (spec §1.5(a)): the difference `a^dense − a^sparse` of the
+/// The row signal `g` of every linear (docs/methods.md §1.5(a)): the difference `a^dense − a^sparse` of the
 /// first linear its output feeds in the same block, when that consumer's input is as wide as the
 /// producer's output and the consumer's producers are all that wide (q, k and v of a GQA model
 /// stay uniform); `None` (uniform rows) otherwise and in the last block.

@@ -1,8 +1,8 @@
-//! Sequential block-wise pruning (spec §0.3): for each block, run it dense on the current inputs
+//! Sequential block-wise pruning (docs/methods.md §0.3): for each block, run it dense on the current inputs
 //! of every calibration window and collect its linears' input statistics (summed per window on
 //! the host, or in the stage model with CUDA: [`SumsSite`]), prune its linears, run it again
 //! pruned, and feed its outputs to the next block. The same pass, on a few windows and a
-//! candidate allocation, measures NeuroAL's neuron alignment (spec §1.2).
+//! candidate allocation, measures NeuroAL's neuron alignment (docs/methods.md §1.2).
 
 use super::staged::StagedRun;
 use super::PrunedWeights;

@@ -1,4 +1,4 @@
-//! DSnoT (Zhang et al. 2024; spec §3.3): a training-free refinement of a mask. Each row swaps
+//! DSnoT (Zhang et al. 2024; docs/methods.md §3.3): a training-free refinement of a mask. Each row swaps
 //! pruned and kept weights, one pair per cycle, to drive the row's expected reconstruction error
 //! `e_i = Σ_{j pruned} W_ij·μ_j` towards zero, for at most 50 cycles and while `|e_i| > 0.1`.
 

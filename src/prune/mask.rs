@@ -1,4 +1,4 @@
-//! Per-row masks with the reference's counting and tie rules (neuroal-spec §0.4).
+//! Per-row masks with the reference's counting and tie rules (docs/methods.md §0.4).
 //!
 //! `"row"` granularity prunes `floor(C·s)` entries per row, lowest score first, and on a tie the
 //! lower column index is pruned first (stable ascending sort). `"neuron"` granularity keeps

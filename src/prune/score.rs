@@ -5,7 +5,7 @@ pub fn magnitude(weights: &[f32]) -> Vec<f32> {
     weights.iter().map(|w| w.abs()).collect()
 }
 
-/// Wanda's score `|W_ij| · a_j` with `a` the input-channel norms (spec §2.2).
+/// Wanda's score `|W_ij| · a_j` with `a` the input-channel norms (docs/methods.md §2.2).
 pub fn wanda(weights: &[f32], norms: &[f32]) -> Vec<f32> {
     let cols = norms.len();
     weights
@@ -15,7 +15,7 @@ pub fn wanda(weights: &[f32], norms: &[f32]) -> Vec<f32> {
 }
 
 /// Multiflow's score `|W_ij| · o_i · c_j` where, with `A = |W| · a`, `o_i` is the mean of row i
-/// of A and `c_j` the mean of column j of A (spec §2.4).
+/// of A and `c_j` the mean of column j of A (docs/methods.md §2.4).
 pub fn multiflow(weights: &[f32], norms: &[f32]) -> Vec<f32> {
     let cols = norms.len();
     let rows = weights.len() / cols;

@@ -1,4 +1,4 @@
-//! SparseGPT (Frantar & Alistarh 2023) as the reference runs it (spec §2.3): masks chosen per
+//! SparseGPT (Frantar & Alistarh 2023) as the reference runs it (docs/methods.md §2.3): masks chosen per
 //! block of 128 columns from `w² / (U_jj)²`, where `U` is the upper Cholesky factor of `H⁻¹`,
 //! and an optimal-brain-surgeon update of the weights not yet processed.
 

@@ -93,7 +93,7 @@ impl ActivationStats {
         self.add_gram(x);
     }
 
-    /// Wanda's input-channel norms `a_j = sqrt(Σ x² / windows)` (spec §0.2).
+    /// Wanda's input-channel norms `a_j = sqrt(Σ x² / windows)` (docs/methods.md §0.2).
     pub fn norms(&self) -> Vec<f32> {
         let n = self.samples.max(1) as f64;
         self.sumsq.iter().map(|s| (s / n).sqrt() as f32).collect()
@@ -117,7 +117,7 @@ impl ActivationStats {
             .collect()
     }
 
-    /// SparseGPT's Hessian `H = (2 / windows) Σ XᵀX` (spec §2.3), row-major.
+    /// SparseGPT's Hessian `H = (2 / windows) Σ XᵀX` (docs/methods.md §2.3), row-major.
     pub fn hessian(&self) -> Option<Vec<f64>> {
         let scale = 2.0 / self.samples.max(1) as f64;
         self.gram
