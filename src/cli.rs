@@ -3,11 +3,11 @@
 use clap::{Args, Parser, Subcommand};
 use neuroal_onnx::allocate::{NeuroalStep, TopUp};
 use neuroal_onnx::calib::Sampling;
+use neuroal_onnx::device::Device;
 use neuroal_onnx::pipeline::{
     FixedLambdas, PruneConfig, GENERATED_SEQLEN, GENERATED_WINDOWS, TEXT_SEQLEN, TEXT_WINDOWS,
 };
 use neuroal_onnx::prune::PruneMethod;
-use neuroal_onnx::runtime::Device;
 use neuroal_onnx::{Error, Result};
 use std::path::PathBuf;
 

@@ -11,6 +11,7 @@
 pub mod allocate;
 pub mod atomic;
 pub mod calib;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod graph;

@@ -21,6 +21,7 @@ pub use staged::StagedRun;
 use crate::allocate::{self, NeuroalStep, SparsityPlan, TopUp};
 use crate::atomic::AtomicFile;
 use crate::calib::{Sampling, TextTokenizer};
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::graph::Linear;
 use crate::graph::{discover, Discovery};
@@ -32,7 +33,7 @@ use crate::report::{
     CompressedSizes, InputInfo, MatrixSparsity, MethodInfo, OutputInfo, Report, RuntimeInfo,
     SparsityInfo, TopUpParameters,
 };
-use crate::runtime::{locate_library, Device, Runtime};
+use crate::runtime::{locate_library, Runtime};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

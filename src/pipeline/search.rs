@@ -8,12 +8,13 @@ use crate::allocate::neuroal::{
     argmin_first, block_lambdas, block_ramp, misalignment, row_sparsities, ROW_LAMBDAS,
 };
 use crate::allocate::{NeuroalStep, SparsityPlan};
+use crate::device::Device;
 use crate::error::Result;
 use crate::graph::{Discovery, Partition, StageKind};
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
 use crate::prune::{MaskRule, Masker, PruneMethod};
-use crate::runtime::{Device, Runtime};
+use crate::runtime::Runtime;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -7,12 +7,13 @@
 use super::staged::StagedRun;
 use super::PrunedWeights;
 use crate::allocate::SparsityPlan;
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::graph::{ChannelSums, Discovery, Layout, Linear, Partition, StageKind};
 use crate::onnx::{ModelWriter, OnnxModel, TensorKey};
 use crate::progress::Progress;
 use crate::prune::{prune_matrix, ActivationStats, Masker, PruneMethod};
-use crate::runtime::{Activation, Device, ModelSession, Runtime};
+use crate::runtime::{Activation, ModelSession, Runtime};
 use std::collections::HashMap;
 use std::time::Instant;
 

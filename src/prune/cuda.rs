@@ -830,8 +830,8 @@ pub fn gpu_check(seed: u64, mut progress: impl FnMut(&str)) -> Result<(String, b
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::Device;
     use crate::prune::Masker;
-    use crate::runtime::Device;
 
     #[test]
     fn row_counts_are_mask_rs_counts_and_tie_orders() {

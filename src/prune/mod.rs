@@ -12,7 +12,7 @@ pub use score::{magnitude, multiflow, wanda};
 pub use sparsegpt::sparsegpt;
 pub use stats::ActivationStats;
 
-use crate::runtime::Device;
+use crate::device::Device;
 use serde::Serialize;
 
 /// The base score that ranks weights (`--prune-method`).

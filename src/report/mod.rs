@@ -11,10 +11,10 @@ pub use html::render_html;
 
 use crate::allocate::TopUp;
 use crate::atomic::write_atomically;
+use crate::device::Device;
 use crate::error::Result;
 use crate::eval::{Agreement, ChoiceAccuracy, Perplexity};
 use crate::prune::PruneMethod;
-use crate::runtime::Device;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -9,24 +9,13 @@ pub use feeds::GraphFeeds;
 pub use lm::CausalLm;
 pub use session::{Activation, ModelSession};
 
+pub use crate::device::Device;
+
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use ort::session::Session;
-use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
-
-/// Where ONNX Runtime should run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Device {
-    /// The CUDA execution provider when it loads, else the CPU (with one line saying so).
-    Auto,
-    /// The CPU execution provider.
-    Cpu,
-    /// The CUDA execution provider; an error when it cannot be used.
-    Cuda,
-}
 
 /// The environment variable ONNX Runtime's location may be given in.
 pub const ORT_ENV_VAR: &str = "ORT_DYLIB_PATH";
