@@ -1,6 +1,6 @@
 //! Command-line flags, kept apart from the validated [`PruneConfig`] the library receives.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use neuroal_onnx::allocate::{NeuroalStep, TopUp};
 use neuroal_onnx::calib::Sampling;
 use neuroal_onnx::device::Device;
@@ -80,13 +80,13 @@ pub struct PruneArgs {
     pub sparsity: Option<f64>,
     /// Base score that ranks the weights.
     #[arg(long, value_enum, default_value = "wanda")]
-    pub prune_method: PruneMethod,
+    pub prune_method: MethodArg,
     /// How the sparsity is distributed over blocks and rows.
     #[arg(long, value_enum, default_value = "neuroal")]
-    pub top_up: TopUp,
+    pub top_up: TopUpArg,
     /// Which NeuroAL search steps to run.
     #[arg(long, value_enum, default_value = "both")]
-    pub neuroal_step: NeuroalStep,
+    pub neuroal_step: StepArg,
     /// Use this block-wise λ instead of searching it (e.g. the `search.block_lambda` of an
     /// earlier report, to prune again without the search's cost).
     #[arg(long, value_name = "LAMBDA")]
@@ -132,7 +132,7 @@ pub struct PruneArgs {
     pub eval_seqlen: Option<usize>,
     /// Where ONNX Runtime runs.
     #[arg(long, value_enum, default_value = "auto")]
-    pub device: Device,
+    pub device: DeviceArg,
     /// libonnxruntime to load (default: $ORT_DYLIB_PATH, then the project's .cache/ort).
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
@@ -169,6 +169,102 @@ pub struct PruneArgs {
     pub quiet: bool,
 }
 
+/// `--prune-method`: the values of [`PruneMethod`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// |W|, per output row; needs no data.
+    Magnitude,
+    /// |W| · ‖X_j‖ (Sun et al. 2023).
+    Wanda,
+    /// Optimal-brain-surgeon reconstruction (Frantar & Alistarh 2023).
+    Sparsegpt,
+    /// |W| · row importance · column importance.
+    Multiflow,
+    /// Nothing pruned: the dense baseline, written and evaluated like a pruned model.
+    Dense,
+}
+
+impl From<MethodArg> for PruneMethod {
+    fn from(arg: MethodArg) -> Self {
+        match arg {
+            MethodArg::Magnitude => PruneMethod::Magnitude,
+            MethodArg::Wanda => PruneMethod::Wanda,
+            MethodArg::Sparsegpt => PruneMethod::Sparsegpt,
+            MethodArg::Multiflow => PruneMethod::Multiflow,
+            MethodArg::Dense => PruneMethod::Dense,
+        }
+    }
+}
+
+/// `--top-up`: the values of [`TopUp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TopUpArg {
+    /// Every matrix gets the target sparsity.
+    Uniform,
+    /// Outlier-weighted layerwise sparsity (Yin et al. 2024).
+    Owl,
+    /// Heavy-tailed self-regularization based allocation (Lu et al. 2024).
+    Alpha,
+    /// Training-free mask refinement (Zhang et al. 2024).
+    Dsnot,
+    /// Neuron alignment search over block and row sparsity (this tool's default).
+    Neuroal,
+}
+
+impl From<TopUpArg> for TopUp {
+    fn from(arg: TopUpArg) -> Self {
+        match arg {
+            TopUpArg::Uniform => TopUp::Uniform,
+            TopUpArg::Owl => TopUp::Owl,
+            TopUpArg::Alpha => TopUp::Alpha,
+            TopUpArg::Dsnot => TopUp::Dsnot,
+            TopUpArg::Neuroal => TopUp::Neuroal,
+        }
+    }
+}
+
+/// `--neuroal-step`: the values of [`NeuroalStep`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StepArg {
+    /// Block-wise λ search only.
+    Block,
+    /// Row-wise λ search only (on uniform blocks).
+    Row,
+    /// Block search, then row search.
+    Both,
+}
+
+impl From<StepArg> for NeuroalStep {
+    fn from(arg: StepArg) -> Self {
+        match arg {
+            StepArg::Block => NeuroalStep::Block,
+            StepArg::Row => NeuroalStep::Row,
+            StepArg::Both => NeuroalStep::Both,
+        }
+    }
+}
+
+/// `--device`: the values of [`Device`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// The CUDA execution provider when it loads, else the CPU (with one line saying so).
+    Auto,
+    /// The CPU execution provider.
+    Cpu,
+    /// The CUDA execution provider; an error when it cannot be used.
+    Cuda,
+}
+
+impl From<DeviceArg> for Device {
+    fn from(arg: DeviceArg) -> Self {
+        match arg {
+            DeviceArg::Auto => Device::Auto,
+            DeviceArg::Cpu => Device::Cpu,
+            DeviceArg::Cuda => Device::Cuda,
+        }
+    }
+}
+
 fn parse_nm(s: &str) -> std::result::Result<(usize, usize), String> {
     let (n, m) = s
         .split_once(':')
@@ -193,13 +289,14 @@ impl PruneArgs {
     /// The validated library configuration.
     pub fn into_config(self, command_line: Vec<String>) -> Result<PruneConfig> {
         let missing = |what: &str| Error::invalid(what, "is required");
-        if (self.owl_m, self.owl_lambda) != (5.0, 0.08) && self.top_up != TopUp::Owl {
+        let top_up = TopUp::from(self.top_up);
+        if (self.owl_m, self.owl_lambda) != (5.0, 0.08) && top_up != TopUp::Owl {
             return Err(Error::invalid(
                 "--owl-m/--owl-lambda",
                 "apply only to --top-up owl",
             ));
         }
-        if self.alpha_epsilon != 0.3 && self.top_up != TopUp::Alpha {
+        if self.alpha_epsilon != 0.3 && top_up != TopUp::Alpha {
             return Err(Error::invalid(
                 "--alpha-epsilon",
                 "applies only to --top-up alpha",
@@ -237,9 +334,9 @@ impl PruneArgs {
             input: self.input.ok_or_else(|| missing("IN"))?,
             output: self.output.ok_or_else(|| missing("OUT"))?,
             sparsity: self.sparsity.ok_or_else(|| missing("--sparsity"))?,
-            method: self.prune_method,
-            top_up: self.top_up,
-            neuroal_step: self.neuroal_step,
+            method: self.prune_method.into(),
+            top_up,
+            neuroal_step: self.neuroal_step.into(),
             neuroal_lambdas: FixedLambdas {
                 block: self.neuroal_block_lambda,
                 row: self.neuroal_row_lambda,
@@ -266,7 +363,7 @@ impl PruneArgs {
             eval_windows: self.eval_windows,
             eval_seqlen: self.eval_seqlen,
             task_files,
-            device: self.device,
+            device: self.device.into(),
             ort_lib: self.ort_lib,
             nm: self.nm,
             owl_m: self.owl_m,
@@ -283,7 +380,29 @@ impl PruneArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_nm;
+    use super::{parse_nm, DeviceArg, MethodArg, StepArg, TopUpArg};
+    use clap::ValueEnum;
+    use neuroal_onnx::allocate::{NeuroalStep, TopUp};
+    use neuroal_onnx::device::Device;
+    use neuroal_onnx::prune::PruneMethod;
+
+    /// Every flag value converts to the library value of the same name.
+    #[test]
+    fn flag_values_name_their_library_values() {
+        let name = |v: Option<clap::builder::PossibleValue>| v.unwrap().get_name().to_string();
+        for v in MethodArg::value_variants() {
+            assert_eq!(name(v.to_possible_value()), PruneMethod::from(*v).as_str());
+        }
+        for v in TopUpArg::value_variants() {
+            assert_eq!(name(v.to_possible_value()), TopUp::from(*v).as_str());
+        }
+        for v in StepArg::value_variants() {
+            assert_eq!(name(v.to_possible_value()), NeuroalStep::from(*v).as_str());
+        }
+        for v in DeviceArg::value_variants() {
+            assert_eq!(name(v.to_possible_value()), Device::from(*v).as_str());
+        }
+    }
 
     #[test]
     fn nm_patterns() {

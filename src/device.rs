@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// Where ONNX Runtime should run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// The CUDA execution provider when it loads, else the CPU (with one line saying so).
@@ -13,4 +13,15 @@ pub enum Device {
     Cpu,
     /// The CUDA execution provider; an error when it cannot be used.
     Cuda,
+}
+
+impl Device {
+    /// Its name on the command line (`--device`) and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Auto => "auto",
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
 }

@@ -11,7 +11,7 @@ use crate::prune::MaskRule;
 use serde::Serialize;
 
 /// How the global sparsity is distributed (`--top-up`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TopUp {
     /// Every matrix gets the target sparsity.
@@ -26,8 +26,21 @@ pub enum TopUp {
     Neuroal,
 }
 
+impl TopUp {
+    /// Its name on the command line (`--top-up`) and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Uniform => "uniform",
+            Self::Owl => "owl",
+            Self::Alpha => "alpha",
+            Self::Dsnot => "dsnot",
+            Self::Neuroal => "neuroal",
+        }
+    }
+}
+
 /// Which NeuroAL steps run (`--neuroal-step`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NeuroalStep {
     /// Block-wise λ search only.
@@ -36,6 +49,17 @@ pub enum NeuroalStep {
     Row,
     /// Block search, then row search.
     Both,
+}
+
+impl NeuroalStep {
+    /// Its name on the command line (`--neuroal-step`) and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Row => "row",
+            Self::Both => "both",
+        }
+    }
 }
 
 /// The sparsity rule of every prunable linear, in the order of [`Discovery::linears`].

@@ -168,7 +168,7 @@ impl PruneConfig {
                 "--calib",
                 format!(
                     "--prune-method {} uses no calibration data; drop --calib",
-                    name(self.method)
+                    self.method.as_str()
                 ),
             ));
         }
@@ -210,7 +210,7 @@ impl PruneConfig {
                     flag,
                     format!(
                         "names a step that --neuroal-step {} does not run",
-                        name(without)
+                        without.as_str()
                     ),
                 ));
             }
@@ -230,12 +230,6 @@ impl PruneConfig {
         self.method.needs_calibration()
             || matches!(self.top_up, TopUp::Neuroal | TopUp::Owl | TopUp::Dsnot)
     }
-}
-
-fn name(v: impl clap::ValueEnum) -> String {
-    v.to_possible_value()
-        .map(|p| p.get_name().to_string())
-        .unwrap_or_default()
 }
 
 /// Loads and checks a model and lists its prunable linears (`neuroal-onnx inspect`).

@@ -16,7 +16,7 @@ use crate::device::Device;
 use serde::Serialize;
 
 /// The base score that ranks weights (`--prune-method`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PruneMethod {
     /// |W|, per output row; needs no data.
@@ -32,6 +32,17 @@ pub enum PruneMethod {
 }
 
 impl PruneMethod {
+    /// Its name on the command line (`--prune-method`) and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Magnitude => "magnitude",
+            Self::Wanda => "wanda",
+            Self::Sparsegpt => "sparsegpt",
+            Self::Multiflow => "multiflow",
+            Self::Dense => "dense",
+        }
+    }
+
     /// Whether the method needs calibration activations.
     pub fn needs_calibration(self) -> bool {
         matches!(self, Self::Wanda | Self::Sparsegpt | Self::Multiflow)
