@@ -11,35 +11,9 @@ use crate::graph::Discovery;
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
 use crate::prune::{wanda, MaskRule, PruneMethod};
+use crate::report::AllocationDetail;
 use crate::runtime::Runtime;
-use serde::Serialize;
 use std::collections::BTreeMap;
-
-/// What an allocation measured, per block, for the report.
-#[derive(Clone, Debug, Serialize)]
-#[serde(tag = "top_up", rename_all = "lowercase")]
-pub enum AllocationDetail {
-    /// OWL: each block's outlier ratio (%) and resulting sparsity.
-    Owl {
-        /// `--owl-m`.
-        m: f64,
-        /// `--owl-lambda`.
-        lambda: f64,
-        /// Per block, in order.
-        outlier_ratio: Vec<f64>,
-        /// Per block, in order.
-        sparsity: Vec<f64>,
-    },
-    /// AlphaPruning: each block's mean α and the sparsity of its matrices.
-    Alpha {
-        /// `--alpha-epsilon`.
-        epsilon: f64,
-        /// Per block, in order.
-        alpha: Vec<f64>,
-        /// Per block, in order.
-        sparsity: Vec<f64>,
-    },
-}
 
 /// Blocks in order, each with the indices of its linears.
 fn blocks(discovery: &Discovery) -> BTreeMap<usize, Vec<usize>> {

@@ -8,9 +8,8 @@ mod search;
 mod sequential;
 mod staged;
 
-pub use allocation::AllocationDetail;
-pub use search::{Candidate, FixedLambdas, SearchReport};
-pub use sequential::{Alignment, SequentialTimings, SumsSite};
+pub use search::FixedLambdas;
+pub use sequential::{Alignment, SumsSite};
 
 use calibration::{is_token_file, Calibration};
 pub use calibration::{GENERATED_SEQLEN, GENERATED_WINDOWS, TEXT_SEQLEN, TEXT_WINDOWS};

@@ -2,7 +2,7 @@
 //! first calibration windows from the dense weights and scored by neuron alignment; the block-wise
 //! λ first, then the row-wise λ from the best block run's alignment differences.
 
-use super::sequential::{Alignment, SequentialPruner, SequentialTimings};
+use super::sequential::{Alignment, SequentialPruner};
 use super::PruneConfig;
 use crate::allocate::neuroal::{
     argmin_first, block_lambdas, block_ramp, misalignment, row_sparsities, ROW_LAMBDAS,
@@ -14,47 +14,14 @@ use crate::graph::{Discovery, Partition, StageKind};
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
 use crate::prune::{MaskRule, Masker, PruneMethod};
+use crate::report::{Candidate, SearchReport, SequentialTimings};
 use crate::runtime::Runtime;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Windows each candidate is evaluated on (the reference's `nsamples = 8`).
 pub const SEARCH_WINDOWS: usize = 8;
-
-/// One evaluated candidate.
-#[derive(Clone, Debug, Serialize)]
-pub struct Candidate {
-    /// Its λ.
-    pub lambda: f64,
-    /// Σ of every linear's misalignment; lower is better.
-    pub score: f64,
-}
-
-/// What the search tried and chose.
-#[derive(Clone, Debug, Serialize)]
-pub struct SearchReport {
-    /// Block-step candidates, in grid order.
-    pub block: Vec<Candidate>,
-    /// The chosen block λ (none when the block step did not run).
-    pub block_lambda: Option<f64>,
-    /// Row-step candidates, in grid order.
-    pub row: Vec<Candidate>,
-    /// The chosen row λ (none when the row step did not run).
-    pub row_lambda: Option<f64>,
-    /// Why the row step did not run, when it did not.
-    pub row_skipped: Option<String>,
-    /// Windows each candidate ran on.
-    pub windows: usize,
-    /// Candidates evaluated at a time (`--search-jobs`, or as many as cores and memory allow).
-    pub jobs: usize,
-    /// Wall time of the search, seconds.
-    pub seconds: f64,
-    /// Where the candidate passes spent their time, summed over candidates (and over jobs run
-    /// side by side, so it may exceed `seconds`).
-    pub timings_s: SequentialTimings,
-}
 
 /// λ values given instead of searched (`--neuroal-block-lambda`, `--neuroal-row-lambda`).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -13,21 +13,10 @@ use crate::graph::{ChannelSums, Discovery, Layout, Linear, Partition, StageKind}
 use crate::onnx::{ModelWriter, OnnxModel, TensorKey};
 use crate::progress::Progress;
 use crate::prune::{prune_matrix, ActivationStats, Masker, PruneMethod};
+use crate::report::SequentialTimings;
 use crate::runtime::{Activation, ModelSession, Runtime};
 use std::collections::HashMap;
 use std::time::Instant;
-
-/// Where the time of sequential passes went, in seconds.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct SequentialTimings {
-    /// ONNX Runtime: stage sessions, prefix and block runs (dense and pruned), with the channel
-    /// sums when the stage models take them ([`SumsSite::Model`]).
-    pub forward: f64,
-    /// Accumulating activation statistics on the host.
-    pub statistics: f64,
-    /// Scores, masks and weight updates.
-    pub masks: f64,
-}
 
 /// A linear's input-channel norms with its block dense and pruned, on the same inputs.
 #[derive(Clone, Debug)]

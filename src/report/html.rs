@@ -5,8 +5,7 @@
 mod format;
 mod svg;
 
-use super::{BlockSparsity, Report};
-use crate::pipeline::AllocationDetail;
+use super::{AllocationDetail, BlockSparsity, Report};
 use format::{esc, fixed, human_bytes, label, num, shell_quote};
 use std::path::Path;
 use svg::{bar_chart, curve, heatmap, legend, nice_ceil, svg_open};
@@ -380,7 +379,6 @@ mod tests {
     use super::*;
     use crate::allocate::TopUp;
     use crate::eval::{Agreement, Perplexity};
-    use crate::pipeline::{Candidate, SearchReport};
     use crate::prune::PruneMethod;
     use crate::report::*;
     use std::collections::BTreeMap;

@@ -1,10 +1,12 @@
 //! The report a run leaves next to its output: what was done, to which files, and what it cost
 //! in quality, as JSON for pipelines (`OUT.report.json`).
 
+mod allocation;
 mod deployment;
 mod digest;
 mod html;
 
+pub use allocation::{AllocationDetail, Candidate, SearchReport, SequentialTimings};
 pub use deployment::{deployment_info, CompressedSizes, ZSTD_LEVEL};
 pub use digest::file_digests;
 pub use html::render_html;
@@ -44,9 +46,9 @@ pub struct Report {
     /// The calibration data, for the methods that use it.
     pub calibration: Option<CalibrationInfo>,
     /// What OWL or AlphaPruning measured to allocate (per-block outlier ratios or α).
-    pub allocation: Option<crate::pipeline::AllocationDetail>,
+    pub allocation: Option<AllocationDetail>,
     /// NeuroAL's search: every candidate λ with its score, the chosen λ, its wall time.
-    pub search: Option<crate::pipeline::SearchReport>,
+    pub search: Option<SearchReport>,
     /// Target and measured sparsity.
     pub sparsity: SparsityInfo,
     /// Perplexity and logit agreement per evaluation text.

@@ -2,8 +2,7 @@
 //! search curves, with the axes, ticks and colour scale they share.
 
 use super::format::{esc, finite_or, fixed, num, unit};
-use crate::pipeline::Candidate;
-use crate::report::MatrixSparsity;
+use crate::report::{Candidate, MatrixSparsity};
 use std::collections::BTreeMap;
 
 /// `text-anchor` attributes for [`text`].
