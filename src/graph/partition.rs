@@ -9,113 +9,22 @@ use super::discover::{Discovery, Linear};
 use super::naming::module_path;
 use crate::error::{Error, Result};
 use crate::onnx::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, GraphProto, ModelProto,
-    NodeProto, StringStringEntryProto, TensorProto, TypeProto, ValueInfoProto,
+    GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto, TypeProto,
+    ValueInfoProto,
 };
 use crate::onnx::{subgraphs, OnnxModel, TensorKey};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-/// Per-channel sums of one activation `[…, channels]` over its tokens, taken inside a stage
-/// model in float64: the stage hands out `2 × channels` numbers and the activation's shape
-/// instead of the activation, which stays with ONNX Runtime (on the GPU with the CUDA provider).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChannelSums {
-    /// The activation (a linear's input).
-    pub activation: String,
-    /// Its last dimension.
-    pub channels: usize,
-}
-
-impl ChannelSums {
-    /// The stage outputs that hold the sums, in this order: Σ x² and Σ x per channel (float64
-    /// `[channels]`), and the activation's shape (int64), whose other dimensions count the tokens.
-    pub fn outputs(&self) -> [String; 3] {
-        ["sumsq", "sum", "shape"].map(|what| self.name(what))
-    }
-
-    fn name(&self, what: &str) -> String {
-        format!("{}::{what}", self.activation)
-    }
-
-    /// The nodes and initializers that compute [`Self::outputs`] under the default domain's
-    /// `opset`: the rows `[tokens, channels]` in float64, squared, and summed over the tokens one
-    /// row after the other (the order [`crate::prune::ActivationStats::add`] sums in).
-    pub fn nodes(&self, opset: i64) -> (Vec<NodeProto>, Vec<TensorProto>) {
-        let n = |what: &str| self.name(what);
-        let node =
-            |op: &str, input: Vec<String>, output: String, attribute: Vec<AttributeProto>| {
-                NodeProto {
-                    name: Some(format!("{output}::node")),
-                    op_type: Some(op.to_string()),
-                    input,
-                    output: vec![output],
-                    attribute,
-                    ..Default::default()
-                }
-            };
-        let int = |name: &str, i: i64| AttributeProto {
-            name: Some(name.to_string()),
-            r#type: Some(AttributeType::Int as i32),
-            i: Some(i),
-            ..Default::default()
-        };
-        let int64s = |name: &str, values: Vec<i64>| TensorProto {
-            name: Some(n(name)),
-            dims: vec![values.len() as i64],
-            data_type: Some(DataType::Int64 as i32),
-            int64_data: values,
-            ..Default::default()
-        };
-        let mut initializers = vec![int64s("rows_shape", vec![-1, self.channels as i64])];
-        // ReduceSum takes its axes as an input from opset 13, as an attribute before.
-        if opset >= 13 {
-            initializers.push(int64s("axes", vec![0]));
-        }
-        let reduce = |input: String, output: String| {
-            if opset >= 13 {
-                node(
-                    "ReduceSum",
-                    vec![input, n("axes")],
-                    output,
-                    vec![int("keepdims", 0)],
-                )
-            } else {
-                let axes = AttributeProto {
-                    name: Some("axes".into()),
-                    r#type: Some(AttributeType::Ints as i32),
-                    ints: vec![0],
-                    ..Default::default()
-                };
-                node(
-                    "ReduceSum",
-                    vec![input],
-                    output,
-                    vec![int("keepdims", 0), axes],
-                )
-            }
-        };
-        let [sumsq, sum, shape] = self.outputs();
-        let x = self.activation.clone();
-        let nodes = vec![
-            node("Shape", vec![x.clone()], shape, vec![]),
-            node(
-                "Cast",
-                vec![x],
-                n("f64"),
-                vec![int("to", DataType::Double as i64)],
-            ),
-            node(
-                "Reshape",
-                vec![n("f64"), n("rows_shape")],
-                n("rows"),
-                vec![],
-            ),
-            node("Mul", vec![n("rows"), n("rows")], n("squares"), vec![]),
-            reduce(n("squares"), sumsq),
-            reduce(n("rows"), sum),
-        ];
-        (nodes, initializers)
-    }
+/// Nodes appended to a stage model (for example statistics taken inside it), with the
+/// initializers they read and the outputs they add after the stage's own.
+#[derive(Clone, Debug, Default)]
+pub struct StageProbe {
+    /// The nodes, run after the stage's.
+    pub nodes: Vec<NodeProto>,
+    /// The initializers they read.
+    pub initializers: Vec<TensorProto>,
+    /// The outputs they add.
+    pub outputs: Vec<String>,
 }
 
 /// What part of the decoder a stage is.
@@ -341,6 +250,17 @@ impl Partition {
         })
     }
 
+    /// The version of the default ONNX domain the model imports (1 when it names none), which
+    /// nodes added to its stages must follow.
+    pub fn opset(&self) -> i64 {
+        self.template
+            .opset_import
+            .iter()
+            .find(|o| matches!(o.domain.as_deref(), None | Some("" | "ai.onnx")))
+            .and_then(|o| o.version)
+            .unwrap_or(1)
+    }
+
     /// The block stages, in order.
     pub fn blocks(&self) -> impl Iterator<Item = &Stage> {
         self.stages
@@ -410,7 +330,7 @@ impl Partition {
     /// A self-contained model of `stage`: its nodes, every initializer they read (inline), inputs
     /// typed by `input_types` (graph inputs keep their declared types), the weights of `weights`
     /// turned into inputs, and besides its own outputs, the activations `extra_outputs` whole and
-    /// the [`ChannelSums::outputs`] of `sums`.
+    /// the outputs of `probes`, whose nodes run after the stage's.
     pub fn stage_model(
         &self,
         model: &OnnxModel,
@@ -418,7 +338,7 @@ impl Partition {
         input_types: &HashMap<String, TypeProto>,
         weights: &[&Linear],
         extra_outputs: &[String],
-        sums: &[ChannelSums],
+        probes: &[StageProbe],
     ) -> Result<ModelProto> {
         let weight_names: HashSet<&str> = weights.iter().map(|l| l.weight.name.as_str()).collect();
         let mut nodes: Vec<NodeProto> =
@@ -465,25 +385,17 @@ impl Partition {
                 initializer.push(inline(model, key, tensor)?);
             }
         }
-        let opset = self
-            .template
-            .opset_import
-            .iter()
-            .find(|o| matches!(o.domain.as_deref(), None | Some("" | "ai.onnx")))
-            .and_then(|o| o.version)
-            .unwrap_or(1);
-        let mut sum_outputs = Vec::new();
-        for s in sums {
-            let (n, i) = s.nodes(opset);
-            nodes.extend(n);
-            initializer.extend(i);
-            sum_outputs.extend(s.outputs());
+        let mut probe_outputs = Vec::new();
+        for p in probes {
+            nodes.extend(p.nodes.iter().cloned());
+            initializer.extend(p.initializers.iter().cloned());
+            probe_outputs.extend(p.outputs.iter().cloned());
         }
         let mut output: Vec<ValueInfoProto> = stage
             .outputs
             .iter()
             .chain(extra_outputs)
-            .chain(&sum_outputs)
+            .chain(&probe_outputs)
             .map(|o| ValueInfoProto {
                 name: Some(o.clone()),
                 ..Default::default()

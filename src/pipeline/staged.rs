@@ -2,9 +2,10 @@
 //! block on every window, its outputs kept for the stages that read them.
 
 use crate::error::{Error, Result};
-use crate::graph::{ChannelSums, Linear, Partition, Stage};
+use crate::graph::{Linear, Partition, Stage, StageProbe};
 use crate::onnx::proto::TypeProto;
 use crate::onnx::OnnxModel;
+use crate::prune::ChannelSums;
 use crate::runtime::{Activation, GraphFeeds, ModelSession, Runtime};
 use std::collections::{HashMap, HashSet};
 
@@ -82,9 +83,26 @@ impl<'a> StagedRun<'a> {
                 }
             }
         }
-        let proto =
-            self.partition
-                .stage_model(self.model, stage, &self.types, weights, captures, sums)?;
+        let opset = self.partition.opset();
+        let probes: Vec<StageProbe> = sums
+            .iter()
+            .map(|s| {
+                let (nodes, initializers) = s.nodes(opset);
+                StageProbe {
+                    nodes,
+                    initializers,
+                    outputs: s.outputs().to_vec(),
+                }
+            })
+            .collect();
+        let proto = self.partition.stage_model(
+            self.model,
+            stage,
+            &self.types,
+            weights,
+            captures,
+            &probes,
+        )?;
         ModelSession::open(self.runtime, &proto, &format!("{:?}", stage.kind))
     }
 

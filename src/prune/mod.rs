@@ -1,5 +1,6 @@
 //! Scores and masks: pure functions over weight matrices in the canonical `[out, in]` layout.
 
+mod channel_sums;
 pub mod cuda;
 pub mod dsnot;
 mod mask;
@@ -7,6 +8,7 @@ mod score;
 mod sparsegpt;
 mod stats;
 
+pub use channel_sums::ChannelSums;
 pub use mask::{neuron_prune_count, prune_mask, row_prune_count, MaskRule, RowMask};
 pub use score::{magnitude, multiflow, wanda};
 pub use sparsegpt::sparsegpt;

@@ -39,7 +39,7 @@ impl ActivationStats {
     }
 
     /// Adds one window's per-channel sums over its `tokens` tokens: Σ x² and Σ x (as
-    /// [`crate::graph::ChannelSums`] takes them in the stage model).
+    /// [`ChannelSums`](super::ChannelSums) takes them in the stage model).
     pub fn add_window(&mut self, sumsq: &[f64], sum: &[f64], tokens: usize) {
         assert!(
             sumsq.len() == self.channels && sum.len() == self.channels,

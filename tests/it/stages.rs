@@ -4,12 +4,13 @@
 use crate::harness::{fixture, reference, tiny_fixtures, Fixture};
 use ndarray::{ArrayD, IxDyn};
 use neuroal_onnx::calib::Rng;
-use neuroal_onnx::graph::{ChannelSums, Partition, StageKind};
+use neuroal_onnx::graph::{Partition, StageKind};
 use neuroal_onnx::onnx::proto::{GraphProto, ModelProto, OperatorSetIdProto, ValueInfoProto};
 use neuroal_onnx::onnx::OnnxModel;
 use neuroal_onnx::pipeline::{inspect, StagedRun};
 use neuroal_onnx::progress::Progress;
 use neuroal_onnx::prune::ActivationStats;
+use neuroal_onnx::prune::ChannelSums;
 use neuroal_onnx::runtime::{locate_library, Activation, CausalLm, Device, ModelSession, Runtime};
 
 fn runtime() -> Runtime {
