@@ -57,7 +57,6 @@ fn run(cli: Cli) -> Result<(), Error> {
                 neuroal_onnx::atomic::abandon_and_exit(130)
             });
             let report = pipeline::prune(&config, &progress)?;
-            neuroal_onnx::atomic::keep_outputs();
             print_out(&if json {
                 report.to_json()? + "\n"
             } else {

@@ -3,7 +3,7 @@
 //! can be served as the input folder was (docs/onnx-layouts.md,
 //! "onnxruntime-genai").
 
-use crate::atomic::write_atomically;
+use crate::atomic::Job;
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -63,9 +63,9 @@ pub fn companions(input: &Path, output: &Path) -> Result<Vec<Companion>> {
 }
 
 impl Companion {
-    /// Writes the file atomically (replacing one of an earlier run).
-    pub fn write(&self) -> Result<()> {
-        write_atomically(&self.target, &self.bytes)
+    /// Writes the file atomically as an output of `job` (replacing one of an earlier run).
+    pub fn write(&self, job: &Job) -> Result<()> {
+        job.write(&self.target, &self.bytes)
     }
 }
 

@@ -6,7 +6,7 @@ use super::model::{clear_data, OnnxModel, TensorKey};
 use super::proto::tensor_proto::{DataLocation, DataType};
 use super::proto::{ModelProto, StringStringEntryProto, TensorProto};
 use super::walk::{try_visit_attribute_tensors_mut, visit_graphs_mut};
-use crate::atomic::AtomicFile;
+use crate::atomic::{AtomicFile, Job};
 use crate::error::{Error, Result};
 use prost::bytes::Bytes;
 use prost::Message;
@@ -78,6 +78,8 @@ pub struct ModelWriter<'m> {
     data_name: String,
     options: SaveOptions,
     data_tmp: AtomicFile,
+    /// The job the written files belong to, if any.
+    job: Option<&'m Job>,
     writer: BufWriter<File>,
     /// Bytes written to the data file so far, padding included.
     offset: u64,
@@ -119,10 +121,18 @@ impl<'m> ModelWriter<'m> {
             data_name,
             options: options.clone(),
             data_tmp,
+            job: None,
             writer: BufWriter::with_capacity(1 << 20, file),
             offset: 0,
             placed: HashMap::new(),
         })
+    }
+
+    /// Commits the model and data files as outputs of `job`, which removes them again if it
+    /// fails or is interrupted before it is kept.
+    pub fn owned_by(mut self, job: &'m Job) -> Self {
+        self.job = Some(job);
+        self
     }
 
     /// Replaces initializer `key` with `bytes` (little-endian, in the tensor's own type and
@@ -212,12 +222,16 @@ impl<'m> ModelWriter<'m> {
             .write_all(&bytes)
             .map_err(|e| Error::io(&self.out, e))?;
 
+        let commit = |file: AtomicFile| match self.job {
+            Some(job) => job.commit(file),
+            None => file.commit(),
+        };
         let data_written = if external_tensors > 0 {
-            Some(self.data_tmp.commit()?)
+            Some(commit(self.data_tmp)?)
         } else {
             None // the empty temporary data file is removed on drop
         };
-        model_tmp.commit()?;
+        commit(model_tmp)?;
         Ok(SavedModel {
             model_path: self.out,
             data_path: data_written,

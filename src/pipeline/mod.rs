@@ -18,13 +18,13 @@ use sequential::SequentialPruner;
 pub use staged::StagedRun;
 
 use crate::allocate::{self, NeuroalStep, SparsityPlan, TopUp};
-use crate::atomic::AtomicFile;
+use crate::atomic::{AtomicFile, Job};
 use crate::calib::{Sampling, TextTokenizer};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::graph::Linear;
 use crate::graph::{discover, Discovery};
-use crate::onnx::{ModelWriter, OnnxModel, SaveOptions, SavedModel};
+use crate::onnx::{ModelWriter, OnnxModel, SaveOptions};
 use crate::progress::Progress;
 use crate::prune::{self, PruneMethod};
 use crate::report::{
@@ -354,7 +354,10 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         allocation_detail = Some(detail);
     }
     // Pruned matrices go to the output's data file as they are pruned: one at a time in memory.
-    let mut output = ModelWriter::create(&model, &config.output, &SaveOptions::default())?;
+    // Every file the job commits is removed again if it fails or is interrupted before the end.
+    let job = Job::start();
+    let mut output =
+        ModelWriter::create(&model, &config.output, &SaveOptions::default())?.owned_by(&job);
     let (pruned, sums_site) = match (&calibration, &runtime) {
         (Some(calib), Some(rt)) => {
             let dsnot = config.top_up == TopUp::Dsnot;
@@ -416,12 +419,9 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     let stage = progress.stage("write");
     let saved = output.finish()?;
     timings.insert("write".to_string(), stage.finish());
-    // From here on a failure removes what this run wrote, and reports of an earlier run at the
-    // same path describe a model that is gone.
-    let mut outputs = OutputGuard::new(&saved);
+    // Reports of an earlier run at the same path describe a model that is gone.
     for companion in &companions {
-        outputs.add(companion.target.clone());
-        companion.write()?;
+        companion.write(&job)?;
     }
     for stale in [
         report_path(&config.output),
@@ -493,35 +493,10 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         timings_s: timings,
         peak_rss_mib: crate::report::peak_rss_mib(),
     };
-    outputs.add(report_path(&config.output));
-    report.write_json(&report_path(&config.output))?;
-    outputs.add(html_report_path(&config.output));
-    report.write_html(&html_report_path(&config.output))?;
-    outputs.keep();
+    report.write_json(&report_path(&config.output), &job)?;
+    report.write_html(&html_report_path(&config.output), &job)?;
+    job.keep();
     Ok(report)
-}
-
-/// The files a run has written; removed when the run fails before [`OutputGuard::keep`], so that
-/// a failed run leaves no model without its report.
-struct OutputGuard {
-    paths: Vec<PathBuf>,
-    keep: bool,
-}
-
-impl OutputGuard {
-    fn new(saved: &SavedModel) -> Self {
-        let mut paths = vec![saved.model_path.clone()];
-        paths.extend(saved.data_path.clone());
-        Self { paths, keep: false }
-    }
-
-    fn add(&mut self, path: PathBuf) {
-        self.paths.push(path);
-    }
-
-    fn keep(mut self) {
-        self.keep = true;
-    }
 }
 
 /// Removes a file left by an earlier run, if there is one.
@@ -530,16 +505,6 @@ fn remove_if_present(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io(path, e)),
-    }
-}
-
-impl Drop for OutputGuard {
-    fn drop(&mut self) {
-        if !self.keep {
-            for path in &self.paths {
-                let _ = std::fs::remove_file(path);
-            }
-        }
     }
 }
 

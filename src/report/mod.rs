@@ -12,7 +12,7 @@ pub use digest::file_digests;
 pub use html::render_html;
 
 use crate::allocate::TopUp;
-use crate::atomic::write_atomically;
+use crate::atomic::Job;
 use crate::device::Device;
 use crate::error::Result;
 use crate::eval::{Agreement, ChoiceAccuracy, Perplexity};
@@ -284,16 +284,17 @@ impl Report {
         })
     }
 
-    /// Writes the report as JSON to `path`, atomically.
-    pub fn write_json(&self, path: &Path) -> Result<()> {
+    /// Writes the report as JSON to `path`, atomically, as an output of `job`.
+    pub fn write_json(&self, path: &Path, job: &Job) -> Result<()> {
         let mut text = self.to_json()?;
         text.push('\n');
-        write_atomically(path, text.as_bytes())
+        job.write(path, text.as_bytes())
     }
 
-    /// Writes the report as a self-contained HTML page to `path`, atomically.
-    pub fn write_html(&self, path: &Path) -> Result<()> {
-        write_atomically(path, render_html(self).as_bytes())
+    /// Writes the report as a self-contained HTML page to `path`, atomically, as an output of
+    /// `job`.
+    pub fn write_html(&self, path: &Path, job: &Job) -> Result<()> {
+        job.write(path, render_html(self).as_bytes())
     }
 }
 
