@@ -91,7 +91,7 @@ impl<'m> ModelWriter<'m> {
     /// output that is one of the input's files or lies in a folder that does not exist.
     pub fn create(model: &'m OnnxModel, out: &Path, options: &SaveOptions) -> Result<Self> {
         let data_path = data_file_for(out);
-        check_not_an_input(model, out, &data_path)?;
+        check_not_an_input(model, out)?;
         let dir = match out.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -364,19 +364,22 @@ pub(crate) fn check_external_references(
     try_visit_attribute_tensors_mut(graph, &mut |label, tensor| check(label, tensor))
 }
 
-/// Refuses an output (or its data file) that is one of the input's files.
-fn check_not_an_input(model: &OnnxModel, out: &Path, data_path: &Path) -> Result<()> {
+/// Refuses an output `out` (or its data file, [`data_file_for`]) that is one of `model`'s files
+/// ([`OnnxModel::input_files`]), as a usage error naming both. The pipeline checks this as soon
+/// as the model is loaded, before any other work; [`ModelWriter::create`] relies on the same check.
+pub fn check_not_an_input(model: &OnnxModel, out: &Path) -> Result<()> {
     let inputs = model.input_files();
-    for candidate in [out, data_path] {
+    for candidate in [out, &data_file_for(out)] {
         if let Some(resolved) = resolve_maybe_missing(candidate) {
             if let Some(hit) = inputs.iter().find(|p| **p == resolved) {
+                let what = if candidate == out && model.path.canonicalize().ok() == Some(resolved) {
+                    "is the input model".to_string()
+                } else {
+                    format!("would overwrite input file {}", hit.display())
+                };
                 return Err(Error::invalid(
                     "output",
-                    format!(
-                        "{} would overwrite input file {}; choose another output path",
-                        candidate.display(),
-                        hit.display()
-                    ),
+                    format!("{} {what}; choose another output path", candidate.display()),
                 ));
             }
         }

@@ -246,6 +246,8 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
 
     let stage = progress.stage("load and discover");
     let (model, discovery) = inspect(&config.input)?;
+    // The output may be neither the model file nor one of its data files: known once loaded.
+    crate::onnx::check_not_an_input(&model, &config.output)?;
     // Read now, so that a malformed runtime config fails the job before any long work.
     let companions = crate::onnx::companions(&config.input, &config.output)?;
     // Windows given verbatim set the job's window count and length.
@@ -553,17 +555,6 @@ fn preflight(config: &PruneConfig) -> Result<()> {
             &config.input,
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such model file"),
         ));
-    }
-    if let (Ok(a), Ok(b)) = (config.input.canonicalize(), config.output.canonicalize()) {
-        if a == b {
-            return Err(Error::invalid(
-                "output",
-                format!(
-                    "{} is the input model; choose another output path",
-                    config.output.display()
-                ),
-            ));
-        }
     }
     for path in config
         .eval_texts

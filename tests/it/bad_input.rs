@@ -245,6 +245,53 @@ fn bad_flags_and_outputs() {
     );
 }
 
+/// An output that is one of the input's data files is refused before any work: with the default
+/// calibrated method and an ONNX Runtime library that does not exist, the error is the output's
+/// (exit 2, naming both files), nothing is written and the input files are unchanged.
+#[test]
+fn an_output_that_is_the_inputs_data_file_is_refused_before_any_work() {
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let model = copy_fixture(&fx, dir.path());
+    let data = dir.path().join("model.onnx_data");
+    assert!(
+        data.is_file(),
+        "the fixture keeps its weights in {}",
+        data.display()
+    );
+    let before = snapshot(dir.path());
+    let r = run(job(
+        &model,
+        &data,
+        &[
+            "--sparsity",
+            "0.5",
+            "--ort-lib",
+            "/nonexistent/libonnxruntime.so",
+            "--quiet",
+        ],
+    ));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "a one-line error: {}", r.stderr);
+    assert!(lines[0].starts_with("error: "), "{}", r.stderr);
+    assert!(
+        lines[0].contains("model.onnx_data") && lines[0].contains("input file"),
+        "the error names the data file: {}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.contains("--ort-lib"),
+        "checked first: {}",
+        r.stderr
+    );
+    assert_eq!(
+        snapshot(dir.path()),
+        before,
+        "input untouched, nothing written"
+    );
+}
+
 #[test]
 fn a_failure_after_the_model_is_written_leaves_no_output_and_no_stale_report() {
     // The last node's operator is unknown to ONNX Runtime but not to pruning: the job writes the
