@@ -4,8 +4,8 @@
 //! pruned, and feed its outputs to the next block. The same pass, on a few windows and a
 //! candidate allocation, measures NeuroAL's neuron alignment (docs/methods.md §1.2).
 
+use super::outputs::PrunedWeights;
 use super::staged::StagedRun;
-use super::PrunedWeights;
 use crate::allocate::SparsityPlan;
 use crate::device::Device;
 use crate::error::{Error, Result};
