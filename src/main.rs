@@ -2,6 +2,7 @@
 //! (0 success, 1 failure while working, 2 bad arguments or an option not built yet).
 
 mod cli;
+mod kernels;
 
 use clap::Parser;
 use cli::{Cli, Command};
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Kernels(args)) = &cli.command {
-        return kernels(args);
+        return kernels::run(args);
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,79 +63,6 @@ fn run(cli: Cli) -> Result<(), Error> {
             } else {
                 summary(&report)
             })
-        }
-    }
-}
-
-/// The hidden `kernels` subcommand: compile the CUDA kernels to PTX, or check them on a GPU.
-/// Exit code 1 on any failure, including a CUDA mask that differs from the CPU path's.
-fn kernels(args: &cli::KernelsArgs) -> ExitCode {
-    use neuroal_onnx::prune::cuda;
-    let result = if args.ptx {
-        cuda::compile_ptx_all().and_then(|all| {
-            for (name, ptx) in &all {
-                let source = cuda::SOURCES
-                    .iter()
-                    .find(|s| name.starts_with(s.file))
-                    .ok_or_else(|| format!("{name}: unknown source"))?;
-                let missing: Vec<&str> = source
-                    .entries
-                    .iter()
-                    .filter(|e| !ptx.contains(&format!(".entry {e}(")))
-                    .copied()
-                    .collect();
-                if !missing.is_empty() {
-                    return Err(format!("{name}: no .entry {}", missing.join(", ")));
-                }
-                println!(
-                    "{name}\t{} bytes of PTX\t{}",
-                    ptx.len(),
-                    source.entries.join(" ")
-                );
-                if let Some(dir) = &args.ptx_dir {
-                    let file = dir.join(format!("{}.ptx", name.replace(".cu ", ".")));
-                    std::fs::create_dir_all(dir)
-                        .and_then(|_| std::fs::write(&file, ptx))
-                        .map_err(|e| format!("{}: {e}", file.display()))?;
-                }
-            }
-            // Registers, shared memory and spills: the resource report costs no GPU time.
-            for (name, log) in cuda::resource_report()? {
-                let mut entry = "";
-                for line in log.lines() {
-                    if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-                        entry = rest.split('\'').next().unwrap_or_default();
-                    } else if line.contains("Used ") || line.contains("spill") {
-                        let what = line.rsplit([':', '.']).next().unwrap_or(line).trim();
-                        println!("{name}\t{entry}\t{what}");
-                    }
-                }
-            }
-            Ok(())
-        })
-    } else {
-        let seed = args.seed.unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
-        cuda::gpu_check(seed, |line| eprintln!("{line}")).and_then(|(table, identical)| {
-            println!("{table}");
-            if let Some(out) = &args.out {
-                std::fs::write(out, &table).map_err(|e| format!("{}: {e}", out.display()))?;
-            }
-            if identical {
-                Ok(())
-            } else {
-                Err("CUDA and CPU masks differ".into())
-            }
-        })
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
         }
     }
 }

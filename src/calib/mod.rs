@@ -4,7 +4,7 @@
 mod rng;
 mod windows;
 
-pub use rng::Rng;
+pub use rng::{Rng, SplitMix64};
 pub use windows::sample_windows;
 
 use crate::error::{Error, Result};

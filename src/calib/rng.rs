@@ -1,5 +1,26 @@
-//! A small seeded generator (xoshiro256**, seeded by SplitMix64): the same draws on every
-//! platform and version, so `--seed` reproduces calibration sets exactly.
+//! Small seeded generators: xoshiro256** (seeded by SplitMix64) for calibration, the same draws
+//! on every platform and version so that `--seed` reproduces calibration sets exactly; and
+//! SplitMix64 itself, for test matrices.
+
+/// SplitMix64: a 64-bit state stepped by the golden ratio and mixed; the state is the seed.
+#[derive(Clone, Debug)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A uniform float in `[0, 1)` with 24 random bits.
+    pub fn unit_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
 
 /// Deterministic pseudo-random numbers.
 #[derive(Clone, Debug)]
@@ -10,16 +31,14 @@ pub struct Rng {
 impl Rng {
     /// A generator seeded with `seed`.
     pub fn new(seed: u64) -> Self {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
+        let mut seeder = SplitMix64(seed);
         Self {
-            s: [next(), next(), next(), next()],
+            s: [
+                seeder.next_u64(),
+                seeder.next_u64(),
+                seeder.next_u64(),
+                seeder.next_u64(),
+            ],
         }
     }
 

@@ -1,42 +1,20 @@
-//! The CUDA mask path: `kernels/*.cu` compiled at run time by NVRTC and launched through cudarc.
-//! The kernels prune exactly what [`prune_mask`](super::prune_mask) prunes (kernels/README.md).
-//! Nothing here panics when there is no GPU, driver or NVRTC: every entry point checks that the
-//! libraries load before touching them and reports why not as a `String`.
+//! The masker: the kernels of `kernels/masks.cu`, compiled by NVRTC for device 0 and launched
+//! through cudarc, pruning exactly what [`prune_mask`](crate::prune::prune_mask) prunes; and the
+//! measurements a benchmark makes of them (kernel time, the device's copy bandwidth).
 
-use super::mask::{neuron_prune_count, row_prune_count, MaskRule, RowMask};
+use super::nvrtc::{nvrtc_compile, nvrtc_missing, Output, N_OF_M_ENTRY, ROWS_ENTRY, SOURCES};
+use crate::calib::SplitMix64;
+use crate::prune::mask::{neuron_prune_count, row_prune_count, MaskRule, RowMask};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use std::sync::Arc;
 
-/// One `.cu` file of `kernels/`: its name, its text (embedded in the binary) and its entry points.
-pub struct KernelSource {
-    /// File name under `kernels/`.
-    pub file: &'static str,
-    /// The CUDA C++ source.
-    pub source: &'static str,
-    /// The `extern "C" __global__` functions it defines.
-    pub entries: &'static [&'static str],
-}
-
-/// Every kernel source.
-pub const SOURCES: &[KernelSource] = &[KernelSource {
-    file: "masks.cu",
-    source: include_str!("../../kernels/masks.cu"),
-    entries: &[ROWS_ENTRY, N_OF_M_ENTRY],
-}];
-
-const ROWS_ENTRY: &str = "prune_rows_f32";
-const N_OF_M_ENTRY: &str = "prune_n_of_m_f32";
 /// `ROW_THREADS` in masks.cu: the block size `prune_rows_f32` is written for.
 const ROW_THREADS: u32 = 256;
 /// Threads per block of `prune_n_of_m_f32` (one thread per group).
 const GROUP_THREADS: u32 = 256;
-
-/// Virtual architectures [`compile_ptx_all`] compiles for: the oldest CUDA 13 supports (Turing)
-/// and Hopper (H100, H200).
-pub const PTX_ARCHS: &[&str] = &["compute_75", "compute_90"];
 
 /// Which of two entries with equal scores is pruned first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +25,7 @@ pub enum Ties {
     HigherIndexFirst,
 }
 
-/// Per-row prune counts and tie order of a per-row rule, as [`prune_mask`](super::prune_mask)
+/// Per-row prune counts and tie order of a per-row rule, as [`prune_mask`](crate::prune::prune_mask)
 /// counts them; `None` for N:M.
 pub fn row_counts(rule: &MaskRule, rows: usize, cols: usize) -> Option<(Vec<u32>, Ties)> {
     let clamp = |n: usize| n.min(u32::MAX as usize) as u32;
@@ -65,151 +43,6 @@ pub fn row_counts(rule: &MaskRule, rows: usize, cols: usize) -> Option<(Vec<u32>
         )),
         MaskRule::NofM { .. } => None,
     }
-}
-
-/// The NaN this CPU's multiply makes from 0·∞, which the CPU path's Wanda score holds for such
-/// an entry; the kernels are compiled to give the same (x86-64: `0xFFC00000`).
-fn cpu_default_nan() -> u32 {
-    (std::hint::black_box(0.0f32) * std::hint::black_box(f32::INFINITY)).to_bits()
-}
-
-/// Why NVRTC cannot be used, if it cannot.
-fn nvrtc_missing() -> Option<String> {
-    // SAFETY: only tries to dlopen the library names cudarc knows; loads nothing else.
-    let present = unsafe { cudarc::nvrtc::sys::is_culib_present() };
-    (!present).then(|| {
-        "NVRTC (libnvrtc.so.13) was not found: put its folder on LD_LIBRARY_PATH (`make setup` \
-         fetches one into .cache/nvrtc/lib; a CUDA toolkit has one in lib64)"
-            .to_string()
-    })
-}
-
-/// What NVRTC should hand back.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Output {
-    /// PTX for a virtual architecture (`compute_XY`).
-    Ptx,
-    /// Machine code for a real one (`sm_XY`); loads on a driver older than this NVRTC within
-    /// the same major version, which PTX does not.
-    Cubin,
-}
-
-/// Compiles `source` for `arch` with NVRTC (which must be present: [`nvrtc_missing`]). Returns
-/// the PTX or CUBIN bytes and NVRTC's log (ptxas's resource report with `verbose`).
-fn nvrtc_compile(
-    source: &KernelSource,
-    arch: &str,
-    output: Output,
-    verbose: bool,
-) -> Result<(Vec<u8>, String), String> {
-    use cudarc::nvrtc::{result, sys};
-    use std::ffi::{c_char, CString};
-    let fail = |what: &str, e: &dyn std::fmt::Debug| {
-        format!(
-            "kernels/{}: NVRTC {what} failed for {arch}: {e:?}",
-            source.file
-        )
-    };
-    let text = CString::new(source.source).map_err(|e| fail("reading the source", &e))?;
-    let name = CString::new(source.file).map_err(|e| fail("naming the source", &e))?;
-    let prog = result::create_program(&text, Some(&name)).map_err(|e| fail("create", &e))?;
-    /// Destroys the program however this function returns.
-    struct Program(sys::nvrtcProgram);
-    impl Drop for Program {
-        fn drop(&mut self) {
-            // SAFETY: created by create_program and destroyed only here.
-            let _ = unsafe { result::destroy_program(self.0) };
-        }
-    }
-    let prog = Program(prog);
-    let mut options = vec![
-        // IEEE products with denormals, no contraction: scores bit-identical to the CPU's.
-        "--ftz=false".to_string(),
-        "--fmad=false".to_string(),
-        "--prec-div=true".to_string(),
-        "--prec-sqrt=true".to_string(),
-        format!("--gpu-architecture={arch}"),
-        format!("-DNEUROAL_DEFAULT_NAN={:#010x}u", cpu_default_nan()),
-    ];
-    if verbose {
-        options.push("--ptxas-options=-v".into());
-    }
-    // SAFETY: `prog` is a live program; the log is read before it is destroyed.
-    let compiled = unsafe { result::compile_program(prog.0, &options) };
-    let log = unsafe { result::get_program_log(prog.0) }
-        .map(|raw| {
-            let bytes: Vec<u8> = raw
-                .iter()
-                .take_while(|&&c| c != 0)
-                .map(|&c| c as u8)
-                .collect();
-            String::from_utf8_lossy(&bytes).trim_end().to_string()
-        })
-        .unwrap_or_default();
-    if let Err(e) = compiled {
-        return Err(format!(
-            "kernels/{} does not compile for {arch} ({e:?}):\n{log}",
-            source.file
-        ));
-    }
-    /// `nvrtcGet{PTX,CUBIN}Size` and `nvrtcGet{PTX,CUBIN}`.
-    type SizeFn = unsafe fn(sys::nvrtcProgram, *mut usize) -> sys::nvrtcResult;
-    type GetFn = unsafe fn(sys::nvrtcProgram, *mut c_char) -> sys::nvrtcResult;
-    let (size_of, get): (SizeFn, GetFn) = match output {
-        Output::Ptx => (sys::nvrtcGetPTXSize, sys::nvrtcGetPTX),
-        Output::Cubin => (sys::nvrtcGetCUBINSize, sys::nvrtcGetCUBIN),
-    };
-    let mut size = 0usize;
-    // SAFETY: `prog` compiled successfully; the buffer holds the size NVRTC reported.
-    unsafe { size_of(prog.0, &mut size) }
-        .result()
-        .map_err(|e| fail("size", &e))?;
-    let mut bytes = vec![0u8; size];
-    unsafe { get(prog.0, bytes.as_mut_ptr().cast()) }
-        .result()
-        .map_err(|e| fail("output", &e))?;
-    if output == Output::Ptx {
-        // PTX comes NUL-terminated.
-        while bytes.last() == Some(&0) {
-            bytes.pop();
-        }
-    }
-    Ok((bytes, log))
-}
-
-/// Compiles every kernel source to PTX for each of [`PTX_ARCHS`] with NVRTC; needs no GPU or
-/// driver. Returns `("<file> <arch>", ptx)` pairs, or the first failure with NVRTC's log.
-pub fn compile_ptx_all() -> Result<Vec<(String, String)>, String> {
-    if let Some(why) = nvrtc_missing() {
-        return Err(why);
-    }
-    let mut out = Vec::new();
-    for source in SOURCES {
-        for &arch in PTX_ARCHS {
-            let (ptx, _) = nvrtc_compile(source, arch, Output::Ptx, false)?;
-            let ptx = String::from_utf8(ptx)
-                .map_err(|_| format!("kernels/{}: the PTX for {arch} is not text", source.file))?;
-            out.push((format!("{} {arch}", source.file), ptx));
-        }
-    }
-    Ok(out)
-}
-
-/// ptxas's resource report (registers, shared memory, spills) of every kernel source compiled
-/// to machine code for each of [`PTX_ARCHS`]' real architectures; needs no GPU or driver.
-pub fn resource_report() -> Result<Vec<(String, String)>, String> {
-    if let Some(why) = nvrtc_missing() {
-        return Err(why);
-    }
-    let mut out = Vec::new();
-    for source in SOURCES {
-        for &arch in PTX_ARCHS {
-            let sm = arch.replace("compute_", "sm_");
-            let (_, log) = nvrtc_compile(source, &sm, Output::Cubin, true)?;
-            out.push((format!("{} {sm}", source.file), log));
-        }
-    }
-    Ok(out)
 }
 
 /// Formats a CUDA driver error with what was being done.
@@ -299,9 +132,9 @@ impl CudaMasker {
     /// Runs every rule on a small matrix with ties, NaN, infinities and signed zeros and
     /// requires the CPU path's masks and pruned weights, bit for bit.
     fn self_test(&self) -> Result<(), String> {
-        use super::{magnitude, prune_mask, wanda};
+        use crate::prune::{magnitude, prune_mask, wanda};
         let (rows, cols) = (4, 520);
-        let mut rng = Rng(7);
+        let mut rng = SplitMix64(7);
         let mut w = random_weights(&mut rng, rows, cols, true);
         for (i, v) in [
             (3, f32::NAN),
@@ -312,7 +145,7 @@ impl CudaMasker {
         ] {
             w[i] = v;
         }
-        let mut norms: Vec<f32> = (0..cols).map(|_| rng.unit()).collect();
+        let mut norms: Vec<f32> = (0..cols).map(|_| rng.unit_f32()).collect();
         for (j, v) in [
             (5, f32::INFINITY),
             (9, f32::INFINITY),
@@ -357,7 +190,7 @@ impl CudaMasker {
         &self.device
     }
 
-    /// Prunes under `rule` in place, as [`prune_mask`](super::prune_mask) then
+    /// Prunes under `rule` in place, as [`prune_mask`](crate::prune::prune_mask) then
     /// [`RowMask::apply`] would on the magnitude (`norms` absent) or Wanda score.
     pub fn prune(
         &self,
@@ -557,89 +390,26 @@ fn check_shape(
     }
 }
 
-/// Linear shapes `[out, in]` of LLaMA-7B, then of SmolLM2-135M: the GPU check and the mask
-/// benchmark run on them.
-pub const LLM_SHAPES: &[(usize, usize)] = &[
-    (4096, 4096),
-    (11008, 4096),
-    (4096, 11008),
-    (576, 576),
-    (1536, 576),
-    (576, 1536),
-];
+/// Timed runs per kernel and shape (after [`WARMUP_RUNS`] untimed ones); the median is reported.
+pub const TIMED_RUNS: usize = 25;
+/// Untimed runs before the timed ones.
+pub const WARMUP_RUNS: usize = 3;
 
-/// Timed runs per kernel and shape (after [`WARMUP`] untimed ones); the median is reported.
-const RUNS: usize = 25;
-const WARMUP: usize = 3;
-
-/// A small deterministic generator (SplitMix64) for the check's random matrices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1) with 24 random bits.
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
-
-/// One row of the check: a score, a rule and how the weights are drawn.
-struct Case {
-    label: &'static str,
-    wanda: bool,
-    /// Weights on a 4-bit grid per 32 columns (as SmolLM2's Q4_1 export): many equal scores.
-    quantized: bool,
-    rule: fn(usize, &mut Rng) -> MaskRule,
-}
-
-const CASES: &[Case] = &[
-    Case {
-        label: "rows, magnitude, row 0.7",
-        wanda: false,
-        quantized: false,
-        rule: |_, _| MaskRule::Row(0.7),
-    },
-    Case {
-        label: "rows, magnitude, row 0.7, 4-bit weights",
-        wanda: false,
-        quantized: true,
-        rule: |_, _| MaskRule::Row(0.7),
-    },
-    Case {
-        label: "rows, wanda, neuron 0.4–0.95",
-        wanda: true,
-        quantized: false,
-        rule: |rows, rng| {
-            MaskRule::Neuron((0..rows).map(|_| 0.4 + 0.55 * rng.unit() as f64).collect())
-        },
-    },
-    Case {
-        label: "n:m, wanda, 2:4",
-        wanda: true,
-        quantized: false,
-        rule: |_, _| MaskRule::NofM { n: 2, m: 4 },
-    },
-];
-
-fn random_weights(rng: &mut Rng, rows: usize, cols: usize, quantized: bool) -> Vec<f32> {
+/// A random `[rows, cols]` matrix like trained weights (roughly bell-shaped), or on a 4-bit
+/// grid per 32 columns when `quantized` (as SmolLM2's Q4_1 export: many equal scores): what the
+/// kernels are checked on, by the self-test and by `neuroal-onnx kernels --check`.
+pub fn random_weights(rng: &mut SplitMix64, rows: usize, cols: usize, quantized: bool) -> Vec<f32> {
     let mut w = Vec::with_capacity(rows * cols);
     let mut scale = 0.0f32;
     for i in 0..rows * cols {
         if quantized {
             if i % 32 == 0 {
-                scale = 0.005 + 0.05 * rng.unit();
+                scale = 0.005 + 0.05 * rng.unit_f32();
             }
-            w.push(((rng.next() >> 60) as f32 - 8.0) * scale);
+            w.push(((rng.next_u64() >> 60) as f32 - 8.0) * scale);
         } else {
             // Roughly bell-shaped, like trained weights.
-            w.push((rng.unit() + rng.unit() + rng.unit() - 1.5) * 0.05);
+            w.push((rng.unit_f32() + rng.unit_f32() + rng.unit_f32() - 1.5) * 0.05);
         }
     }
     w
@@ -649,7 +419,7 @@ impl CudaMasker {
     /// Median time in ms of one kernel launch on `weights` under `rule` (CUDA events, after
     /// warm-up). Every run starts from the original weights, copied on the device outside the
     /// timed region.
-    fn time_kernel(
+    pub fn time_kernel(
         &self,
         weights: &[f32],
         rows: usize,
@@ -679,8 +449,8 @@ impl CudaMasker {
                 .map_err(driver("event"))
         };
         let (start, end) = (event()?, event()?);
-        let mut times = Vec::with_capacity(RUNS);
-        for run in 0..WARMUP + RUNS {
+        let mut times = Vec::with_capacity(TIMED_RUNS);
+        for run in 0..WARMUP_RUNS + TIMED_RUNS {
             s.memcpy_dtod(&pristine, &mut w).map_err(driver("copy"))?;
             start.record(s).map_err(driver("event"))?;
             let launch = Launch {
@@ -694,7 +464,7 @@ impl CudaMasker {
             self.launch(launch, &kernel)?;
             end.record(s).map_err(driver("event"))?;
             let ms = start.elapsed_ms(&end).map_err(driver("kernel"))?;
-            if run >= WARMUP {
+            if run >= WARMUP_RUNS {
                 times.push(ms as f64);
             }
         }
@@ -702,13 +472,13 @@ impl CudaMasker {
     }
 
     /// Device-to-device copy bandwidth in GB/s (bytes read plus bytes written), median of
-    /// [`RUNS`] copies of 512 MiB of random bytes.
-    fn copy_bandwidth(&self) -> Result<f64, String> {
+    /// [`TIMED_RUNS`] copies of 512 MiB of random bytes.
+    pub fn copy_bandwidth(&self) -> Result<f64, String> {
         use cudarc::driver::sys::CUevent_flags;
         const BYTES: usize = 512 << 20;
         let s = &self.stream;
-        let mut rng = Rng(1);
-        let host: Vec<u64> = (0..BYTES / 8).map(|_| rng.next()).collect();
+        let mut rng = SplitMix64(1);
+        let host: Vec<u64> = (0..BYTES / 8).map(|_| rng.next_u64()).collect();
         let src = s.clone_htod(&host).map_err(driver("upload"))?;
         let mut dst = s.alloc_zeros::<u64>(host.len()).map_err(driver("alloc"))?;
         let event = || {
@@ -717,13 +487,13 @@ impl CudaMasker {
                 .map_err(driver("event"))
         };
         let (start, end) = (event()?, event()?);
-        let mut times = Vec::with_capacity(RUNS);
-        for run in 0..WARMUP + RUNS {
+        let mut times = Vec::with_capacity(TIMED_RUNS);
+        for run in 0..WARMUP_RUNS + TIMED_RUNS {
             start.record(s).map_err(driver("event"))?;
             s.memcpy_dtod(&src, &mut dst).map_err(driver("copy"))?;
             end.record(s).map_err(driver("event"))?;
             let ms = start.elapsed_ms(&end).map_err(driver("copy"))?;
-            if run >= WARMUP {
+            if run >= WARMUP_RUNS {
                 times.push(ms as f64);
             }
         }
@@ -731,100 +501,10 @@ impl CudaMasker {
     }
 }
 
+/// The middle value (the upper one of an even count).
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-/// The GPU check: for every shape of [`LLM_SHAPES`] and every case (magnitude and Wanda, row
-/// and neuron granularity, 2:4, continuous and 4-bit weights), fresh random data from `seed`,
-/// the CUDA and CPU masks and pruned weights compared bit for bit, and the kernel timed with
-/// CUDA events against the device's copy bandwidth. Returns a Markdown report and whether every
-/// mask was identical; `progress` gets one line per case as it goes.
-pub fn gpu_check(seed: u64, mut progress: impl FnMut(&str)) -> Result<(String, bool), String> {
-    use super::{magnitude, prune_mask, wanda};
-    let masker = CudaMasker::new()?;
-    let copy = masker.copy_bandwidth()?;
-    let mut out = format!(
-        "# CUDA mask kernels on {}\n\nseed {seed}; device-to-device copy: {copy:.0} GB/s \
-         (bytes read + written); kernel time: median of {RUNS} launches after {WARMUP} \
-         (CUDA events); GB/s: the least the kernel must move (weights read, pruned weights \
-         written, norms and counts read) over that time. End to end: upload, kernel and download \
-         from the host; CPU: score, mask and zeroing on the CPU path (rayon).\n\n\
-         | shape | kernel | ms | GB/s moved | % of copy | end to end ms | CPU ms | masks |\n\
-         |---|---|---:|---:|---:|---:|---:|---|\n",
-        masker.device()
-    );
-    let mut all_identical = true;
-    let mut rng = Rng(seed);
-    for &(rows, cols) in LLM_SHAPES {
-        for case in CASES {
-            let w = random_weights(&mut rng, rows, cols, case.quantized);
-            let norms: Option<Vec<f32>> = case.wanda.then(|| {
-                (0..cols)
-                    .map(|j| if j % 97 == 0 { 0.0 } else { 2.0 * rng.unit() })
-                    .collect()
-            });
-            let rule = (case.rule)(rows, &mut rng);
-
-            let clock = std::time::Instant::now();
-            let scores = match &norms {
-                Some(a) => wanda(&w, a),
-                None => magnitude(&w),
-            };
-            let cpu_mask = prune_mask(&scores, rows, cols, &rule);
-            let mut cpu_w = w.clone();
-            cpu_mask.apply(&mut cpu_w);
-            let cpu_ms = clock.elapsed().as_secs_f64() * 1e3;
-
-            let mut gpu_w = w.clone();
-            let clock = std::time::Instant::now();
-            let gpu_mask = masker
-                .mask(&mut gpu_w, rows, cols, norms.as_deref(), &rule, true)?
-                .ok_or("the kernel returned no mask")?;
-            let end_to_end_ms = clock.elapsed().as_secs_f64() * 1e3;
-            let differing = cpu_mask
-                .pruned
-                .iter()
-                .zip(&gpu_mask.pruned)
-                .filter(|(a, b)| a != b)
-                .count();
-            let weights_differ = cpu_w
-                .iter()
-                .zip(&gpu_w)
-                .filter(|(a, b)| a.to_bits() != b.to_bits())
-                .count();
-            let verdict = if differing == 0 && weights_differ == 0 {
-                "identical".to_string()
-            } else {
-                all_identical = false;
-                format!("**DIFFERENT**: {differing} mask entries, {weights_differ} weights")
-            };
-
-            let ms = masker.time_kernel(&w, rows, cols, norms.as_deref(), &rule)?;
-            let pruned = cpu_mask.count();
-            let bytes = 4 * (w.len() + pruned + norms.as_ref().map_or(0, |a| a.len()))
-                + if matches!(rule, MaskRule::NofM { .. }) {
-                    0
-                } else {
-                    4 * rows
-                };
-            let gbps = bytes as f64 / (ms * 1e-3) / 1e9;
-            let line = format!(
-                "| {rows}×{cols} | {} | {ms:.3} | {gbps:.0} | {:.0}% | {end_to_end_ms:.1} | {cpu_ms:.1} | {verdict} |\n",
-                case.label,
-                100.0 * gbps / copy
-            );
-            progress(line.trim_end());
-            out += &line;
-        }
-    }
-    out += if all_identical {
-        "\nEvery CUDA mask and pruned matrix is identical to the CPU path's.\n"
-    } else {
-        "\nSOME CUDA MASKS DIFFER FROM THE CPU PATH'S.\n"
-    };
-    Ok((out, all_identical))
 }
 
 #[cfg(test)]
@@ -840,17 +520,6 @@ mod tests {
         let (counts, ties) = row_counts(&MaskRule::Neuron(vec![0.1, 0.5, 0.9]), 3, 7).unwrap();
         assert_eq!((counts, ties), (vec![1, 4, 7], Ties::HigherIndexFirst));
         assert!(row_counts(&MaskRule::NofM { n: 2, m: 4 }, 3, 8).is_none());
-    }
-
-    #[test]
-    fn the_kernels_are_built_for_this_cpus_nan() {
-        if cfg!(target_arch = "x86_64") {
-            assert_eq!(cpu_default_nan(), 0xFFC0_0000);
-        }
-        assert!(f32::from_bits(cpu_default_nan()).is_nan());
-        // The CPU path's Wanda score of 0·∞ is that NaN: the kernels must reproduce it.
-        let score = crate::prune::wanda(&[0.0], &[f32::INFINITY])[0];
-        assert_eq!(score.to_bits(), cpu_default_nan());
     }
 
     #[test]
