@@ -67,176 +67,27 @@ impl Partition {
     /// Cuts `model` into stages, using `discovery` to know which blocks exist.
     pub fn new(model: &OnnxModel, discovery: &Discovery) -> Result<Self> {
         let graph = model.graph();
-        let Flattened {
+        let RuntimeView {
             nodes,
-            mut initializers,
-            removed_input,
-        } = flatten_merged(graph)?;
-        for t in &graph.initializer {
-            initializers.insert(
-                t.name().to_string(),
-                TensorKey {
-                    graph: String::new(),
-                    name: t.name().to_string(),
-                },
-            );
-        }
-        let graph_inputs: Vec<ValueInfoProto> = graph
-            .input
-            .iter()
-            .filter(|i| {
-                !initializers.contains_key(i.name()) && Some(i.name()) != removed_input.as_deref()
-            })
-            .cloned()
-            .collect();
-        let graph_outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
-
-        // Stage of each node: its block from its name, else from dataflow.
+            initializers,
+            graph_inputs,
+        } = runtime_view(graph)?;
         let blocks: BTreeSet<usize> = discovery.linears.iter().map(|l| l.block).collect();
-        let block_stage: HashMap<usize, usize> = blocks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| (*b, i + 1))
-            .collect();
-        let suffix = blocks.len() + 1;
-        let node_inputs: Vec<Vec<String>> = nodes.iter().map(all_inputs).collect();
-        let mut producer: HashMap<&str, usize> = HashMap::new();
-        for (i, n) in nodes.iter().enumerate() {
-            for o in n.output.iter().filter(|o| !o.is_empty()) {
-                producer.insert(o.as_str(), i);
-            }
-        }
-        let named: Vec<Option<usize>> = nodes
-            .iter()
-            .map(|n| {
-                module_path(n, "")
-                    .and_then(|p| p.block)
-                    .and_then(|b| block_stage.get(&b).copied())
-            })
-            .collect();
-        let producers_of = |i: usize| {
-            node_inputs[i]
-                .iter()
-                .filter_map(|n| producer.get(n.as_str()).copied())
-                .filter(move |&p| p < i)
-        };
-        // Nodes that read only initializers (constants, a transposed tied embedding) are run
-        // where they are needed, instead of being carried for every window.
+        let flow = Dataflow::new(&nodes, &blocks);
         let graph_input_names: HashSet<&str> = graph_inputs.iter().map(|i| i.name()).collect();
-        let mut data_dependent = vec![false; nodes.len()];
-        for i in 0..nodes.len() {
-            data_dependent[i] = named[i].is_some()
-                || node_inputs[i]
-                    .iter()
-                    .any(|n| graph_input_names.contains(n.as_str()))
-                || producers_of(i).any(|p| data_dependent[p]);
-        }
-        // A named node runs in its block; any other node as soon as what it reads is ready.
-        let mut stage_of = vec![0usize; nodes.len()];
-        for i in 0..nodes.len() {
-            let ready = producers_of(i).map(|p| stage_of[p]).max().unwrap_or(0);
-            stage_of[i] = named[i].unwrap_or(ready);
-        }
-        // Unnamed nodes after the last block that no block needs (final norm, LM head) form the
-        // suffix, with everything that reads them.
-        let mut needed_by_block = vec![false; nodes.len()];
-        for i in (0..nodes.len()).rev() {
-            needed_by_block[i] |= named[i].is_some();
-            if needed_by_block[i] {
-                for p in producers_of(i).collect::<Vec<_>>() {
-                    needed_by_block[p] = true;
-                }
-            }
-        }
-        for i in 0..nodes.len() {
-            let after_suffix = producers_of(i).any(|p| data_dependent[p] && stage_of[p] == suffix);
-            let tail = stage_of[i] == suffix - 1 && !needed_by_block[i];
-            if named[i].is_none() && data_dependent[i] && (after_suffix || tail) {
-                stage_of[i] = suffix;
-            }
-        }
-        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
-        for i in 0..nodes.len() {
-            for p in producers_of(i).collect::<Vec<_>>() {
-                consumers[p].push(i);
-            }
-        }
-        for i in (0..nodes.len()).rev() {
-            if !data_dependent[i] {
-                stage_of[i] = consumers[i]
-                    .iter()
-                    .map(|&c| stage_of[c])
-                    .min()
-                    .unwrap_or(suffix);
-            }
-        }
-
-        // Boundaries and checks.
-        let mut stages: Vec<Stage> = (0..=suffix)
-            .map(|s| Stage {
-                kind: if s == 0 {
-                    StageKind::Prefix
-                } else if s == suffix {
-                    StageKind::Suffix
-                } else {
-                    StageKind::Block(*blocks.iter().nth(s - 1).expect("stage index"))
-                },
-                nodes: Vec::new(),
-                inputs: Vec::new(),
-                outputs: Vec::new(),
-            })
-            .collect();
-        let mut last_reader: HashMap<String, usize> = HashMap::new();
-        for (i, node) in nodes.iter().enumerate() {
-            let s = stage_of[i];
-            stages[s].nodes.push(i);
-            for input in &node_inputs[i] {
-                if initializers.contains_key(input) && !producer.contains_key(input.as_str()) {
-                    continue;
-                }
-                match producer.get(input.as_str()) {
-                    Some(&p) if stage_of[p] == s => {}
-                    Some(&p) if stage_of[p] > s => {
-                        return Err(Error::graph(
-                            &model.path,
-                            format!(
-                                "cannot cut the graph into blocks: node '{}' (stage {s}) reads '{input}' which node '{}' of a later stage produces",
-                                node.name(),
-                                nodes[p].name()
-                            ),
-                        ));
-                    }
-                    Some(_) => {
-                        push_unique(&mut stages[s].inputs, input);
-                        let last = last_reader.entry(input.clone()).or_insert(s);
-                        *last = (*last).max(s);
-                    }
-                    None if graph_input_names.contains(input.as_str()) => {
-                        push_unique(&mut stages[s].inputs, input)
-                    }
-                    None => {
-                        return Err(Error::graph(
-                            &model.path,
-                            format!(
-                                "node '{}' reads '{input}', which nothing produces",
-                                node.name()
-                            ),
-                        ))
-                    }
-                }
-            }
-        }
-        for (name, &p) in &producer {
-            let s = stage_of[p];
-            if last_reader.get(*name).is_some_and(|&r| r > s)
-                || (s == suffix && graph_outputs.contains(name))
-            {
-                push_unique(&mut stages[s].outputs, name);
-            }
-        }
-        for stage in &mut stages {
-            stage.outputs.sort_by_key(|o| producer[o.as_str()]);
-        }
+        let data_dependent = flow.data_dependent(&graph_input_names);
+        let stage_of = flow.stage_of(&data_dependent, blocks.len() + 1);
+        let mut stages = empty_stages(&blocks);
+        let last_reader = connect_inputs(
+            model,
+            &flow,
+            &stage_of,
+            &initializers,
+            &graph_input_names,
+            &mut stages,
+        )?;
+        let graph_outputs: HashSet<&str> = graph.output.iter().map(|o| o.name()).collect();
+        connect_outputs(&flow, &stage_of, &last_reader, &graph_outputs, &mut stages);
         let template = ModelProto {
             graph: None,
             ..model.proto.clone()
@@ -414,6 +265,257 @@ impl Partition {
             graph: Some(graph),
             ..self.template.clone()
         })
+    }
+}
+
+/// The graph as the stages see it.
+struct RuntimeView {
+    /// Its nodes (a merged decoder flattened to its no-cache branch).
+    nodes: Vec<NodeProto>,
+    /// Every initializer by name.
+    initializers: HashMap<String, TensorKey>,
+    /// The runtime inputs: neither initializers nor the removed branch selector.
+    graph_inputs: Vec<ValueInfoProto>,
+}
+
+/// The [`RuntimeView`] of `graph`.
+fn runtime_view(graph: &GraphProto) -> Result<RuntimeView> {
+    let Flattened {
+        nodes,
+        mut initializers,
+        removed_input,
+    } = flatten_merged(graph)?;
+    for t in &graph.initializer {
+        initializers.insert(
+            t.name().to_string(),
+            TensorKey {
+                graph: String::new(),
+                name: t.name().to_string(),
+            },
+        );
+    }
+    let graph_inputs: Vec<ValueInfoProto> = graph
+        .input
+        .iter()
+        .filter(|i| {
+            !initializers.contains_key(i.name()) && Some(i.name()) != removed_input.as_deref()
+        })
+        .cloned()
+        .collect();
+    Ok(RuntimeView {
+        nodes,
+        initializers,
+        graph_inputs,
+    })
+}
+
+/// The decoder's dataflow, by node index in graph order.
+struct Dataflow<'n> {
+    nodes: &'n [NodeProto],
+    /// Every value each node reads.
+    node_inputs: Vec<Vec<String>>,
+    /// The node producing each value.
+    producer: HashMap<&'n str, usize>,
+    /// The block stage each node's name places it in, if any.
+    named: Vec<Option<usize>>,
+}
+
+impl<'n> Dataflow<'n> {
+    /// The dataflow of `nodes`, with the stage of each block in `blocks` (1 for the first).
+    fn new(nodes: &'n [NodeProto], blocks: &BTreeSet<usize>) -> Self {
+        let block_stage: HashMap<usize, usize> = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (*b, i + 1))
+            .collect();
+        let node_inputs: Vec<Vec<String>> = nodes.iter().map(all_inputs).collect();
+        let mut producer: HashMap<&str, usize> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            for o in n.output.iter().filter(|o| !o.is_empty()) {
+                producer.insert(o.as_str(), i);
+            }
+        }
+        let named: Vec<Option<usize>> = nodes
+            .iter()
+            .map(|n| {
+                module_path(n, "")
+                    .and_then(|p| p.block)
+                    .and_then(|b| block_stage.get(&b).copied())
+            })
+            .collect();
+        Self {
+            nodes,
+            node_inputs,
+            producer,
+            named,
+        }
+    }
+
+    /// The earlier nodes node `i` reads from.
+    fn producers_of(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        self.node_inputs[i]
+            .iter()
+            .filter_map(|n| self.producer.get(n.as_str()).copied())
+            .filter(move |&p| p < i)
+    }
+
+    /// Whether each node depends on the runtime inputs (or sits in a block). Nodes that read only
+    /// initializers (constants, a transposed tied embedding) are run where they are needed,
+    /// instead of being carried for every window.
+    fn data_dependent(&self, graph_input_names: &HashSet<&str>) -> Vec<bool> {
+        let mut data_dependent = vec![false; self.nodes.len()];
+        for i in 0..self.nodes.len() {
+            data_dependent[i] = self.named[i].is_some()
+                || self.node_inputs[i]
+                    .iter()
+                    .any(|n| graph_input_names.contains(n.as_str()))
+                || self.producers_of(i).any(|p| data_dependent[p]);
+        }
+        data_dependent
+    }
+
+    /// The stage of each node (0: prefix, `suffix`: suffix): a named node runs in its block;
+    /// any other as soon as what it reads is ready, in the suffix when it belongs to the tail
+    /// no block needs, and a constant node with its first reader.
+    fn stage_of(&self, data_dependent: &[bool], suffix: usize) -> Vec<usize> {
+        let n = self.nodes.len();
+        let mut stage_of = vec![0usize; n];
+        for i in 0..n {
+            let ready = self.producers_of(i).map(|p| stage_of[p]).max().unwrap_or(0);
+            stage_of[i] = self.named[i].unwrap_or(ready);
+        }
+        // Unnamed nodes after the last block that no block needs (final norm, LM head) form the
+        // suffix, with everything that reads them.
+        let mut needed_by_block = vec![false; n];
+        for i in (0..n).rev() {
+            needed_by_block[i] |= self.named[i].is_some();
+            if needed_by_block[i] {
+                for p in self.producers_of(i).collect::<Vec<_>>() {
+                    needed_by_block[p] = true;
+                }
+            }
+        }
+        for i in 0..n {
+            let after_suffix = self
+                .producers_of(i)
+                .any(|p| data_dependent[p] && stage_of[p] == suffix);
+            let tail = stage_of[i] == suffix - 1 && !needed_by_block[i];
+            if self.named[i].is_none() && data_dependent[i] && (after_suffix || tail) {
+                stage_of[i] = suffix;
+            }
+        }
+        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for i in 0..n {
+            for p in self.producers_of(i).collect::<Vec<_>>() {
+                consumers[p].push(i);
+            }
+        }
+        for i in (0..n).rev() {
+            if !data_dependent[i] {
+                stage_of[i] = consumers[i]
+                    .iter()
+                    .map(|&c| stage_of[c])
+                    .min()
+                    .unwrap_or(suffix);
+            }
+        }
+        stage_of
+    }
+}
+
+/// The prefix, one stage per block in `blocks`, the suffix: no nodes or boundaries yet.
+fn empty_stages(blocks: &BTreeSet<usize>) -> Vec<Stage> {
+    let suffix = blocks.len() + 1;
+    (0..=suffix)
+        .map(|s| Stage {
+            kind: if s == 0 {
+                StageKind::Prefix
+            } else if s == suffix {
+                StageKind::Suffix
+            } else {
+                StageKind::Block(*blocks.iter().nth(s - 1).expect("stage index"))
+            },
+            nodes: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+        })
+        .collect()
+}
+
+/// Puts every node in its stage and records each stage's inputs, refusing a node that reads a
+/// later stage's value or a value nothing produces. Returns the last stage reading each value
+/// that crosses a boundary.
+fn connect_inputs(
+    model: &OnnxModel,
+    flow: &Dataflow<'_>,
+    stage_of: &[usize],
+    initializers: &HashMap<String, TensorKey>,
+    graph_input_names: &HashSet<&str>,
+    stages: &mut [Stage],
+) -> Result<HashMap<String, usize>> {
+    let mut last_reader: HashMap<String, usize> = HashMap::new();
+    for (i, node) in flow.nodes.iter().enumerate() {
+        let s = stage_of[i];
+        stages[s].nodes.push(i);
+        for input in &flow.node_inputs[i] {
+            if initializers.contains_key(input) && !flow.producer.contains_key(input.as_str()) {
+                continue;
+            }
+            match flow.producer.get(input.as_str()) {
+                Some(&p) if stage_of[p] == s => {}
+                Some(&p) if stage_of[p] > s => {
+                    return Err(Error::graph(
+                        &model.path,
+                        format!(
+                            "cannot cut the graph into blocks: node '{}' (stage {s}) reads '{input}' which node '{}' of a later stage produces",
+                            node.name(),
+                            flow.nodes[p].name()
+                        ),
+                    ));
+                }
+                Some(_) => {
+                    push_unique(&mut stages[s].inputs, input);
+                    let last = last_reader.entry(input.clone()).or_insert(s);
+                    *last = (*last).max(s);
+                }
+                None if graph_input_names.contains(input.as_str()) => {
+                    push_unique(&mut stages[s].inputs, input)
+                }
+                None => {
+                    return Err(Error::graph(
+                        &model.path,
+                        format!(
+                            "node '{}' reads '{input}', which nothing produces",
+                            node.name()
+                        ),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(last_reader)
+}
+
+/// Each stage's outputs: the values a later stage reads, and for the suffix the graph outputs it
+/// produces, in the order they are produced.
+fn connect_outputs(
+    flow: &Dataflow<'_>,
+    stage_of: &[usize],
+    last_reader: &HashMap<String, usize>,
+    graph_outputs: &HashSet<&str>,
+    stages: &mut [Stage],
+) {
+    let suffix = stages.len() - 1;
+    for (name, &p) in &flow.producer {
+        let s = stage_of[p];
+        if last_reader.get(*name).is_some_and(|&r| r > s)
+            || (s == suffix && graph_outputs.contains(name))
+        {
+            push_unique(&mut stages[s].outputs, name);
+        }
+    }
+    for stage in stages {
+        stage.outputs.sort_by_key(|o| flow.producer[o.as_str()]);
     }
 }
 
