@@ -66,6 +66,7 @@ build:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --release --all-targets -- -D warnings
+	scripts/module-graph.sh --check >/dev/null
 
 ## test: set up and run every test (unit, CLI, real model), plus formatting and lints.
 test: setup lint

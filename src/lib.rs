@@ -3,7 +3,12 @@
 //! The pipeline runs one way, one module per stage: [`onnx`] loads the model, [`graph`] finds the
 //! prunable linears, [`calib`] turns text into token windows, [`prune`] scores and masks weights,
 //! [`allocate`] decides each matrix's sparsity, [`runtime`] runs ONNX Runtime, [`eval`] measures the
-//! result and [`report`] writes it down. [`pipeline`] ties the stages together for the CLI.
+//! result and [`report`] holds and writes it down. [`pipeline`] ties the stages together for the
+//! CLI. Beneath them, [`error`], [`progress`], [`device`] (where the work runs) and [`atomic`]
+//! (files written whole, and the files a job owns) know nothing of models.
+//!
+//! Each module imports only modules of lower layers; docs/architecture.md gives the layers and
+//! the module graph, which `scripts/module-graph.sh --check` keeps in step with the code.
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]

@@ -2,6 +2,7 @@
 //! (`make setup` makes them in .cache/fixtures).
 
 mod allocations;
+mod architecture;
 mod bad_input;
 mod big_model;
 mod calibrated;
