@@ -4,6 +4,9 @@
 CACHE    := .cache
 VENV     := $(CACHE)/venv
 PYTHON   := $(VENV)/bin/python
+# The venv's make target: a stamp written once pip has installed the requirements. $(PYTHON) itself
+# is a link to the system interpreter, whose timestamp is not ours to touch.
+VENV_OK  := $(VENV)/.installed
 ORT_LIB  := $(CACHE)/ort/lib/libonnxruntime.so
 FIXTURES := $(CACHE)/fixtures
 BIN      := target/release/neuroal-onnx
@@ -23,10 +26,10 @@ xz:
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-$(PYTHON): fixtures/requirements.txt
+$(VENV_OK): fixtures/requirements.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r fixtures/requirements.txt
-	touch $(PYTHON)
+	touch $@
 
 $(ORT_LIB): scripts/fetch-ort.sh
 	scripts/fetch-ort.sh $(CACHE)/ort
@@ -57,7 +60,7 @@ setup-gpu:
 	scripts/fetch-ort-gpu.sh $(CACHE)/ort-gpu
 
 ## fixtures: tiny models in every exporter convention, SmolLM2-135M converted from its GGUF, Austen texts.
-fixtures: $(PYTHON)
+fixtures: $(VENV_OK)
 	$(PYTHON) fixtures/generate.py $(FIXTURES)
 
 build:
@@ -78,7 +81,7 @@ test-big: setup
 	cargo test --release --test it big_model -- --ignored --nocapture
 
 ## demo-setup: only what the demo needs: ONNX Runtime, the generator's venv, SmolLM2 and the Austen texts.
-demo-setup: $(ORT_LIB) $(PYTHON)
+demo-setup: $(ORT_LIB) $(VENV_OK)
 	$(PYTHON) fixtures/generate.py $(FIXTURES) --only smollm2 austen
 
 ## demo: SmolLM2-135M pruned to 70% with Wanda, uniform against NeuroAL, perplexity on held-out Persuasion.
