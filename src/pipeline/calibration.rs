@@ -199,12 +199,20 @@ impl Calibration {
         while windows.len() < n {
             let batch = (n - windows.len()).min(GENERATION_BATCH);
             let prompts = vec![vec![bos]; batch];
-            windows.extend(lm.generate(&prompts, len, |row| {
+            let first = windows.len();
+            windows.extend(lm.generate(&prompts, len, |i, position, row| {
                 sampled += 1;
                 if sampled % batch == 0 {
                     progress.item("generated tokens", sampled, to_sample);
                 }
-                i64::from(sample_token(row, config.sampling, &mut rng))
+                let token = sample_token(row, config.sampling, &mut rng).ok_or_else(|| {
+                    Error::non_finite_logits(
+                        &model.path,
+                        &format!("calibration window {} of {n}, token {position}", first + i + 1),
+                        "pass calibration text or token ids with --calib instead of self-generated windows",
+                    )
+                })?;
+                Ok(i64::from(token))
             })?);
             if windows.len() == batch && windows.len() < n {
                 let seconds = start.elapsed().as_secs_f64();
