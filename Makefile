@@ -97,17 +97,24 @@ bench: setup build
 	scripts/bench-default.sh
 
 ## fuzz: libFuzzer on the loader, external data, discovery and the partition (fuzz/README.md);
+## FUZZ_TARGET=token_ids or task_file fuzzes the --calib token-id and --task-file readers instead.
 ## FUZZ_SECONDS=120 by default. Stable Rust: RUSTC_BOOTSTRAP=1 lets cargo fuzz pass -Zsanitizer.
 ## Not part of `make test`.
+FUZZ_TARGET    ?= load_model
 FUZZ_SECONDS   ?= 120
 FUZZ_SANITIZER ?= address
+# Per target: the extra input folders and the dictionary.
+FUZZ_INPUTS_load_model := $(CURDIR)/tests/fuzz-regressions
+FUZZ_DICT_load_model   := $(CURDIR)/fuzz/load_model.dict
+FUZZ_DICT_token_ids    := $(CURDIR)/fuzz/json.dict
+FUZZ_DICT_task_file    := $(CURDIR)/fuzz/json.dict
 .PHONY: fuzz
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	mkdir -p fuzz/corpus/load_model
-	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $(FUZZ_SANITIZER) load_model \
-		$(CURDIR)/fuzz/corpus/load_model $(CURDIR)/fuzz/seeds/load_model $(CURDIR)/tests/fuzz-regressions \
-		-- -dict=$(CURDIR)/fuzz/load_model.dict -max_total_time=$(FUZZ_SECONDS) \
+	mkdir -p fuzz/corpus/$(FUZZ_TARGET)
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $(FUZZ_SANITIZER) $(FUZZ_TARGET) \
+		$(CURDIR)/fuzz/corpus/$(FUZZ_TARGET) $(CURDIR)/fuzz/seeds/$(FUZZ_TARGET) $(FUZZ_INPUTS_$(FUZZ_TARGET)) \
+		-- -dict=$(FUZZ_DICT_$(FUZZ_TARGET)) -max_total_time=$(FUZZ_SECONDS) \
 		-rss_limit_mb=2048 -timeout=10 -print_final_stats=1
 
 clean:
