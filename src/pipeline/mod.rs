@@ -338,6 +338,10 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         Some(_) if given.is_some() => given,
         Some(rt) if config.needs_calibration() && config.calib.is_empty() => {
             let stage = progress.stage("generate calibration");
+            // The BOS prompt takes one position before the window.
+            let seqlen = discovery
+                .max_positions
+                .map_or(seqlen, |m| seqlen.min(m - 1));
             let c =
                 Calibration::generate(config, seqlen, rt, &model, tokenizer.as_ref(), progress)?;
             timings.insert("generate_calibration".to_string(), stage.finish());
