@@ -4,6 +4,9 @@
 CACHE    := .cache
 VENV     := $(CACHE)/venv
 PYTHON   := $(VENV)/bin/python
+# The venv's make target: a stamp written once pip has installed the requirements. $(PYTHON) itself
+# is a link to the system interpreter, whose timestamp is not ours to touch.
+VENV_OK  := $(VENV)/.installed
 ORT_LIB  := $(CACHE)/ort/lib/libonnxruntime.so
 FIXTURES := $(CACHE)/fixtures
 BIN      := target/release/neuroal-onnx
@@ -23,10 +26,10 @@ xz:
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-$(PYTHON): fixtures/requirements.txt
+$(VENV_OK): fixtures/requirements.txt
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r fixtures/requirements.txt
-	touch $(PYTHON)
+	touch $@
 
 $(ORT_LIB): scripts/fetch-ort.sh
 	scripts/fetch-ort.sh $(CACHE)/ort
@@ -57,7 +60,7 @@ setup-gpu:
 	scripts/fetch-ort-gpu.sh $(CACHE)/ort-gpu
 
 ## fixtures: tiny models in every exporter convention, SmolLM2-135M converted from its GGUF, Austen texts.
-fixtures: $(PYTHON)
+fixtures: $(VENV_OK)
 	$(PYTHON) fixtures/generate.py $(FIXTURES)
 
 build:
@@ -79,7 +82,7 @@ test-big: setup
 	cargo test --release --test it big_model -- --ignored --nocapture
 
 ## demo-setup: only what the demo needs: ONNX Runtime, the generator's venv, SmolLM2 and the Austen texts.
-demo-setup: $(ORT_LIB) $(PYTHON)
+demo-setup: $(ORT_LIB) $(VENV_OK)
 	$(PYTHON) fixtures/generate.py $(FIXTURES) --only smollm2 austen
 
 ## demo: SmolLM2-135M pruned to 70% with Wanda, uniform against NeuroAL, perplexity on held-out Persuasion.
@@ -95,17 +98,24 @@ bench: setup build
 	scripts/bench-default.sh
 
 ## fuzz: libFuzzer on the loader, external data, discovery and the partition (fuzz/README.md);
+## FUZZ_TARGET=token_ids or task_file fuzzes the --calib token-id and --task-file readers instead.
 ## FUZZ_SECONDS=120 by default. Stable Rust: RUSTC_BOOTSTRAP=1 lets cargo fuzz pass -Zsanitizer.
 ## Not part of `make test`.
+FUZZ_TARGET    ?= load_model
 FUZZ_SECONDS   ?= 120
 FUZZ_SANITIZER ?= address
+# Per target: the extra input folders and the dictionary.
+FUZZ_INPUTS_load_model := $(CURDIR)/tests/fuzz-regressions
+FUZZ_DICT_load_model   := $(CURDIR)/fuzz/load_model.dict
+FUZZ_DICT_token_ids    := $(CURDIR)/fuzz/json.dict
+FUZZ_DICT_task_file    := $(CURDIR)/fuzz/json.dict
 .PHONY: fuzz
 fuzz:
 	command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-	mkdir -p fuzz/corpus/load_model
-	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $(FUZZ_SANITIZER) load_model \
-		$(CURDIR)/fuzz/corpus/load_model $(CURDIR)/fuzz/seeds/load_model $(CURDIR)/tests/fuzz-regressions \
-		-- -dict=$(CURDIR)/fuzz/load_model.dict -max_total_time=$(FUZZ_SECONDS) \
+	mkdir -p fuzz/corpus/$(FUZZ_TARGET)
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer $(FUZZ_SANITIZER) $(FUZZ_TARGET) \
+		$(CURDIR)/fuzz/corpus/$(FUZZ_TARGET) $(CURDIR)/fuzz/seeds/$(FUZZ_TARGET) $(FUZZ_INPUTS_$(FUZZ_TARGET)) \
+		-- -dict=$(FUZZ_DICT_$(FUZZ_TARGET)) -max_total_time=$(FUZZ_SECONDS) \
 		-rss_limit_mb=2048 -timeout=10 -print_final_stats=1
 
 clean:

@@ -4,6 +4,7 @@
 //! read, every pruned weight written), as in the GPU table, so criterion's GB/s compare.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use neuroal_onnx::calib::Rng;
 use neuroal_onnx::prune::cuda::LLM_SHAPES;
 use neuroal_onnx::prune::{magnitude, prune_mask, row_prune_count, MaskRule};
 use std::hint::black_box;
@@ -11,15 +12,8 @@ use std::time::Duration;
 
 /// Deterministic pseudo-random weights in [-1, 1).
 fn weights(n: usize) -> Vec<f32> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15);
+    (0..n).map(|_| (rng.unit() * 2.0 - 1.0) as f32).collect()
 }
 
 fn masks(c: &mut Criterion) {

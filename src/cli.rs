@@ -133,7 +133,8 @@ pub struct PruneArgs {
     /// Where ONNX Runtime runs.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
-    /// libonnxruntime to load (default: $ORT_DYLIB_PATH, then the project's .cache/ort).
+    /// libonnxruntime to load (default: $ORT_DYLIB_PATH, then libonnxruntime.so beside the binary,
+    /// then in ../lib from it, then the build tree's .cache/ort/lib).
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
     /// N:M structured sparsity along the input dimension, e.g. 2:4.

@@ -113,6 +113,17 @@ impl Error {
         }
     }
 
+    /// The model at `path` gave logits that are NaN or infinite at `place` (a window and position,
+    /// a question and choice): a property of the model on that input, reported as
+    /// [`Error::Unsupported`] with `hint`, never scored or sampled as if it were a distribution.
+    pub fn non_finite_logits(path: impl Into<PathBuf>, place: &str, hint: &str) -> Self {
+        Error::unsupported(
+            path,
+            format!("{place}: the model's logits are NaN or infinite"),
+            hint,
+        )
+    }
+
     /// A broken invariant of the tool itself.
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal(message.into())

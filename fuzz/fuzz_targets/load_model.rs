@@ -11,11 +11,11 @@
 
 #![no_main]
 
+mod scratch;
+
 use libfuzzer_sys::fuzz_target;
 use neuroal_onnx::graph::{discover, Partition};
 use neuroal_onnx::onnx::OnnxModel;
-use std::path::PathBuf;
-use std::sync::OnceLock;
 
 /// `NXFZ` + u32 LE model length: the model, then its external data file.
 fn split(data: &[u8]) -> (&[u8], Option<&[u8]>) {
@@ -30,27 +30,15 @@ fn split(data: &[u8]) -> (&[u8], Option<&[u8]>) {
     }
 }
 
-/// One folder per fuzzing process, reused by every run (nothing in it is ever written by the
-/// code under test).
-fn folder() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("neuroal-fuzz-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("fuzz folder");
-        dir
-    })
-}
-
 fuzz_target!(|data: &[u8]| {
     let (model_bytes, ext) = split(data);
-    let dir = folder();
-    let model_path = dir.join("model.onnx");
-    let data_path = dir.join("model.onnx_data");
-    std::fs::write(&model_path, model_bytes).expect("write model.onnx");
+    let model_path = scratch::write("model.onnx", model_bytes);
     match ext {
-        Some(ext) => std::fs::write(&data_path, ext).expect("write model.onnx_data"),
+        Some(ext) => {
+            scratch::write("model.onnx_data", ext);
+        }
         None => {
-            let _ = std::fs::remove_file(&data_path);
+            let _ = std::fs::remove_file(scratch::folder().join("model.onnx_data"));
         }
     }
 

@@ -103,8 +103,9 @@ impl Default for Sampling {
 }
 
 /// Draws a token from the softmax of `logits / temperature`, restricted to the nucleus `top_p`,
-/// with `rng`.
-pub fn sample_token(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> u32 {
+/// with `rng`; `None` when the logits define no distribution (a NaN, a `+inf`, every logit
+/// `-inf`, or none at all), which the caller reports naming where they came from.
+pub fn sample_token(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> Option<u32> {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
     let weights: Vec<f64> = logits
         .iter()
@@ -112,6 +113,10 @@ pub fn sample_token(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> u32 {
         .collect();
     let mut order: Vec<usize> = (0..weights.len()).collect();
     let mut total = weights.iter().sum::<f64>();
+    // A NaN logit makes its weight NaN, a `+inf` makes `inf - inf`, all `-inf` leave no mass.
+    if !(total.is_finite() && total > 0.0) {
+        return None;
+    }
     if sampling.top_p < 1.0 {
         // The most likely first, the lower id first on ties; keep the shortest prefix that
         // reaches top_p of the mass.
@@ -131,10 +136,10 @@ pub fn sample_token(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> u32 {
     for &i in &order {
         target -= weights[i];
         if target < 0.0 {
-            return i as u32;
+            return Some(i as u32);
         }
     }
-    order.last().copied().unwrap_or(0) as u32
+    order.last().map(|&i| i as u32)
 }
 
 /// Token-id documents from a `.json` file: an array of ids (one document) or an array of arrays
@@ -201,7 +206,7 @@ mod tests {
             top_p: 1.0,
         };
         for _ in 0..70_000 {
-            counts[sample_token(&logits, whole, &mut rng) as usize] += 1;
+            counts[sample_token(&logits, whole, &mut rng).unwrap() as usize] += 1;
         }
         assert_eq!(counts[3], 0);
         for (count, want) in counts.iter().zip([10_000.0, 20_000.0, 40_000.0]) {
@@ -216,7 +221,7 @@ mod tests {
             let mut rng = Rng::new(1);
             let mut counts = [0usize; 4];
             for _ in 0..70_000 {
-                counts[sample_token(&logits, sampling, &mut rng) as usize] += 1;
+                counts[sample_token(&logits, sampling, &mut rng).unwrap() as usize] += 1;
             }
             counts
         };
@@ -238,6 +243,38 @@ mod tests {
         assert_eq!((nucleus[0], nucleus[3]), (0, 0), "{nucleus:?}");
         let ratio = nucleus[2] as f64 / nucleus[1] as f64;
         assert!((ratio - 2.0).abs() < 0.1, "{nucleus:?}");
+    }
+
+    #[test]
+    fn logits_that_define_no_distribution_sample_nothing() {
+        let mut rng = Rng::new(0);
+        for sampling in [
+            Sampling {
+                temperature: 1.0,
+                top_p: 1.0,
+            },
+            Sampling {
+                temperature: 0.7,
+                top_p: 0.9,
+            },
+        ] {
+            for logits in [
+                vec![0.0f32, f32::NAN, 1.0],
+                vec![f32::NAN; 3],
+                vec![0.0, f32::INFINITY],
+                vec![f32::NEG_INFINITY; 2],
+                vec![],
+            ] {
+                assert_eq!(
+                    sample_token(&logits, sampling, &mut rng),
+                    None,
+                    "{logits:?}"
+                );
+            }
+            // One impossible token among possible ones is a distribution.
+            let logits = [f32::NEG_INFINITY, 0.0];
+            assert_eq!(sample_token(&logits, sampling, &mut rng), Some(1));
+        }
     }
 
     #[test]

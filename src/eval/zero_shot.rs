@@ -204,13 +204,15 @@ pub fn accuracy(
         for choice in &q.choices {
             lls.push(continuation_loglik(lm, &q.context, choice)?);
         }
-        let per_char: Vec<f64> = lls
-            .iter()
-            .zip(&q.chars)
-            .map(|(ll, &c)| ll / c.max(1) as f64)
-            .collect();
-        right += usize::from(first_argmax(&lls) == q.gold);
-        right_norm += usize::from(first_argmax(&per_char) == q.gold);
+        let (pick, pick_norm) = picks(&lls, &q.chars).map_err(|choice| {
+            Error::non_finite_logits(
+                lm.path(),
+                &format!("{label} question {} choice {}", i + 1, choice + 1),
+                "check the model's output on this text with ONNX Runtime (--device cpu rules out the GPU)",
+            )
+        })?;
+        right += usize::from(pick == q.gold);
+        right_norm += usize::from(pick_norm == q.gold);
     }
     progress.item(label, questions.len(), questions.len());
     let n = questions.len().max(1) as f64;
@@ -218,6 +220,21 @@ pub fn accuracy(
         acc: right as f64 / n,
         acc_norm: right_norm as f64 / n,
     })
+}
+
+/// The choices `acc` and `acc_norm` pick from the choices' log-likelihoods `lls` and lengths in
+/// characters `chars`; `Err` with the first choice whose log-likelihood is NaN (NaN or infinite
+/// logits), which no comparison could rank.
+fn picks(lls: &[f64], chars: &[usize]) -> Result<(usize, usize), usize> {
+    if let Some(choice) = lls.iter().position(|ll| ll.is_nan()) {
+        return Err(choice);
+    }
+    let per_char: Vec<f64> = lls
+        .iter()
+        .zip(chars)
+        .map(|(ll, &c)| ll / c.max(1) as f64)
+        .collect();
+    Ok((first_argmax(lls), first_argmax(&per_char)))
 }
 
 /// Index of the largest value; the first on ties.
@@ -245,6 +262,27 @@ mod tests {
         let want = 0.5f64.ln() + (1f64.exp() / (1f64.exp() + 1.0)).ln();
         assert!((ll - want).abs() < 1e-9, "{ll} vs {want}");
         assert!((loglik_of_tail(logits.view(), &[0, 1, 0], 1) - (want - 0.5f64.ln())).abs() < 1e-9);
+    }
+
+    #[test]
+    fn nan_log_likelihoods_are_refused_naming_the_choice() {
+        // NaN or +inf logits make the tail log-likelihood NaN.
+        for bad in [f32::NAN, f32::INFINITY] {
+            let logits = array![[0.0f32, bad], [0.0, 0.0]];
+            assert!(loglik_of_tail(logits.view(), &[0, 1], 1).is_nan());
+        }
+        assert_eq!(picks(&[-1.0, f64::NAN, f64::NAN], &[1, 1, 1]), Err(1));
+        assert_eq!(picks(&[f64::NAN, -1.0], &[1, 1]), Err(0));
+        // -inf is a log-likelihood (probability 0), ranked last.
+        assert_eq!(
+            picks(&[f64::NEG_INFINITY, -4.0, -3.0], &[1, 4, 1]),
+            Ok((2, 1))
+        );
+        let e = Error::non_finite_logits("m.onnx", "dense t question 3 choice 2", "hint");
+        assert_eq!(
+            e.to_string(),
+            "m.onnx: dense t question 3 choice 2: the model's logits are NaN or infinite; hint"
+        );
     }
 
     #[test]

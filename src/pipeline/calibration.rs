@@ -168,6 +168,11 @@ impl Calibration {
 
     /// Windows the model writes itself, from its BOS token with seeded sampling, when no
     /// calibration data is given (the plain command then needs nothing but the model).
+    ///
+    /// The BOS token only prompts: each window holds the `seqlen` tokens written after it, as a
+    /// window cut from `--calib` text holds text. Kept at the start of every window, the BOS
+    /// token's outsized activations weigh on every channel norm, which calibrates worse (README,
+    /// "The headline command").
     pub fn generate(
         config: &PruneConfig,
         seqlen: usize,
@@ -180,7 +185,7 @@ impl Calibration {
         let mut lm = CausalLm::open(runtime, model)?;
         let (n, len) = (config.nsamples, seqlen);
         progress.note(&format!(
-            "  no --calib: the model writes {n} windows of {len} tokens from token {bos}, {}",
+            "  no --calib: the model writes {n} windows of {len} tokens after token {bos}, {}",
             if lm.has_cache() {
                 format!("{} token steps with its KV cache", n * len)
             } else {
@@ -193,19 +198,28 @@ impl Calibration {
         let mut rng = Rng::new(config.seed);
         let mut windows = Vec::with_capacity(n);
         let start = std::time::Instant::now();
-        // Every token after the first of every window is sampled once.
-        let (mut sampled, to_sample) = (0, n * len.saturating_sub(1));
+        // Every token of every window is sampled once.
+        let (mut sampled, to_sample) = (0, n * len);
         // A few sequences at a time bound the cache's memory.
         while windows.len() < n {
             let batch = (n - windows.len()).min(GENERATION_BATCH);
             let prompts = vec![vec![bos]; batch];
-            windows.extend(lm.generate(&prompts, len, |row| {
+            let first = windows.len();
+            let written = lm.generate(&prompts, len + 1, |i, position, row| {
                 sampled += 1;
                 if sampled % batch == 0 {
                     progress.item("generated tokens", sampled, to_sample);
                 }
-                i64::from(sample_token(row, config.sampling, &mut rng))
-            })?);
+                let token = sample_token(row, config.sampling, &mut rng).ok_or_else(|| {
+                    Error::non_finite_logits(
+                        &model.path,
+                        &format!("calibration window {} of {n}, token {position}", first + i + 1),
+                        "pass calibration text or token ids with --calib instead of self-generated windows",
+                    )
+                })?;
+                Ok(i64::from(token))
+            })?;
+            windows.extend(written.into_iter().map(|w| w[1..].to_vec()));
             if windows.len() == batch && windows.len() < n {
                 let seconds = start.elapsed().as_secs_f64();
                 progress.note(&format!(

@@ -122,6 +122,8 @@ pub(super) fn prepare(
         Some(rt) if config.needs_calibration() && config.calib.is_empty() => {
             let stage = progress.stage("generate calibration");
             let model = &loaded.model;
+            // The BOS prompt takes one position before the window.
+            let seqlen = (loaded.discovery.max_positions).map_or(seqlen, |m| seqlen.min(m - 1));
             let c = Calibration::generate(config, seqlen, rt, model, tokenizer.as_ref(), progress)?;
             timings.insert("generate_calibration".to_string(), stage.finish());
             Some(c)

@@ -136,13 +136,8 @@ mod tests {
         refine(&w, &score, &[1.0; 4], &[1.0; 4], &mut mask);
         assert_eq!(mask, before, "|e| = 0.01 ≤ 0.1: nothing to do");
 
-        let mut state = 3u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64 - 0.5) as f32
-        };
+        let mut rng = crate::calib::Rng::new(3);
+        let mut next = || (rng.unit() - 0.5) as f32;
         let (rows, cols) = (8, 64);
         let w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
         let mean: Vec<f64> = (0..cols).map(|_| next() as f64 * 4.0).collect();

@@ -188,18 +188,12 @@ mod tests {
 
     #[test]
     fn matches_a_stable_sort_on_many_random_rows_with_ties() {
-        let mut state = 12345u64;
-        let mut next = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (state >> 33) as u32
-        };
+        let mut rng = crate::calib::Rng::new(12345);
         for trial in 0..200 {
-            let cols = 1 + (next() % 64) as usize;
+            let cols = 1 + rng.below(64) as usize;
             // Few distinct values so ties are frequent.
-            let scores: Vec<f32> = (0..cols).map(|_| (next() % 5) as f32).collect();
-            let s = (next() % 100) as f64 / 100.0;
+            let scores: Vec<f32> = (0..cols).map(|_| rng.below(5) as f32).collect();
+            let s = rng.below(100) as f64 / 100.0;
             let row = prune_mask(&scores, 1, cols, &MaskRule::Row(s));
             assert_eq!(
                 row.pruned,

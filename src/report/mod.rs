@@ -175,7 +175,7 @@ pub enum TopUpParameters {
 pub struct CalibrationInfo {
     /// `text` (through the tokenizer), `token_ids` (`.json` files), `windows`
     /// (`--calib-windows`, used as given) or `self_generated` (sampled from the model itself,
-    /// starting at its BOS token, when no calibration data is given).
+    /// written after its BOS token, when no calibration data is given).
     pub source: String,
     /// The `--calib` files.
     pub files: Vec<PathBuf>,

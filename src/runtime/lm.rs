@@ -59,6 +59,11 @@ impl CausalLm {
         })
     }
 
+    /// The model file this LM runs.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Runs one window of token ids and returns the logits, `[ids.len(), vocab]`.
     pub fn logits(&mut self, ids: &[i64]) -> Result<Array2<f32>> {
         let feeds = self.feeds.values(ids)?;
@@ -80,7 +85,9 @@ impl CausalLm {
     }
 
     /// Continues each of `prompts` (token ids, all of one length) to `len` tokens; `pick`
-    /// chooses each next token from a row of logits (e.g. by seeded sampling). With a KV cache the
+    /// chooses each next token from a row of logits (e.g. by seeded sampling), given the index of
+    /// the prompt in `prompts` and the position the token takes; an error from `pick` ends the
+    /// generation with that error. With a KV cache the
     /// first step runs the prompts and every later step feeds one token per sequence; without one,
     /// each step runs the whole prefix again (about `len²/2` token positions per sequence instead
     /// of `len`) and reads the last position's logits.
@@ -88,7 +95,7 @@ impl CausalLm {
         &mut self,
         prompts: &[Vec<i64>],
         len: usize,
-        mut pick: impl FnMut(&[f32]) -> i64,
+        mut pick: impl FnMut(usize, usize, &[f32]) -> Result<i64>,
     ) -> Result<Vec<Vec<i64>>> {
         let batch = prompts.len();
         let mut sequences = prompts.to_vec();
@@ -120,8 +127,12 @@ impl CausalLm {
                 return Err(self.bad_logits(&logits, t - cached));
             }
             let values = logits.to_f32()?;
-            for (s, row) in sequences.iter_mut().zip(values.chunks_exact(seq * vocab)) {
-                s.push(pick(&row[(seq - 1) * vocab..]));
+            for (i, (s, row)) in sequences
+                .iter_mut()
+                .zip(values.chunks_exact(seq * vocab))
+                .enumerate()
+            {
+                s.push(pick(i, t, &row[(seq - 1) * vocab..])?);
             }
             past = self
                 .cache

@@ -21,10 +21,42 @@ use std::sync::{Mutex, OnceLock};
 pub const ORT_ENV_VAR: &str = "ORT_DYLIB_PATH";
 /// Where the project's setup puts the library, relative to the repository root.
 pub const PROJECT_LIB: &str = ".cache/ort/lib/libonnxruntime.so";
+/// The library's file name, looked for beside the executable and in `../lib` from it.
+const LIB_NAME: &str = "libonnxruntime.so";
 
-/// Finds `libonnxruntime`: `explicit` (`--ort-lib`), then `$ORT_DYLIB_PATH`, then the project's
-/// cache above the running executable.
+/// Finds `libonnxruntime`: `explicit` (`--ort-lib`), then `$ORT_DYLIB_PATH`, then the fixed
+/// places of [`default_libraries`] for the running executable, and nowhere else.
 pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
+    let exe = std::env::current_exe().ok();
+    find_library(
+        explicit,
+        std::env::var_os(ORT_ENV_VAR).map(PathBuf::from),
+        &default_libraries(exe.as_deref()),
+    )
+}
+
+/// The places the library is looked for when neither `--ort-lib` nor `$ORT_DYLIB_PATH` names it,
+/// in order: beside the executable `exe`, in `../lib` from the executable's folder, and in the
+/// build tree's [`PROJECT_LIB`] (the crate root fixed at compile time). Never a folder found by
+/// walking up from the executable: above `~/bin` that would be `~/.cache`, which any program of
+/// the user may write to.
+pub fn default_libraries(exe: Option<&Path>) -> Vec<PathBuf> {
+    let mut places = Vec::new();
+    if let Some(dir) = exe.and_then(Path::parent) {
+        places.push(dir.join(LIB_NAME));
+        places.push(dir.join("..").join("lib").join(LIB_NAME));
+    }
+    places.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(PROJECT_LIB));
+    places
+}
+
+/// [`locate_library`] with its inputs given: `explicit`, the value of `$ORT_DYLIB_PATH` (`env`)
+/// and the fixed `places`, the first file of which is taken.
+fn find_library(
+    explicit: Option<&Path>,
+    env: Option<PathBuf>,
+    places: &[PathBuf],
+) -> Result<PathBuf> {
     if let Some(path) = explicit {
         return if path.is_file() {
             Ok(path.to_path_buf())
@@ -35,8 +67,7 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
             ))
         };
     }
-    if let Some(path) = std::env::var_os(ORT_ENV_VAR) {
-        let path = PathBuf::from(path);
+    if let Some(path) = env {
         return if path.is_file() {
             Ok(path)
         } else {
@@ -46,20 +77,15 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<PathBuf> {
             )))
         };
     }
-    let mut tried = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1) {
-            let candidate = dir.join(PROJECT_LIB);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-            tried.push(candidate);
-        }
+    if let Some(found) = places.iter().find(|p| p.is_file()) {
+        return Ok(found.clone());
     }
+    let tried: Vec<String> = places.iter().map(|p| p.display().to_string()).collect();
     Err(Error::Runtime(format!(
-        "libonnxruntime not found (no --ort-lib, no {ORT_ENV_VAR}, no {PROJECT_LIB} above the executable). \
+        "libonnxruntime not found (no --ort-lib, no {ORT_ENV_VAR}, none of {}). \
          Run `make setup` in the neuroal-onnx checkout, or download the PyPI `onnxruntime==1.32.0` wheel and pass \
-         --ort-lib path/to/onnxruntime/capi/libonnxruntime.so.1.32.0"
+         --ort-lib path/to/onnxruntime/capi/libonnxruntime.so.1.32.0",
+        tried.join(", ")
     )))
 }
 
@@ -214,8 +240,26 @@ pub struct Runtime {
 
 static ENVIRONMENT: OnceLock<ort::environment::Environment> = OnceLock::new();
 
+/// The library ONNX Runtime was loaded from in this process, once `ort::init_from` succeeded.
+static LOADED: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Checks that `requested` is the library `loaded` (the same path, or two paths to one file):
+/// `ort` initialises ONNX Runtime once per process, so another library would silently not be used.
+fn same_library(loaded: &Path, requested: &Path) -> Result<()> {
+    let file = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    if loaded == requested || file(loaded) == file(requested) {
+        return Ok(());
+    }
+    Err(Error::Runtime(format!(
+        "this process already loaded {}; it cannot load {} as well (ONNX Runtime is initialised once per process)",
+        loaded.display(),
+        requested.display()
+    )))
+}
+
 impl Runtime {
-    /// Loads the library at `library` (once per process) and prepares sessions for `device`.
+    /// Loads the library at `library` (once per process: asking for another library once one is
+    /// loaded is an error, the same one again is not) and prepares sessions for `device`.
     /// `threads` = 0 lets ONNX Runtime choose; a fallback to the CPU is noted on `progress`.
     /// For `auto` and `cuda`, the NVIDIA libraries of the library's `nvidia/` folder
     /// ([`nvidia_folder`]) are preloaded first ([`preload_nvidia`]).
@@ -225,6 +269,10 @@ impl Runtime {
         threads: usize,
         progress: &Progress,
     ) -> Result<Self> {
+        let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(first) = loaded.as_deref() {
+            same_library(first, library)?;
+        }
         let preload_failure = match (device, nvidia_folder(library)) {
             (Device::Auto | Device::Cuda, Some(root)) => {
                 preload_nvidia(&root).failures.first().cloned()
@@ -234,12 +282,15 @@ impl Runtime {
         if ENVIRONMENT.get().is_none() {
             let builder = ort::init_from(library)
                 .map_err(|e| Error::Runtime(format!("cannot load {}: {e}", library.display())))?;
+            // From here on this process runs `library`, whatever else is asked for later.
+            *loaded = Some(library.to_path_buf());
             let env = builder
                 .with_name("neuroal-onnx")
                 .build()
                 .map_err(|e| Error::Runtime(format!("cannot create the environment: {e}")))?;
             let _ = ENVIRONMENT.set(env);
         }
+        drop(loaded);
         Ok(Self {
             library: library.to_path_buf(),
             requested: device,
@@ -387,6 +438,72 @@ mod tests {
     fn touch(path: &Path) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(path, b"").unwrap();
+    }
+
+    #[test]
+    fn the_library_is_looked_for_only_in_fixed_places() {
+        let dir = tempfile::tempdir().unwrap();
+        // An executable in ~/bin: ~/.cache/ort/lib above it is never a candidate.
+        let home = dir.path().join("home");
+        let exe = home.join("bin/neuroal-onnx");
+        touch(&home.join(PROJECT_LIB));
+        let places = default_libraries(Some(&exe));
+        let build_tree = Path::new(env!("CARGO_MANIFEST_DIR")).join(PROJECT_LIB);
+        assert_eq!(
+            places,
+            [
+                home.join("bin/libonnxruntime.so"),
+                home.join("bin/../lib/libonnxruntime.so"),
+                build_tree.clone()
+            ]
+        );
+        assert_eq!(default_libraries(None), [build_tree]);
+        let places = [
+            home.join("bin/libonnxruntime.so"),
+            home.join("bin/../lib/libonnxruntime.so"),
+        ];
+        let e = find_library(None, None, &places).unwrap_err().to_string();
+        assert!(
+            e.contains("libonnxruntime not found") && e.contains("bin/../lib/libonnxruntime.so"),
+            "{e}"
+        );
+        // The first place that holds the file wins; the flag, then the variable, before any.
+        touch(&places[1]);
+        assert_eq!(find_library(None, None, &places).unwrap(), places[1]);
+        touch(&places[0]);
+        assert_eq!(find_library(None, None, &places).unwrap(), places[0]);
+        let flag = dir.path().join("flag.so");
+        let var = dir.path().join("var.so");
+        touch(&flag);
+        touch(&var);
+        assert_eq!(find_library(None, Some(var.clone()), &places).unwrap(), var);
+        assert_eq!(
+            find_library(Some(&flag), Some(var.clone()), &places).unwrap(),
+            flag
+        );
+        // A name that is not a file is an error, never a fall-through to the next place.
+        let missing = dir.path().join("missing.so");
+        let e = find_library(Some(&missing), None, &places).unwrap_err();
+        assert!(e.to_string().contains("--ort-lib"), "{e}");
+        let e = find_library(None, Some(missing), &places).unwrap_err();
+        assert!(e.to_string().contains(ORT_ENV_VAR), "{e}");
+    }
+
+    #[test]
+    fn a_second_library_in_one_process_is_refused_the_same_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, other) = (dir.path().join("a/lib.so"), dir.path().join("b/lib.so"));
+        touch(&first);
+        touch(&other);
+        let link = dir.path().join("link.so");
+        std::os::unix::fs::symlink(&first, &link).unwrap();
+        assert!(same_library(&first, &first).is_ok());
+        assert!(same_library(&first, &link).is_ok(), "two paths to one file");
+        let e = same_library(&first, &other).unwrap_err().to_string();
+        assert!(
+            e.contains("a/lib.so") && e.contains("b/lib.so") && e.contains("once per process"),
+            "{e}"
+        );
     }
 
     #[test]

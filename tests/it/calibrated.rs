@@ -2,7 +2,7 @@
 //! pruning is sequential, runs are deterministic, bad calibration input is refused.
 
 use crate::harness::{fixture, job, prune_ok, run, run_command, scratch, snapshot, Fixture};
-use neuroal_onnx::calib::sample_windows;
+use neuroal_onnx::calib::{sample_windows, Rng};
 use neuroal_onnx::graph::Linear;
 use neuroal_onnx::onnx::proto::{ModelProto, ValueInfoProto};
 use neuroal_onnx::onnx::OnnxModel;
@@ -19,16 +19,9 @@ const SEED: u64 = 5;
 
 /// Three token-id documents written as a `.json` calibration file; returns the file and the docs.
 fn token_documents(dir: &Path) -> (PathBuf, Vec<Vec<u32>>) {
-    let mut state = 99u64;
+    let mut rng = Rng::new(99);
     let docs: Vec<Vec<u32>> = (0..3)
-        .map(|d| {
-            (0..80 + 10 * d)
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    ((state >> 33) % 256) as u32
-                })
-                .collect()
-        })
+        .map(|d| (0..80 + 10 * d).map(|_| rng.below(256) as u32).collect())
         .collect();
     let path = dir.join("calib.json");
     std::fs::write(&path, serde_json::to_string(&docs).unwrap()).unwrap();

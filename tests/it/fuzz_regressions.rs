@@ -125,3 +125,31 @@ fn every_stored_fuzz_input_returns_without_panicking() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The seeds of the reader targets (`fuzz/fuzz_targets/token_ids.rs`, `task_file.rs`) are files
+/// the readers accept, so that the fuzzer starts from inputs that reach the end of the reader.
+#[test]
+fn the_reader_targets_seeds_are_accepted() {
+    let seeds = |target: &str| -> Vec<PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/seeds")
+            .join(target);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no seeds in {}", dir.display());
+        files
+    };
+    for file in seeds("token_ids") {
+        if let Err(e) = neuroal_onnx::calib::read_token_ids(&file) {
+            panic!("{}: {e}", file.display());
+        }
+    }
+    for file in seeds("task_file") {
+        if let Err(e) = neuroal_onnx::eval::zero_shot::read_questions(&file) {
+            panic!("{}: {e}", file.display());
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! run on the CPU under `kernels/emulate.cpp`, prunes exactly what the CPU path prunes.
 
 use crate::harness::scratch;
+use neuroal_onnx::calib::Rng;
 use neuroal_onnx::prune::cuda::{row_counts, PTX_ARCHS, SOURCES};
 use neuroal_onnx::prune::{magnitude, prune_mask, wanda, MaskRule};
 use std::path::{Path, PathBuf};
@@ -71,24 +72,6 @@ fn every_kernel_compiles_to_ptx_with_its_entry_points() {
     assert!(!String::from_utf8_lossy(&help.stdout).contains("kernels"));
 }
 
-/// A small deterministic generator for the cases.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// How a case's values are drawn.
 #[derive(Clone, Copy, Debug)]
 enum Values {
@@ -149,7 +132,7 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let mut rng = Rng::new(0x5EED_1234_ABCD_0001);
     let mut cases = Vec::new();
     let all = [
         Values::Continuous,

@@ -178,7 +178,7 @@ fn channel_sums_model(sums: &ChannelSums, shape: &[usize], opset: i64) -> ModelP
 fn channel_sums_taken_by_onnx_runtime_equal_the_host_sums_under_either_reduce_sum() {
     let rt = runtime();
     let mut rng = Rng::new(7);
-    let mut uniform = || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+    let mut uniform = || rng.unit();
     // ReduceSum takes its axes as an attribute before opset 13 and as an input from 13 on.
     for (opset, shape) in [(12, [1usize, 37, 24]), (18, [3, 19, 24]), (20, [1, 1, 24])] {
         let sums = ChannelSums {
