@@ -44,7 +44,7 @@ for path in glob.glob(os.path.join(sys.argv[1], "*.report.json")):
         step = " (" + r["command_line"][r["command_line"].index("--neuroal-step") + 1] + ")"
     key = f'{m["prune_method"]} + {m["top_up"]}{step}'
     search = r.get("search") or {}
-    rows.setdefault(key, {})[s] = (r["evaluation"][0]["pruned"]["value"], r["sparsity"]["measured"],
+    rows.setdefault(key, {})[s] = (r["evaluation"][0]["pruned"]["perplexity"], r["sparsity"]["measured"],
                                    search.get("block_lambda"), search.get("row_lambda"), r["timings_s"].get("search"))
     sparsities.add(s)
 cols = sorted(sparsities)

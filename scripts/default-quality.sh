@@ -38,9 +38,9 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.report.json"))):
     r = json.load(open(path))
     name = os.path.basename(path)[: -len(".report.json")].rsplit("-seed", 1)[0]
     c, s, t = r["calibration"], r["search"], r["timings_s"]
-    groups.setdefault(name, []).append((r["evaluation"][0]["pruned"]["value"], r["method"]["seed"],
+    groups.setdefault(name, []).append((r["evaluation"][0]["pruned"]["perplexity"], r["method"]["seed"],
         f"{c['windows']} × {c['seqlen']}", s["block_lambda"], s["row_lambda"], t))
-    dense = r["evaluation"][0]["dense"]["value"]
+    dense = r["evaluation"][0]["dense"]["perplexity"]
 labels = {"default": "the model's own text, default size (no flag)",
           "austen": "Austen text (4 novels)",
           "generated-32x512": "the model's own text, 32 × 512",

@@ -28,7 +28,7 @@ import json, sys
 def report(top_up):
     return json.load(open(f"{sys.argv[1]}/smollm2-wanda-{top_up}-0.7.report.json"))
 uniform, neuroal = report("uniform"), report("neuroal")
-ppl = lambda r, which: r["evaluation"][0][which]["value"]
+ppl = lambda r, which: r["evaluation"][0][which]["perplexity"]
 search = neuroal["search"]
 print()
 print("SmolLM2-135M, 70% of the block weights pruned with Wanda; perplexity on held-out Persuasion")

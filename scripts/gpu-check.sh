@@ -288,8 +288,8 @@ masks_job() {
   shift
   run_setups "$name" "gpu:auto:$ort" "cpu:cpu:$ort" -- "${common[@]}" "$@"
   [ "$ok" = 1 ] || { status=1; return; }
-  ppl=("$(field "$dir/gpu/report.json" 'r["evaluation"][0]["pruned"]["value"]')"
-    "$(field "$dir/cpu/report.json" 'r["evaluation"][0]["pruned"]["value"]')")
+  ppl=("$(field "$dir/gpu/report.json" 'r["evaluation"][0]["pruned"]["perplexity"]')"
+    "$(field "$dir/cpu/report.json" 'r["evaluation"][0]["pruned"]["perplexity"]')")
   if grep -q "CUDA mask kernels unavailable" "$dir/gpu/stderr"; then
     say "$name: $(grep "CUDA mask kernels unavailable" "$dir/gpu/stderr")"
     [ "$REQUIRE_CUDA" = 1 ] && status=1
@@ -348,8 +348,8 @@ else
     i=0
     for label in cuda cpu cuda-host-sums; do
       r="$dir/$label/report.json"
-      echo "| $label ($(field "$r" 'r["onnx_runtime"]["device"]'), sums: $(field "$r" 'r["calibration"]["activation_sums"]')) | $(field "$r" 'r["evaluation"][0]["dense"]["value"]') |" \
-        "$(field "$r" 'r["evaluation"][0]["pruned"]["value"]') | ${secs[$i]} |" \
+      echo "| $label ($(field "$r" 'r["onnx_runtime"]["device"]'), sums: $(field "$r" 'r["calibration"]["activation_sums"]')) | $(field "$r" 'r["evaluation"][0]["dense"]["perplexity"]') |" \
+        "$(field "$r" 'r["evaluation"][0]["pruned"]["perplexity"]') | ${secs[$i]} |" \
         "$(field "$r" 'round(r["timings_s"].get("prune_forward", 0), 2)') |" \
         "$(field "$r" 'round(r["timings_s"].get("prune_statistics", 0), 2)') |" >>"$work/gpu-ep.md"
       i=$((i + 1))

@@ -30,8 +30,8 @@ dense = None
 for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.report.json"))):
     r = json.load(open(path))
     e = r["evaluation"][0]
-    dense = e["dense"]["value"]
-    rows[(r["method"]["prune_method"], r["method"]["sparsity"])] = (e["pruned"]["value"], r["sparsity"]["measured"], r["timings_s"]["prune"])
+    dense = e["dense"]["perplexity"]
+    rows[(r["method"]["prune_method"], r["method"]["sparsity"])] = (e["pruned"]["perplexity"], r["sparsity"]["measured"], r["timings_s"]["prune"])
 print(f"| method | 50% | 70% |\n|---|---|---|\n| dense | {dense:.2f} | {dense:.2f} |")
 for m in ["magnitude", "wanda", "sparsegpt", "multiflow"]:
     cells = [f"{rows[(m, s)][0]:.2f}" if (m, s) in rows else "–" for s in (0.5, 0.7)]

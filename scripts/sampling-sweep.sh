@@ -38,6 +38,6 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.report.json"))):
     label = (f"self-written, temperature {s['temperature']}, top-p {s['top_p']}" if s else
              os.path.basename(path).split(".")[0] + " text")
     t = r["timings_s"].get("generate_calibration")
-    print(f"| {label} | {c['windows']} × {c['seqlen']} | {e['pruned']['value']:.1f} | {t and f'{t:.0f}' or '–'} |")
-print(f"\ndense perplexity {e['dense']['value']:.2f}")
+    print(f"| {label} | {c['windows']} × {c['seqlen']} | {e['pruned']['perplexity']:.1f} | {t and f'{t:.0f}' or '–'} |")
+print(f"\ndense perplexity {e['dense']['perplexity']:.2f}")
 PY

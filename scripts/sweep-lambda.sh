@@ -48,7 +48,7 @@ out, method, sparsity = sys.argv[1:]
 load = lambda name: json.load(open(os.path.join(out, name + ".report.json")))
 searched = load("searched")
 s = searched["search"]
-ppl = lambda r: r["evaluation"][0]["pruned"]["value"]
+ppl = lambda r: r["evaluation"][0]["pruned"]["perplexity"]
 def ranks(xs):
     order = sorted(range(len(xs)), key=lambda i: xs[i])
     r = [0.0] * len(xs)
@@ -64,7 +64,7 @@ def spearman(a, b):
     vb = sum((y - mb) ** 2 for y in rb) ** 0.5
     return cov / (va * vb)
 e = searched["evaluation"][0]
-print(f"{method} at {sparsity}: dense perplexity {e['dense']['value']:.2f}, {e['pruned']['windows']} windows of "
+print(f"{method} at {sparsity}: dense perplexity {e['dense']['perplexity']:.2f}, {e['pruned']['windows']} windows of "
       f"{e['pruned']['seqlen']} tokens of {os.path.basename(e['text'])}; block λ 0 (uniform): "
       f"{ppl(load('uniform-block')):.2f}; the search chose block λ {s['block_lambda']}, row λ {s['row_lambda']}: "
       f"{ppl(searched):.2f}\n")

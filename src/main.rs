@@ -131,8 +131,8 @@ fn summary(report: &Report) -> String {
         let name = e.text.file_name().unwrap_or_default().to_string_lossy();
         s += &row(
             &format!("perplexity on {name}"),
-            format!("{:.3}", e.dense.value),
-            format!("{:.3}", e.pruned.value),
+            format!("{:.3}", e.dense.perplexity),
+            format!("{:.3}", e.pruned.perplexity),
             format!(
                 "({} windows of {} tokens)",
                 e.pruned.windows, e.pruned.seqlen

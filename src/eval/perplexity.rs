@@ -12,8 +12,8 @@ use serde::Serialize;
 /// A perplexity measurement.
 #[derive(Clone, Debug, Serialize)]
 pub struct Perplexity {
-    /// The perplexity.
-    pub value: f64,
+    /// The perplexity: `exp` of the mean next-token cross-entropy, in the convention above.
+    pub perplexity: f64,
     /// Windows evaluated.
     pub windows: usize,
     /// Tokens per window.
@@ -63,7 +63,7 @@ impl PerplexityTally {
     /// The perplexity so far.
     pub fn finish(&self) -> Perplexity {
         Perplexity {
-            value: (self.total / (self.windows * self.seqlen).max(1) as f64).exp(),
+            perplexity: (self.total / (self.windows * self.seqlen).max(1) as f64).exp(),
             windows: self.windows,
             seqlen: self.seqlen,
         }

@@ -159,9 +159,9 @@ fn quality(r: &Report) -> String {
             e.tokens,
             p.windows,
             p.seqlen,
-            td("ppl-dense", e.dense.value, 3),
-            td("ppl-pruned", p.value, 3),
-            td("ratio", p.value / e.dense.value, 2),
+            td("ppl-dense", e.dense.perplexity, 3),
+            td("ppl-pruned", p.perplexity, 3),
+            td("ratio", p.perplexity / e.dense.perplexity, 2),
             td("kl", a.kl_divergence, 4),
             td("top1", a.top1_agreement, 4),
         );
@@ -497,8 +497,8 @@ mod tests {
         let mut report = bare("in.onnx");
         report.sparsity.per_block[0].measured = f64::NAN;
         report.sparsity.per_matrix[0].measured = f64::INFINITY;
-        let ppl = |value| Perplexity {
-            value,
+        let ppl = |perplexity| Perplexity {
+            perplexity,
             windows: 1,
             seqlen: 8,
         };

@@ -23,7 +23,7 @@ fn magnitude_with_evaluation_writes_model_report_and_summary() {
     )
     .unwrap();
     assert_eq!(printed, written, "stdout and file hold the same report");
-    assert_eq!(written["schema_version"], 1);
+    assert_eq!(written["schema_version"], 2);
     assert_eq!(written["method"]["prune_method"], "magnitude");
     assert_eq!(written["input"]["prunable_linears"], 21);
     assert_eq!(
@@ -40,8 +40,8 @@ fn magnitude_with_evaluation_writes_model_report_and_summary() {
     assert_eq!(eval["dense"]["windows"], 3);
     assert_eq!(eval["pruned"]["seqlen"], 64);
     let (dense, pruned) = (
-        eval["dense"]["value"].as_f64().unwrap(),
-        eval["pruned"]["value"].as_f64().unwrap(),
+        eval["dense"]["perplexity"].as_f64().unwrap(),
+        eval["pruned"]["perplexity"].as_f64().unwrap(),
     );
     assert!(dense.is_finite() && pruned.is_finite() && dense > 1.0 && pruned > 1.0);
     assert_ne!(

@@ -188,8 +188,12 @@ fn genai_builder_folders_are_pruned_into_folders_onnxruntime_genai_serves() {
         assert!((measured - 0.5).abs() < 0.02, "{name}: sparsity {measured}");
         let eval = &report["evaluation"][0];
         let (dense, pruned) = (
-            eval["dense"]["value"].as_f64().expect("dense perplexity"),
-            eval["pruned"]["value"].as_f64().expect("pruned perplexity"),
+            eval["dense"]["perplexity"]
+                .as_f64()
+                .expect("dense perplexity"),
+            eval["pruned"]["perplexity"]
+                .as_f64()
+                .expect("pruned perplexity"),
         );
         assert!(
             dense.is_finite() && pruned.is_finite(),
@@ -241,8 +245,8 @@ fn perplexities(report: &Path) -> (f64, f64) {
         serde_json::from_str(&std::fs::read_to_string(report).expect("report")).expect("JSON");
     let eval = &report["evaluation"][0];
     (
-        eval["dense"]["value"].as_f64().expect("dense"),
-        eval["pruned"]["value"].as_f64().expect("pruned"),
+        eval["dense"]["perplexity"].as_f64().expect("dense"),
+        eval["pruned"]["perplexity"].as_f64().expect("pruned"),
     )
 }
 

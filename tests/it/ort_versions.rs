@@ -61,8 +61,8 @@ fn perplexities(report: &Value) -> Vec<(String, f64, f64)> {
         .map(|e| {
             (
                 e["text"].as_str().expect("text").to_string(),
-                e["dense"]["value"].as_f64().expect("dense"),
-                e["pruned"]["value"].as_f64().expect("pruned"),
+                e["dense"]["perplexity"].as_f64().expect("dense"),
+                e["pruned"]["perplexity"].as_f64().expect("pruned"),
             )
         })
         .collect()

@@ -146,8 +146,8 @@ fn html_numbers_match_the_json() {
 
     let evaluation = &report["evaluation"][0];
     for (class, v) in [
-        ("ppl-dense", &evaluation["dense"]["value"]),
-        ("ppl-pruned", &evaluation["pruned"]["value"]),
+        ("ppl-dense", &evaluation["dense"]["perplexity"]),
+        ("ppl-pruned", &evaluation["pruned"]["perplexity"]),
         ("kl", &evaluation["agreement"]["kl_divergence"]),
         ("top1", &evaluation["agreement"]["top1_agreement"]),
     ] {

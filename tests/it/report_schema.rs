@@ -253,8 +253,8 @@ fn the_schema_rejects_broken_reports() {
         ),
         (
             "string for a number",
-            Box::new(|r| set(r, "/evaluation/0/pruned/value", json!("12.3"))),
-            "/evaluation/0/pruned/value",
+            Box::new(|r| set(r, "/evaluation/0/pruned/perplexity", json!("12.3"))),
+            "/evaluation/0/pruned/perplexity",
         ),
         (
             "string for an integer",

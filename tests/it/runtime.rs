@@ -59,13 +59,13 @@ fn perplexity_is_exp_of_the_mean_next_token_loss_weighted_as_the_reference() {
     let got = perplexity(&mut lm, &tokens, seq, None, &Progress::silent(), "test").unwrap();
     assert_eq!(got.windows, 1);
     assert!(
-        (got.value - want).abs() / want < 1e-4,
+        (got.perplexity - want).abs() / want < 1e-4,
         "perplexity {} vs {want}",
-        got.value
+        got.perplexity
     );
     // Two copies of the window: two windows, same perplexity.
     let doubled: Vec<u32> = tokens.iter().chain(&tokens).copied().collect();
     let twice = perplexity(&mut lm, &doubled, seq, None, &Progress::silent(), "test").unwrap();
     assert_eq!(twice.windows, 2);
-    assert!((twice.value - want).abs() / want < 1e-4);
+    assert!((twice.perplexity - want).abs() / want < 1e-4);
 }

@@ -56,8 +56,8 @@ fn magnitude_at_70_percent_on_smollm2() {
         "measured {measured}, want {want}"
     );
     let eval = &report["evaluation"][0];
-    let dense = eval["dense"]["value"].as_f64().unwrap();
-    let pruned = eval["pruned"]["value"].as_f64().unwrap();
+    let dense = eval["dense"]["perplexity"].as_f64().unwrap();
+    let pruned = eval["pruned"]["perplexity"].as_f64().unwrap();
     // A trained model on clean prose; magnitude pruning at 70% hurts it badly (spec §5).
     assert!((5.0..60.0).contains(&dense), "dense perplexity {dense}");
     assert!(pruned > 2.0 * dense, "pruned {pruned} vs dense {dense}");
