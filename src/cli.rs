@@ -140,18 +140,18 @@ pub struct PruneArgs {
     /// N:M structured sparsity along the input dimension, e.g. 2:4.
     #[arg(long, value_parser = parse_nm)]
     pub nm: Option<(usize, usize)>,
-    /// OWL outlier threshold M.
-    #[arg(long, default_value_t = 5.0)]
-    pub owl_m: f64,
-    /// OWL sparsity spread λ.
-    #[arg(long, default_value_t = 0.08)]
-    pub owl_lambda: f64,
-    /// AlphaPruning spread ε.
-    #[arg(long, default_value_t = 0.3)]
-    pub alpha_epsilon: f64,
-    /// Evaluation tasks: language modelling, zero-shot, both or none.
-    #[arg(long, default_value = "lm", value_parser = ["lm", "zero-shot", "both", "none"])]
-    pub tasks: String,
+    /// OWL outlier threshold M, only with --top-up owl [default: 5].
+    #[arg(long, value_name = "M")]
+    pub owl_m: Option<f64>,
+    /// OWL sparsity spread λ, only with --top-up owl [default: 0.08].
+    #[arg(long, value_name = "LAMBDA")]
+    pub owl_lambda: Option<f64>,
+    /// AlphaPruning spread ε, only with --top-up alpha [default: 0.3].
+    #[arg(long, value_name = "EPSILON")]
+    pub alpha_epsilon: Option<f64>,
+    /// Evaluation tasks: language modelling, zero-shot, both or none (a comma-separated list).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "lm")]
+    pub tasks: Vec<Task>,
     /// Zero-shot task file: JSON lines of {"context", "choices", "gold"} (repeatable).
     #[arg(long)]
     pub task_file: Vec<PathBuf>,
@@ -266,6 +266,56 @@ impl From<DeviceArg> for Device {
     }
 }
 
+/// `--tasks`: what the job evaluates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Task {
+    /// Perplexity and agreement on the --eval-text files.
+    Lm,
+    /// Multiple-choice accuracy on the --task-file files.
+    ZeroShot,
+    /// `lm` and `zero-shot`.
+    Both,
+    /// No evaluation.
+    None,
+}
+
+/// `--owl-m` when not given.
+const OWL_M: f64 = 5.0;
+/// `--owl-lambda` when not given.
+const OWL_LAMBDA: f64 = 0.08;
+/// `--alpha-epsilon` when not given.
+const ALPHA_EPSILON: f64 = 0.3;
+
+/// Which evaluations a `--tasks` list asks for: `(lm, zero_shot)`.
+fn evaluations(tasks: &[Task]) -> (bool, bool) {
+    let has = |t: Task| tasks.contains(&t) || tasks.contains(&Task::Both);
+    (has(Task::Lm), has(Task::ZeroShot))
+}
+
+/// The `--tasks` list as given, for messages (`lm,zero-shot`).
+fn tasks_text(tasks: &[Task]) -> String {
+    let names: Vec<String> = tasks
+        .iter()
+        .filter_map(|t| t.to_possible_value().map(|v| v.get_name().to_string()))
+        .collect();
+    names.join(",")
+}
+
+/// Refuses an allocation's option `flag` (when `given`) unless `--top-up` is `owner`.
+fn only_with(given: bool, flag: &str, owner: TopUp, top_up: TopUp) -> Result<()> {
+    if given && top_up != owner {
+        return Err(Error::invalid(
+            flag,
+            format!(
+                "applies only to --top-up {}, not --top-up {}",
+                owner.as_str(),
+                top_up.as_str()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn parse_nm(s: &str) -> std::result::Result<(usize, usize), String> {
     let (n, m) = s
         .split_once(':')
@@ -291,45 +341,41 @@ impl PruneArgs {
     pub fn into_config(self, command_line: Vec<String>) -> Result<PruneConfig> {
         let missing = |what: &str| Error::invalid(what, "is required");
         let top_up = TopUp::from(self.top_up);
-        if (self.owl_m, self.owl_lambda) != (5.0, 0.08) && top_up != TopUp::Owl {
+        only_with(self.owl_m.is_some(), "--owl-m", TopUp::Owl, top_up)?;
+        only_with(
+            self.owl_lambda.is_some(),
+            "--owl-lambda",
+            TopUp::Owl,
+            top_up,
+        )?;
+        let alpha_given = self.alpha_epsilon.is_some();
+        only_with(alpha_given, "--alpha-epsilon", TopUp::Alpha, top_up)?;
+        let (lm, zero_shot) = evaluations(&self.tasks);
+        let tasks = tasks_text(&self.tasks);
+        if self.tasks.contains(&Task::None) && self.tasks.len() > 1 {
             return Err(Error::invalid(
-                "--owl-m/--owl-lambda",
-                "apply only to --top-up owl",
+                "--tasks",
+                format!("'{tasks}': 'none' cannot be listed with other tasks"),
             ));
         }
-        if self.alpha_epsilon != 0.3 && top_up != TopUp::Alpha {
-            return Err(Error::invalid(
-                "--alpha-epsilon",
-                "applies only to --top-up alpha",
-            ));
-        }
-        let (lm, zero_shot) = match self.tasks.as_str() {
-            "lm" => (true, false),
-            "zero-shot" => (false, true),
-            "both" => (true, true),
-            _ => (false, false),
-        };
         if zero_shot && self.task_file.is_empty() {
             return Err(Error::invalid(
                 "--tasks",
-                format!("'{}' needs at least one --task-file FILE.jsonl", self.tasks),
+                format!("'{tasks}' needs at least one --task-file FILE.jsonl"),
             ));
         }
         if !zero_shot && !self.task_file.is_empty() {
             return Err(Error::invalid(
                 "--task-file",
-                format!(
-                    "is not used with --tasks {}; add --tasks both or --tasks zero-shot",
-                    self.tasks
-                ),
+                format!("is not used with --tasks {tasks}; add --tasks both or --tasks zero-shot"),
             ));
         }
-        let eval_texts = if lm { self.eval_text } else { Vec::new() };
-        let task_files = if zero_shot {
-            self.task_file
-        } else {
-            Vec::new()
-        };
+        if !lm && !self.eval_text.is_empty() {
+            return Err(Error::invalid(
+                "--eval-text",
+                format!("is not used with --tasks {tasks}; add --tasks both or --tasks lm"),
+            ));
+        }
         let self_generated = self.calib.is_empty() && self.calib_windows.is_none();
         let config = PruneConfig {
             input: self.input.ok_or_else(|| missing("IN"))?,
@@ -360,16 +406,16 @@ impl PruneArgs {
             calib: self.calib,
             calib_windows: self.calib_windows,
             tokenizer: self.tokenizer,
-            eval_texts,
+            eval_texts: self.eval_text,
             eval_windows: self.eval_windows,
             eval_seqlen: self.eval_seqlen,
-            task_files,
+            task_files: self.task_file,
             device: self.device.into(),
             ort_lib: self.ort_lib,
             nm: self.nm,
-            owl_m: self.owl_m,
-            owl_lambda: self.owl_lambda,
-            alpha_epsilon: self.alpha_epsilon,
+            owl_m: self.owl_m.unwrap_or(OWL_M),
+            owl_lambda: self.owl_lambda.unwrap_or(OWL_LAMBDA),
+            alpha_epsilon: self.alpha_epsilon.unwrap_or(ALPHA_EPSILON),
             threads: self.threads,
             search_jobs: self.search_jobs,
             command_line,
@@ -381,7 +427,7 @@ impl PruneArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_nm, DeviceArg, MethodArg, StepArg, TopUpArg};
+    use super::{evaluations, parse_nm, tasks_text, DeviceArg, MethodArg, StepArg, Task, TopUpArg};
     use clap::ValueEnum;
     use neuroal_onnx::allocate::{NeuroalStep, TopUp};
     use neuroal_onnx::device::Device;
@@ -411,5 +457,16 @@ mod tests {
         for bad in ["2", "4:2", "0:4", "a:4", "2:0", "4:4"] {
             assert!(parse_nm(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn task_lists_join_their_evaluations() {
+        use Task::*;
+        assert_eq!(evaluations(&[Lm]), (true, false));
+        assert_eq!(evaluations(&[ZeroShot]), (false, true));
+        assert_eq!(evaluations(&[Both]), (true, true));
+        assert_eq!(evaluations(&[Lm, ZeroShot]), (true, true));
+        assert_eq!(evaluations(&[None]), (false, false));
+        assert_eq!(tasks_text(&[Lm, ZeroShot]), "lm,zero-shot");
     }
 }

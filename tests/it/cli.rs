@@ -1,6 +1,6 @@
 //! The pruning command end to end on a tiny model: report, summary, exit codes.
 
-use crate::harness::{austen, fixture, job, run, scratch, snapshot};
+use crate::harness::{austen, fixture, job, prune_ok, run, scratch, snapshot};
 use neuroal_onnx::pipeline::{GENERATED_SEQLEN, GENERATED_WINDOWS};
 use serde_json::Value;
 
@@ -100,6 +100,100 @@ fn zero_shot_without_a_task_file_is_refused_before_any_work() {
         assert!(r.stderr.contains(needle), "{}", r.stderr);
         assert!(snapshot(dir.path()).is_empty(), "nothing written");
     }
+}
+
+/// Runs the tiny LLaMA-like fixture with `flags` and asserts that it is refused as a usage error
+/// (exit code 2) whose message names every flag of `names`, before anything is written.
+fn assert_refused(flags: &str, names: &[&str]) {
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let out = dir.path().join("out.onnx");
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    let r = run(job(&fx.model, &out, &flags));
+    assert_eq!(r.code, 2, "{flags:?}: exit code 2 expected\n{}", r.stderr);
+    for name in names {
+        assert!(
+            r.stderr.contains(name),
+            "{flags:?}: the error names {name}:\n{}",
+            r.stderr
+        );
+    }
+    assert!(
+        snapshot(dir.path()).is_empty(),
+        "{flags:?}: nothing written"
+    );
+}
+
+#[test]
+fn allocation_options_of_another_top_up_are_refused_even_at_their_defaults() {
+    let base = "--sparsity 0.5 --prune-method magnitude";
+    for (extra, flag, top_up) in [
+        ("--owl-m 5 --top-up uniform", "--owl-m", "--top-up uniform"),
+        (
+            "--owl-lambda 0.08 --top-up alpha",
+            "--owl-lambda",
+            "--top-up alpha",
+        ),
+        ("--owl-m 7", "--owl-m", "--top-up neuroal"),
+        (
+            "--alpha-epsilon 0.3 --top-up owl",
+            "--alpha-epsilon",
+            "--top-up owl",
+        ),
+    ] {
+        assert_refused(&format!("{base} {extra}"), &[flag, top_up]);
+    }
+}
+
+#[test]
+fn eval_text_without_lm_is_refused_like_task_file_without_zero_shot() {
+    let base = "--sparsity 0.5 --prune-method magnitude --top-up uniform";
+    for (extra, names) in [
+        (
+            "--eval-text t.txt --tasks none",
+            ["--eval-text", "--tasks none"],
+        ),
+        (
+            "--eval-text t.txt --tasks zero-shot --task-file q.jsonl",
+            ["--eval-text", "--tasks zero-shot"],
+        ),
+        (
+            "--task-file q.jsonl --tasks lm",
+            ["--task-file", "--tasks lm"],
+        ),
+    ] {
+        assert_refused(&format!("{base} {extra}"), &names);
+    }
+}
+
+#[test]
+fn tasks_take_a_comma_separated_list_of_known_names() {
+    let base = "--sparsity 0.5 --prune-method magnitude --top-up uniform";
+    // A list that includes zero-shot needs a task file, whichever way it is spelled.
+    assert_refused(
+        &format!("{base} --tasks lm,zero-shot"),
+        &["--tasks", "lm,zero-shot", "--task-file"],
+    );
+    assert_refused(&format!("{base} --tasks lm,none"), &["--tasks", "none"]);
+    // An unknown name is a clap error that lists the accepted ones.
+    assert_refused(
+        &format!("{base} --tasks lm,mmlu"),
+        &["--tasks", "mmlu", "zero-shot"],
+    );
+}
+
+#[test]
+fn owl_options_with_owl_are_used() {
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let out = dir.path().join("owl.onnx");
+    let report = prune_ok(
+        &fx.model,
+        &out,
+        "--sparsity 0.5 --prune-method magnitude --top-up owl --owl-m 7 --owl-lambda 0.05 --quiet",
+    );
+    assert_eq!(report["method"]["top_up_parameters"]["m"], 7.0);
+    assert_eq!(report["method"]["top_up_parameters"]["lambda"], 0.05);
 }
 
 #[test]
