@@ -43,6 +43,10 @@ pub enum Command {
     /// path on a GPU (`--check`). For CI and scripts/gpu-check.sh, hidden from --help.
     #[command(hide = true)]
     Kernels(KernelsArgs),
+    /// Print the JSON Schema of the report, generated from its types (docs/report.schema.json is
+    /// this output). Hidden from --help.
+    #[command(hide = true)]
+    Schema,
 }
 
 /// Flags of the hidden `kernels` subcommand.

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// Where ONNX Runtime should run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     /// The CUDA execution provider when it loads, else the CPU (with one line saying so).

@@ -47,6 +47,7 @@ fn run(cli: Cli) -> Result<(), Error> {
         }
         // Handled by `main`, which never passes it here.
         Some(Command::Kernels(_)) => Ok(()),
+        Some(Command::Schema) => print_out(&neuroal_onnx::report::json_schema()),
         None => {
             let json = cli.prune.json;
             let progress = Progress::new(cli.prune.quiet);

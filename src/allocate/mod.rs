@@ -11,7 +11,7 @@ use crate::prune::MaskRule;
 use serde::Serialize;
 
 /// How the global sparsity is distributed (`--top-up`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TopUp {
     /// Every matrix gets the target sparsity.
@@ -40,7 +40,7 @@ impl TopUp {
 }
 
 /// Which NeuroAL steps run (`--neuroal-step`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NeuroalStep {
     /// Block-wise λ search only.

@@ -81,12 +81,14 @@ impl TextTokenizer {
 }
 
 /// How the model's own calibration text is sampled.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, schemars::JsonSchema)]
 pub struct Sampling {
     /// Softmax temperature (> 0).
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub temperature: f64,
     /// Nucleus: sample among the most likely tokens whose probabilities add up to `top_p`
     /// (in (0, 1]; 1 keeps every token).
+    #[schemars(range(max = 1.0), extend("exclusiveMinimum" = 0))]
     pub top_p: f64,
 }
 

@@ -6,13 +6,16 @@ use ndarray::ArrayView2;
 use serde::Serialize;
 
 /// Agreement of the pruned model with the dense one, over every position of every window.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Agreement {
-    /// Mean over positions of `KL(dense ‖ pruned)` of the next-token distributions, in nats.
+    /// Mean over positions of KL(dense ‖ pruned) between the two next-token distributions, in nats
+    /// (0 when identical; lower is better).
+    #[schemars(range(min = 0.0))]
     pub kl_divergence: f64,
-    /// Fraction of positions where both models rank the same token first.
+    /// Fraction of positions where both models rank the same token first (higher is better).
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub top1_agreement: f64,
-    /// Positions compared.
+    /// Number of positions compared: every position of every window (windows × seqlen).
     pub positions: usize,
 }
 

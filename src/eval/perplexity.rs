@@ -10,13 +10,17 @@ use ndarray::{Array2, ArrayView2};
 use serde::Serialize;
 
 /// A perplexity measurement.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Perplexity {
-    /// The perplexity: `exp` of the mean next-token cross-entropy, in the convention above.
+    /// The perplexity (dimensionless, at least 1; lower is better): exp of the mean next-token
+    /// cross-entropy in nats, in the reference's convention (each window's mean over its seqlen − 1
+    /// predictions, weighted by seqlen). null when it overflows a double (a model pruned so far
+    /// that some window's cross-entropy is unbounded).
+    #[schemars(range(min = 1.0), extend("type" = ["number", "null"]))]
     pub perplexity: f64,
-    /// Windows evaluated.
+    /// Number of windows evaluated (all that fit in the text, at most --eval-windows).
     pub windows: usize,
-    /// Tokens per window.
+    /// Tokens per window: --seqlen, capped by the model's position tables and by the text's length.
     pub seqlen: usize,
 }
 

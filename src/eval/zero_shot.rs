@@ -40,11 +40,14 @@ pub struct EncodedQuestion {
 }
 
 /// Accuracy on a task file.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ChoiceAccuracy {
-    /// Fraction of questions whose right choice has the highest log-likelihood.
+    /// Fraction of questions whose right choice has the highest log-likelihood after the context
+    /// (on a tie the first of the tied choices counts as picked).
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub acc: f64,
     /// The same with log-likelihoods divided by the choice's length in characters.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub acc_norm: f64,
 }
 

@@ -18,7 +18,7 @@ use crate::device::Device;
 use serde::Serialize;
 
 /// The base score that ranks weights (`--prune-method`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PruneMethod {
     /// |W|, per output row; needs no data.

@@ -4,72 +4,101 @@
 use serde::Serialize;
 
 /// What an allocation measured, per block, for the report.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 #[serde(tag = "top_up", rename_all = "lowercase")]
 pub enum AllocationDetail {
     /// OWL: each block's outlier ratio (%) and resulting sparsity.
     Owl {
-        /// `--owl-m`.
+        /// Outlier threshold M (--owl-m): a Wanda score above M times the block's mean score is an
+        /// outlier.
         m: f64,
-        /// `--owl-lambda`.
+        /// Sparsity spread λ (--owl-lambda): block sparsities range over about target ± λ.
         lambda: f64,
-        /// Per block, in order.
+        /// Per block, in block order: the percentage (0 to 100) of the block's Wanda scores, from a
+        /// dense pass over the calibration windows, that are outliers.
+        #[schemars(inner(range(min = 0.0, max = 100.0)))]
         outlier_ratio: Vec<f64>,
-        /// Per block, in order.
+        /// Per block, in block order: the sparsity given to every matrix of the block, a fraction
+        /// clipped to [0.01, 0.99] (all equal to the target when the ratios are).
+        #[schemars(inner(range(min = 0.0, max = 1.0)))]
         sparsity: Vec<f64>,
     },
     /// AlphaPruning: each block's mean α and the sparsity of its matrices.
     Alpha {
-        /// `--alpha-epsilon`.
+        /// Sparsity spread ε (--alpha-epsilon): the ratios to the target range over [1 − ε, 1 + ε]
+        /// before the mean is restored.
         epsilon: f64,
-        /// Per block, in order.
+        /// Per block, in block order: the mean over the block's matrices of the Hill estimate α of
+        /// the tail of their squared singular values (dimensionless).
         alpha: Vec<f64>,
-        /// Per block, in order.
+        /// Per block, in block order: the sparsity given to every matrix of the block, a fraction
+        /// clipped to [0.01, 0.99]; the parameter-weighted mean is the target before clipping.
+        #[schemars(inner(range(min = 0.0, max = 1.0)))]
         sparsity: Vec<f64>,
     },
 }
 
 /// One evaluated candidate.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Candidate {
-    /// Its λ.
+    /// The candidate's λ (the spread of block or row sparsity around the target).
+    #[schemars(range(min = 0.0))]
     pub lambda: f64,
-    /// Σ of every linear's misalignment; lower is better.
+    /// Sum over every prunable linear of its neuron misalignment with the dense model (distance
+    /// between the normalised input-channel norms, dense vs pruned); dimensionless, lower is
+    /// better.
+    #[schemars(range(min = 0.0))]
     pub score: f64,
 }
 
 /// What the search tried and chose.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct SearchReport {
-    /// Block-step candidates, in grid order.
+    /// Block-step candidates in grid order (λ from 0.01 to 0.25; 0.25 is left out at a target of
+    /// 0.8 or more); empty with --neuroal-step row. With --neuroal-block-lambda, only the run at
+    /// that λ whose alignment the row step reads (none with --neuroal-step block).
     pub block: Vec<Candidate>,
-    /// The chosen block λ (none when the block step did not run).
+    /// The chosen block λ: the first candidate with the lowest score, or --neuroal-block-lambda;
+    /// null when the block step did not run (--neuroal-step row).
+    #[schemars(range(min = 0.0))]
     pub block_lambda: Option<f64>,
-    /// Row-step candidates, in grid order.
+    /// Row-step candidates in grid order (λ from 0 to 0.25); empty when the row step did not run or
+    /// --neuroal-row-lambda fixed its λ.
     pub row: Vec<Candidate>,
-    /// The chosen row λ (none when the row step did not run).
+    /// The chosen row λ: the first candidate with the lowest score, or --neuroal-row-lambda; null
+    /// when the row step did not run (--neuroal-step block, or see row_skipped).
+    #[schemars(range(min = 0.0))]
     pub row_lambda: Option<f64>,
-    /// Why the row step did not run, when it did not.
+    /// Why the row step was skipped although asked for (SparseGPT takes one sparsity per matrix);
+    /// null otherwise, including with --neuroal-step block.
     pub row_skipped: Option<String>,
-    /// Windows each candidate ran on.
+    /// Number of calibration windows each candidate was pruned and scored on: the first
+    /// min(--nsamples, 8).
     pub windows: usize,
-    /// Candidates evaluated at a time (`--search-jobs`, or as many as cores and memory allow).
+    /// Candidates evaluated at a time, each with its own ONNX Runtime sessions and a share of the
+    /// cores: --search-jobs, or by default one per core up to 4 while half of the available memory
+    /// holds them. The candidates, scores and choice do not depend on it.
+    #[schemars(range(min = 1.0))]
     pub jobs: usize,
-    /// Wall time of the search, seconds.
+    /// Wall time of the whole search, seconds (also timings_s.search).
+    #[schemars(range(min = 0.0))]
     pub seconds: f64,
-    /// Where the candidate passes spent their time, summed over candidates (and over jobs run
-    /// side by side, so it may exceed `seconds`).
+    /// Where the candidate passes spent their time, seconds summed over candidates, and over the
+    /// candidates run side by side (--search-jobs), so the sum may exceed seconds.
     pub timings_s: SequentialTimings,
 }
 
 /// Where the time of sequential passes went, in seconds.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct SequentialTimings {
     /// ONNX Runtime: stage sessions, prefix and block runs (dense and pruned), with the channel
     /// sums when the stage models take them.
+    #[schemars(range(min = 0.0))]
     pub forward: f64,
-    /// Accumulating activation statistics on the host.
+    /// Accumulating the linears' input statistics, dense and pruned (the alignment's norms).
+    #[schemars(range(min = 0.0))]
     pub statistics: f64,
-    /// Scores, masks and weight updates.
+    /// Reading the dense weights, scores, masks and weight updates.
+    #[schemars(range(min = 0.0))]
     pub masks: f64,
 }

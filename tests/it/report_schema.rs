@@ -1,6 +1,6 @@
-//! `docs/report.schema.json`: the reports of real runs on the tiny fixtures validate against it,
-//! broken reports do not, its `schema_version` is the library's, and every property it defines
-//! says what it means.
+//! `docs/report.schema.json`: it is what the report's types generate, the reports of real runs on
+//! the tiny fixtures validate against it, broken reports do not, its `schema_version` is the
+//! library's, and every property it defines says what it means.
 
 use crate::harness::{austen, fixture, prune_ok, scratch};
 use jsonschema::Validator;
@@ -13,6 +13,19 @@ fn schema() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/report.schema.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()))
+}
+
+/// The command that writes docs/report.schema.json from the report's types.
+const REGENERATE: &str = "cargo run --release -- schema > docs/report.schema.json";
+
+#[test]
+fn the_committed_schema_is_what_the_types_generate() {
+    let generated: Value = serde_json::from_str(&neuroal_onnx::report::json_schema())
+        .expect("the generated schema is JSON");
+    assert!(
+        schema() == generated,
+        "docs/report.schema.json is not what the report's types generate; regenerate it with `{REGENERATE}`"
+    );
 }
 
 /// The schema compiled as draft 2020-12 (checked against the draft's meta-schema first).
@@ -33,8 +46,8 @@ fn assert_valid(validator: &Validator, report: &Value, run: &str) {
     let errors = violations(validator, report);
     assert!(
         errors.is_empty(),
-        "the {run} report does not match docs/report.schema.json (update the schema and docs/report.md \
-         when a field is added or renamed):\n{}\nreport: {report:#}",
+        "the {run} report does not match docs/report.schema.json (regenerate it with \
+         `{REGENERATE}` and update docs/report.md when a field is added or renamed):\n{}\nreport: {report:#}",
         errors.join("\n")
     );
 }
