@@ -185,13 +185,14 @@ fn steps(
     let row_runs = row_wanted && method != PruneMethod::Sparsegpt;
     let (block_sparsity, block_rules, alignment) = if step == NeuroalStep::Row {
         let (per_linear, plan) = block_plan(0.0);
-        let (_, alignment) = evaluate(&mut pruners[0], windows, &plan)?;
+        let (_, alignment) = evaluate(&mut pruners[0], windows, &plan, &Progress::silent())?;
         (per_linear, plan, alignment)
     } else if let Some(lambda) = fixed.block {
         // Given, not searched: one run for the row step's alignment differences, if it runs.
         let (per_linear, plan) = block_plan(lambda);
         let alignment = if row_runs {
-            let (score, alignment) = evaluate(&mut pruners[0], windows, &plan)?;
+            let (score, alignment) =
+                evaluate(&mut pruners[0], windows, &plan, &Progress::silent())?;
             report.block.push(Candidate { lambda, score });
             alignment
         } else {
@@ -293,6 +294,7 @@ fn evaluate_all(
             .enumerate()
             .map(|(job, pruner)| {
                 let (done, failed) = (&done, &failed);
+                let job_progress = progress.job(label, job);
                 scope.spawn(move || {
                     let mut mine = Vec::new();
                     // Job j takes candidates j, j + jobs, j + 2·jobs, …
@@ -300,7 +302,7 @@ fn evaluate_all(
                         if failed.load(Ordering::Relaxed) {
                             break;
                         }
-                        let result = evaluate(pruner, windows, &plans[i]);
+                        let result = evaluate(pruner, windows, &plans[i], &job_progress);
                         failed.fetch_or(result.is_err(), Ordering::Relaxed);
                         mine.push((i, result));
                         progress.item(label, done.fetch_add(1, Ordering::Relaxed) + 1, total);
@@ -341,8 +343,9 @@ fn evaluate(
     pruner: &mut SequentialPruner,
     windows: &[Vec<i64>],
     plan: &SparsityPlan,
+    progress: &Progress,
 ) -> Result<Scored> {
-    let pass = pruner.run(windows, plan, None, true, &Progress::silent())?;
+    let pass = pruner.run(windows, plan, None, true, progress)?;
     let score = pass
         .alignment
         .iter()
