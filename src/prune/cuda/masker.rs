@@ -6,7 +6,7 @@ use super::nvrtc::{nvrtc_compile, nvrtc_missing, Output, N_OF_M_ENTRY, ROWS_ENTR
 use crate::calib::SplitMix64;
 use crate::prune::mask::{neuron_prune_count, row_prune_count, MaskRule, RowMask};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use std::sync::Arc;
@@ -427,7 +427,6 @@ impl CudaMasker {
         norms: Option<&[f32]>,
         rule: &MaskRule,
     ) -> Result<f64, String> {
-        use cudarc::driver::sys::CUevent_flags;
         let kernel = Kernel::for_rule(rule, rows, cols)?;
         check_shape(weights, rows, cols, norms, &kernel)?;
         let s = &self.stream;
@@ -443,14 +442,7 @@ impl CudaMasker {
             Kernel::Rows(c, _) => Some(s.clone_htod(c).map_err(driver("upload"))?),
             Kernel::NofM(..) => None,
         };
-        let event = || {
-            s.context()
-                .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(driver("event"))
-        };
-        let (start, end) = (event()?, event()?);
-        let mut times = Vec::with_capacity(TIMED_RUNS);
-        for run in 0..WARMUP_RUNS + TIMED_RUNS {
+        self.median_ms(|start, end| {
             s.memcpy_dtod(&pristine, &mut w).map_err(driver("copy"))?;
             start.record(s).map_err(driver("event"))?;
             let launch = Launch {
@@ -462,42 +454,50 @@ impl CudaMasker {
                 cols,
             };
             self.launch(launch, &kernel)?;
-            end.record(s).map_err(driver("event"))?;
-            let ms = start.elapsed_ms(&end).map_err(driver("kernel"))?;
-            if run >= WARMUP_RUNS {
-                times.push(ms as f64);
-            }
-        }
-        Ok(median(&mut times))
+            end.record(s).map_err(driver("event"))
+        })
     }
 
     /// Device-to-device copy bandwidth in GB/s (bytes read plus bytes written), median of
     /// [`TIMED_RUNS`] copies of 512 MiB of random bytes.
     pub fn copy_bandwidth(&self) -> Result<f64, String> {
-        use cudarc::driver::sys::CUevent_flags;
         const BYTES: usize = 512 << 20;
         let s = &self.stream;
         let mut rng = SplitMix64(1);
         let host: Vec<u64> = (0..BYTES / 8).map(|_| rng.next_u64()).collect();
         let src = s.clone_htod(&host).map_err(driver("upload"))?;
         let mut dst = s.alloc_zeros::<u64>(host.len()).map_err(driver("alloc"))?;
+        let ms = self.median_ms(|start, end| {
+            start.record(s).map_err(driver("event"))?;
+            s.memcpy_dtod(&src, &mut dst).map_err(driver("copy"))?;
+            end.record(s).map_err(driver("event"))
+        })?;
+        Ok(2.0 * BYTES as f64 / (ms * 1e-3) / 1e9)
+    }
+
+    /// Median over [`TIMED_RUNS`] runs, after [`WARMUP_RUNS`], of the milliseconds between the
+    /// two CUDA events that `run` records around the work it times.
+    fn median_ms(
+        &self,
+        mut run: impl FnMut(&CudaEvent, &CudaEvent) -> Result<(), String>,
+    ) -> Result<f64, String> {
+        use cudarc::driver::sys::CUevent_flags;
         let event = || {
-            s.context()
+            self.stream
+                .context()
                 .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
                 .map_err(driver("event"))
         };
         let (start, end) = (event()?, event()?);
         let mut times = Vec::with_capacity(TIMED_RUNS);
-        for run in 0..WARMUP_RUNS + TIMED_RUNS {
-            start.record(s).map_err(driver("event"))?;
-            s.memcpy_dtod(&src, &mut dst).map_err(driver("copy"))?;
-            end.record(s).map_err(driver("event"))?;
-            let ms = start.elapsed_ms(&end).map_err(driver("copy"))?;
-            if run >= WARMUP_RUNS {
+        for i in 0..WARMUP_RUNS + TIMED_RUNS {
+            run(&start, &end)?;
+            let ms = start.elapsed_ms(&end).map_err(driver("timing"))?;
+            if i >= WARMUP_RUNS {
                 times.push(ms as f64);
             }
         }
-        Ok(2.0 * BYTES as f64 / (median(&mut times) * 1e-3) / 1e9)
+        Ok(median(&mut times))
     }
 }
 
