@@ -172,15 +172,27 @@ impl Calibration {
     /// The BOS token only prompts: each window holds the `seqlen` tokens written after it, as a
     /// window cut from `--calib` text holds text. Kept at the start of every window, the BOS
     /// token's outsized activations weigh on every channel norm, which calibrates worse (README,
-    /// "The headline command").
+    /// "The headline command"). The prompt takes one of the model's `max_positions`, so the
+    /// windows are at most one token shorter than those tables.
     pub fn generate(
         config: &PruneConfig,
         seqlen: usize,
+        max_positions: Option<usize>,
         runtime: &Runtime,
         model: &OnnxModel,
         tokenizer: Option<&TextTokenizer>,
         progress: &Progress,
     ) -> Result<Self> {
+        let seqlen = match max_positions {
+            Some(max) if max <= seqlen => {
+                progress.note(&format!(
+                    "  self-written windows capped at {} tokens: the BOS prompt takes one of the model's {max} positions",
+                    max - 1
+                ));
+                max - 1
+            }
+            _ => seqlen,
+        };
         let bos = i64::from(tokenizer.and_then(TextTokenizer::bos_id).unwrap_or(0));
         let mut lm = CausalLm::open(runtime, model)?;
         let (n, len) = (config.nsamples, seqlen);

@@ -121,19 +121,15 @@ pub(super) fn prepare(
         Some(_) if given.is_some() => given,
         Some(rt) if config.needs_calibration() && config.calib.is_empty() => {
             let stage = progress.stage("generate calibration");
-            let model = &loaded.model;
-            // The BOS prompt takes one position before the window.
-            let seqlen = match loaded.discovery.max_positions {
-                Some(max) if max <= seqlen => {
-                    progress.note(&format!(
-                        "  self-written windows capped at {} tokens: the BOS prompt takes one of the model's {max} positions",
-                        max - 1
-                    ));
-                    max - 1
-                }
-                _ => seqlen,
-            };
-            let c = Calibration::generate(config, seqlen, rt, model, tokenizer.as_ref(), progress)?;
+            let c = Calibration::generate(
+                config,
+                seqlen,
+                discovery.max_positions,
+                rt,
+                &loaded.model,
+                tokenizer.as_ref(),
+                progress,
+            )?;
             timings.insert("generate_calibration".to_string(), stage.finish());
             Some(c)
         }

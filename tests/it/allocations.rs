@@ -284,7 +284,7 @@ fn owl_and_alpha_allocate_by_block_from_what_they_measured() {
         .map(|v| v.as_f64().unwrap())
         .collect();
         assert_eq!(measured.len(), 3);
-        // Recomputed here from what was measured (spec §3.2 and §3.4, equal-sized blocks).
+        // Recomputed here from what was measured (docs/methods.md §3.2 and §3.4, equal-sized blocks).
         let (min, max) = measured
             .iter()
             .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));

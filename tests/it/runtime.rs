@@ -51,7 +51,7 @@ fn perplexity_is_exp_of_the_mean_next_token_loss_weighted_as_the_reference() {
         let z: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
         nll -= (row[ids[t + 1] as usize] as f64).exp().ln() - z.ln();
     }
-    // spec §4.1: mean over seq−1 positions × seq, divided by (windows · seq).
+    // docs/methods.md §4.1: mean over seq−1 positions × seq, divided by (windows · seq).
     let want = (nll / (seq - 1) as f64 * seq as f64 / seq as f64).exp();
     let model = OnnxModel::load(&fx.model).unwrap();
     let mut lm = CausalLm::open(&rt, &model).unwrap();
