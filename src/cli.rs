@@ -144,6 +144,10 @@ pub struct PruneArgs {
     /// N:M structured sparsity along the input dimension, e.g. 2:4.
     #[arg(long, value_parser = parse_nm)]
     pub nm: Option<(usize, usize)>,
+    /// After the masks, re-fit the weights each row keeps to reproduce the dense layer's outputs
+    /// on the calibration windows (least squares; the masks and their counts do not change).
+    #[arg(long)]
+    pub reconstruct: bool,
     /// OWL outlier threshold M, only with --top-up owl [default: 5].
     #[arg(long, value_name = "M")]
     pub owl_m: Option<f64>,
@@ -417,6 +421,7 @@ impl PruneArgs {
             device: self.device.into(),
             ort_lib: self.ort_lib,
             nm: self.nm,
+            reconstruct: self.reconstruct,
             owl_m: self.owl_m.unwrap_or(OWL_M),
             owl_lambda: self.owl_lambda.unwrap_or(OWL_LAMBDA),
             alpha_epsilon: self.alpha_epsilon.unwrap_or(ALPHA_EPSILON),

@@ -59,6 +59,8 @@ pub struct PruneConfig {
     pub ort_lib: Option<PathBuf>,
     /// N:M structured sparsity.
     pub nm: Option<(usize, usize)>,
+    /// Re-fit the kept weights of every pruned matrix to the dense outputs (`--reconstruct`).
+    pub reconstruct: bool,
     /// OWL's outlier threshold M (`--owl-m`).
     pub owl_m: f64,
     /// OWL's sparsity spread λ (`--owl-lambda`).
@@ -124,6 +126,19 @@ impl PruneConfig {
             return Err(Error::invalid(
                 "--top-up",
                 "dsnot refines a score-based mask; SparseGPT rebuilds the weights itself (the reference's DSnoT+SparseGPT never accumulates its Hessian). Use wanda, multiflow or magnitude",
+            ));
+        }
+        if self.reconstruct && matches!(self.method, PruneMethod::Sparsegpt | PruneMethod::Dense) {
+            return Err(Error::invalid(
+                "--reconstruct",
+                format!(
+                    "re-fits the weights that a score-based mask keeps; --prune-method {} {}. Use magnitude, wanda or multiflow",
+                    self.method.as_str(),
+                    match self.method {
+                        PruneMethod::Sparsegpt => "already updates them as it prunes",
+                        _ => "prunes nothing",
+                    }
+                ),
             ));
         }
         if self.top_up != TopUp::Uniform && self.method == PruneMethod::Dense {
@@ -200,10 +215,12 @@ impl PruneConfig {
         Ok(())
     }
 
-    /// Whether the job runs the model on calibration windows: a calibrated base score, or an
-    /// allocation measured on activations (NeuroAL's alignment, OWL's outliers).
+    /// Whether the job runs the model on calibration windows: a calibrated base score, an
+    /// allocation measured on activations (NeuroAL's alignment, OWL's outliers), or the
+    /// reconstruction of the kept weights.
     pub fn needs_calibration(&self) -> bool {
         self.method.needs_calibration()
+            || self.reconstruct
             || matches!(self.top_up, TopUp::Neuroal | TopUp::Owl | TopUp::Dsnot)
     }
 }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::graph::{Discovery, Layout, Linear, Partition, StageKind};
 use crate::onnx::{ModelWriter, OnnxModel, TensorKey};
 use crate::progress::Progress;
-use crate::prune::{prune_matrix, ActivationStats, ChannelSums, Masker, PruneMethod};
+use crate::prune::{prune_matrix, reconstruct, ActivationStats, ChannelSums, Masker, PruneMethod};
 use crate::report::SequentialTimings;
 use crate::runtime::{Activation, ModelSession, Runtime};
 use std::collections::HashMap;
@@ -47,6 +47,8 @@ pub(crate) struct SequentialPruner<'a> {
     method: PruneMethod,
     /// Refine masks with DSnoT (attention projections only, as the reference does).
     dsnot: bool,
+    /// Re-fit the kept weights after each mask (`--reconstruct`).
+    reconstruct: bool,
     /// Where masks are computed (the CPU unless [`Self::with_masker`] says otherwise).
     masker: &'a Masker,
     partition: Partition,
@@ -75,6 +77,7 @@ impl<'a> SequentialPruner<'a> {
             runtime,
             method,
             dsnot,
+            reconstruct: false,
             masker: &CPU_MASKER,
             partition: Partition::new(model, discovery)?,
             reuse_sessions: false,
@@ -94,6 +97,13 @@ impl<'a> SequentialPruner<'a> {
     /// skips building them again; costs one session's memory per block.
     pub fn reuse_sessions(mut self) -> Self {
         self.reuse_sessions = true;
+        self
+    }
+
+    /// Re-fits the kept weights of every matrix after its mask, on the Hessian of its dense
+    /// inputs (`--reconstruct`: the final pass only; the search ranks the masks alone).
+    pub fn reconstruct(mut self, reconstruct: bool) -> Self {
+        self.reconstruct = reconstruct;
         self
     }
 
@@ -164,7 +174,7 @@ impl<'a> SequentialPruner<'a> {
                     });
                 source.push(k);
             }
-            let gram = method == PruneMethod::Sparsegpt;
+            let gram = method == PruneMethod::Sparsegpt || self.reconstruct;
             let capture = BlockCapture { activations, site };
             let mut dense_stats: Vec<ActivationStats> = capture
                 .activations
@@ -214,6 +224,7 @@ impl<'a> SequentialPruner<'a> {
                 let clock = Instant::now();
                 let rule = &plan.rules[self.index[&l.weight]];
                 let mut weights = l.read_out_in(model)?;
+                let dense_weights = self.reconstruct.then(|| weights.clone());
                 prune_matrix(
                     method,
                     &l.weight.name,
@@ -225,6 +236,19 @@ impl<'a> SequentialPruner<'a> {
                     self.dsnot && !is_mlp(l),
                     self.masker,
                 )?;
+                if let Some(dense_weights) = &dense_weights {
+                    let hessian = dense_stats[k].hessian().ok_or_else(|| {
+                        Error::internal("--reconstruct: no Hessian was accumulated")
+                    })?;
+                    reconstruct(
+                        &l.weight.name,
+                        dense_weights,
+                        &mut weights,
+                        l.out_features,
+                        l.in_features,
+                        &hessian,
+                    )?;
+                }
                 let bytes = l.encode_out_in(&weights);
                 pruned_values.push(weight_value(model, l, Some(&bytes))?);
                 pruned.record(l, &weights, rule.mean_sparsity(l.out_features));

@@ -71,6 +71,7 @@ pub(super) fn report(
             top_up: config.top_up,
             sparsity: config.sparsity,
             nm: config.nm.map(|(n, m)| format!("{n}:{m}")),
+            reconstruct: config.reconstruct,
             seed: config.seed,
             top_up_parameters: top_up_parameters(config),
         },

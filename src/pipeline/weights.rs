@@ -98,7 +98,8 @@ fn calibrated(
     let (model, discovery) = (&loaded.model, &loaded.discovery);
     let dsnot = config.top_up == TopUp::Dsnot;
     let mut pruner = SequentialPruner::new(model, discovery, rt, config.method, dsnot)?
-        .with_masker(&prepared.masker);
+        .with_masker(&prepared.masker)
+        .reconstruct(config.reconstruct);
     let (mut allocation, mut search) = (None, None);
     // The measured allocations decide the plan before the final pass.
     match config.top_up {

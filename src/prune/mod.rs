@@ -4,12 +4,14 @@ mod channel_sums;
 pub mod cuda;
 pub mod dsnot;
 mod mask;
+mod reconstruct;
 mod score;
 mod sparsegpt;
 mod stats;
 
 pub use channel_sums::ChannelSums;
 pub use mask::{neuron_prune_count, prune_mask, row_prune_count, MaskRule, RowMask};
+pub use reconstruct::reconstruct;
 pub use score::{magnitude, multiflow, wanda};
 pub use sparsegpt::sparsegpt;
 pub use stats::ActivationStats;

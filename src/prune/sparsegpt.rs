@@ -1,6 +1,9 @@
-//! SparseGPT (Frantar & Alistarh 2023) as the reference runs it (docs/methods.md §2.3): masks chosen per
-//! block of 128 columns from `w² / (U_jj)²`, where `U` is the upper Cholesky factor of `H⁻¹`,
-//! and an optimal-brain-surgeon update of the weights not yet processed.
+//! The optimal-brain-surgeon update of SparseGPT (Frantar & Alistarh 2023; docs/methods.md §2.3),
+//! used two ways: [`sparsegpt`] chooses its masks per block of 128 columns from `w² / (U_jj)²`,
+//! where `U` is the upper Cholesky factor of `H⁻¹`, as the reference does; [`obs_with_mask`] keeps
+//! a mask chosen by any other method and only re-fits the kept weights (the start of
+//! [`reconstruct`](super::reconstruct)). Both walk the columns left to right, and each pruned
+//! weight's error moves onto the weights of its row not yet processed.
 
 use crate::error::{Error, Result};
 use faer::linalg::matmul::matmul;
@@ -12,6 +15,16 @@ use rayon::prelude::*;
 pub const BLOCK_SIZE: usize = 128;
 /// Dampening added to the Hessian's diagonal, relative to its mean (`percdamp`).
 pub const PERCDAMP: f64 = 0.01;
+
+/// Which weights the update removes.
+enum Removal<'a> {
+    /// The smallest `w² / (U_jj)²` of each 128-column block, jointly over its rows (SparseGPT).
+    Unstructured(f64),
+    /// The `n` smallest of every `m` consecutive weights of a row (SparseGPT with N:M).
+    NofM(usize, usize),
+    /// Exactly these, row-major (`true`: removed): a mask chosen by another method.
+    Given(&'a [bool]),
+}
 
 /// Prunes row-major `weights` (`[rows, cols]`) in place to `sparsity` (or N:M), updating the kept
 /// weights to compensate, given the Hessian `H = 2/N Σ XᵀX` (`[cols, cols]`, row-major).
@@ -25,27 +38,69 @@ pub fn sparsegpt(
     sparsity: f64,
     nm: Option<(usize, usize)>,
 ) -> Result<()> {
-    assert_eq!(weights.len(), rows * cols);
-    assert_eq!(hessian.len(), cols * cols);
-    let mut w: Vec<f64> = weights.iter().map(|&v| v as f64).collect();
+    let removal = match nm {
+        Some((n, m)) => Removal::NofM(n, m),
+        None => Removal::Unstructured(sparsity),
+    };
+    obs_update(name, weights, rows, cols, hessian, removal)
+}
+
+/// The OBS update with the removed weights given (`true`: removed, row-major): the first half of
+/// [`reconstruct`](super::reconstruct). Weights of inputs that were never active stay as they
+/// are, so the mask, and with it every row's count, is exactly the one given.
+pub(super) fn obs_with_mask(
+    name: &str,
+    weights: &mut [f32],
+    rows: usize,
+    cols: usize,
+    hessian: &[f64],
+    removed: &[bool],
+) -> Result<()> {
+    obs_update(name, weights, rows, cols, hessian, Removal::Given(removed))
+}
+
+/// `H` with a unit diagonal at inputs that were never active (which decouples them) and
+/// [`PERCDAMP`] of its mean diagonal added to every diagonal entry.
+pub(super) fn dampened(hessian: &[f64], cols: usize) -> Mat<f64> {
     let mut h = Mat::<f64>::from_fn(cols, cols, |i, j| hessian[i * cols + j]);
-    // Dead inputs: never active, so their weights do nothing; the reference zeroes them.
     for j in 0..cols {
         if h[(j, j)] == 0.0 {
             h[(j, j)] = 1.0;
-            for r in 0..rows {
-                w[r * cols + j] = 0.0;
-            }
         }
     }
     let damp = PERCDAMP * (0..cols).map(|j| h[(j, j)]).sum::<f64>() / cols as f64;
     for j in 0..cols {
         h[(j, j)] += damp;
     }
+    h
+}
+
+/// The update shared by [`sparsegpt`] and [`obs_with_mask`].
+fn obs_update(
+    name: &str,
+    weights: &mut [f32],
+    rows: usize,
+    cols: usize,
+    hessian: &[f64],
+    removal: Removal<'_>,
+) -> Result<()> {
+    assert_eq!(weights.len(), rows * cols);
+    assert_eq!(hessian.len(), cols * cols);
+    let mut w: Vec<f64> = weights.iter().map(|&v| v as f64).collect();
+    // Dead inputs: never active, so their weights do nothing. SparseGPT zeroes them, as the
+    // reference does; a given mask is kept exactly.
+    if !matches!(removal, Removal::Given(_)) {
+        for j in (0..cols).filter(|&j| hessian[j * cols + j] == 0.0) {
+            for r in 0..rows {
+                w[r * cols + j] = 0.0;
+            }
+        }
+    }
+    let h = dampened(hessian, cols);
     let not_pd = || {
         Error::tensor(
             name,
-            "SparseGPT: the calibration Hessian is not positive definite even after dampening; use more calibration data",
+            "the calibration Hessian is not positive definite even after dampening; use more calibration data",
         )
     };
     let h_inv = h.llt(Side::Lower).map_err(|_| not_pd())?.inverse();
@@ -58,10 +113,9 @@ pub fn sparsegpt(
         let end = (start + BLOCK_SIZE).min(cols);
         let width = end - start;
         let u_diag: Vec<f64> = (start..end).map(|j| u[(j, j)]).collect();
-        // Mask of the block, chosen before its updates (unstructured: jointly over all rows).
-        let block_mask: Option<Vec<bool>> = match nm {
-            Some(_) => None,
-            None => {
+        // Unstructured SparseGPT chooses the block's mask before its updates, jointly over rows.
+        let block_mask: Option<Vec<bool>> = match removal {
+            Removal::Unstructured(sparsity) => {
                 let scores: Vec<f64> = (0..rows)
                     .flat_map(|r| (0..width).map(move |c| (r, c)))
                     .map(|(r, c)| {
@@ -80,6 +134,7 @@ pub fn sparsegpt(
                         .collect(),
                 )
             }
+            _ => None,
         };
         // Each row's updates within the block depend only on that row: rows run in parallel.
         let u_block: Vec<f64> = (start..end)
@@ -92,12 +147,13 @@ pub fn sparsegpt(
             .enumerate()
             .for_each(|(r, (row, err))| {
                 let block = &mut row[start..end];
-                let mut pruned = match &block_mask {
-                    Some(mask) => mask[r * width..(r + 1) * width].to_vec(),
-                    None => vec![false; width],
+                let mut pruned = match (&block_mask, &removal) {
+                    (Some(mask), _) => mask[r * width..(r + 1) * width].to_vec(),
+                    (None, Removal::Given(mask)) => mask[r * cols + start..r * cols + end].to_vec(),
+                    _ => vec![false; width],
                 };
                 for i in 0..width {
-                    if let Some((n, m)) = nm {
+                    if let Removal::NofM(n, m) = removal {
                         if i % m == 0 {
                             let group = (i..(i + m).min(width)).collect::<Vec<_>>();
                             let mut order = group.clone();
@@ -142,13 +198,18 @@ pub fn sparsegpt(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::sparsegpt;
     use crate::calib::Rng;
     use crate::prune::{prune_mask, wanda, ActivationStats, MaskRule};
 
     /// ‖(W − Ŵ) Xᵀ‖² for row-major W [rows, cols] and X [tokens, cols].
-    fn reconstruction_error(w: &[f32], w_hat: &[f32], x: &[f32], cols: usize) -> f64 {
+    pub(in crate::prune) fn reconstruction_error(
+        w: &[f32],
+        w_hat: &[f32],
+        x: &[f32],
+        cols: usize,
+    ) -> f64 {
         let mut total = 0.0;
         for token in x.chunks_exact(cols) {
             for (row, row_hat) in w.chunks_exact(cols).zip(w_hat.chunks_exact(cols)) {
@@ -164,17 +225,21 @@ mod tests {
         total
     }
 
-    #[test]
-    fn reconstructs_better_than_wanda_at_the_same_sparsity() {
-        let (rows, cols, tokens) = (32, 64, 256);
-        let mut rng = Rng::new(1);
+    /// Random weights `[rows, cols]` and correlated activations `[tokens, cols]` with uneven
+    /// channel scales, as in LLMs.
+    pub(in crate::prune) fn layer(
+        rows: usize,
+        cols: usize,
+        tokens: usize,
+        seed: u64,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let mut rng = Rng::new(seed);
         let mut normal = || {
             // Box–Muller from two uniforms.
             let (u, v) = (rng.unit().max(1e-12), rng.unit());
             ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
         };
         let w: Vec<f32> = (0..rows * cols).map(|_| normal()).collect();
-        // Correlated activations with uneven channel scales, as in LLMs.
         let base: Vec<f32> = (0..tokens * 8).map(|_| normal()).collect();
         let x: Vec<f32> = (0..tokens * cols)
             .map(|i| {
@@ -182,6 +247,13 @@ mod tests {
                 base[t * 8 + c % 8] * (1.0 + (c % 5) as f32) + 0.3 * normal()
             })
             .collect();
+        (w, x)
+    }
+
+    #[test]
+    fn reconstructs_better_than_wanda_at_the_same_sparsity() {
+        let (rows, cols, tokens) = (32, 64, 256);
+        let (w, x) = layer(rows, cols, tokens, 1);
         let mut stats = ActivationStats::new(cols, true);
         stats.add(&x);
         for sparsity in [0.5, 0.7] {

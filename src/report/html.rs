@@ -115,6 +115,12 @@ fn overview(r: &Report) -> String {
     if let Some(nm) = &m.nm {
         facts.push(("N:M", esc(nm)));
     }
+    if m.reconstruct {
+        facts.push((
+            "kept weights",
+            "re-fitted to the dense outputs (--reconstruct)".to_string(),
+        ));
+    }
     if let Some(c) = &r.calibration {
         let files: Vec<String> = c.files.iter().map(|f| f.display().to_string()).collect();
         facts.push((
@@ -411,6 +417,7 @@ mod tests {
                 top_up: TopUp::Neuroal,
                 sparsity: 0.5,
                 nm: None,
+                reconstruct: false,
                 seed: 0,
                 top_up_parameters: None,
             },

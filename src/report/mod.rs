@@ -175,6 +175,8 @@ pub struct MethodInfo {
     /// "2:4"); null when not asked for.
     #[schemars(regex(pattern = r"^[1-9][0-9]*:[1-9][0-9]*$"))]
     pub nm: Option<String>,
+    /// Whether the kept weights were re-fitted to the dense outputs after masking (--reconstruct).
+    pub reconstruct: bool,
     /// Seed of every random choice (--seed), such as which calibration windows are drawn or how the
     /// model samples its own.
     pub seed: u64,

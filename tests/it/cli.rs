@@ -238,3 +238,13 @@ fn the_plain_command_needs_nothing_but_the_model() {
             .unwrap();
     assert_eq!(report["calibration"]["seqlen"], 255);
 }
+
+#[test]
+fn reconstruct_is_refused_where_there_is_no_mask_to_refit() {
+    for method in ["sparsegpt", "dense"] {
+        assert_refused(
+            &format!("--sparsity 0.5 --prune-method {method} --top-up uniform --reconstruct"),
+            &["--reconstruct", method],
+        );
+    }
+}
