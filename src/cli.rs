@@ -189,6 +189,8 @@ pub enum MethodArg {
     Sparsegpt,
     /// |W| · row importance · column importance.
     Multiflow,
+    /// Relative importance (|W|'s share of its row and column) · ‖X_j‖^0.5 (Zhang et al. 2024).
+    Ria,
     /// Nothing pruned: the dense baseline, written and evaluated like a pruned model.
     Dense,
 }
@@ -200,6 +202,7 @@ impl From<MethodArg> for PruneMethod {
             MethodArg::Wanda => PruneMethod::Wanda,
             MethodArg::Sparsegpt => PruneMethod::Sparsegpt,
             MethodArg::Multiflow => PruneMethod::Multiflow,
+            MethodArg::Ria => PruneMethod::Ria,
             MethodArg::Dense => PruneMethod::Dense,
         }
     }

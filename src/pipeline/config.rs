@@ -119,20 +119,26 @@ impl PruneConfig {
                 ));
             }
         }
+        if self.nm.is_some() && self.method == PruneMethod::Ria {
+            return Err(Error::invalid(
+                "--nm",
+                "RIA's N:M pattern comes with its channel permutation, which is not built; use --prune-method wanda or sparsegpt for N:M",
+            ));
+        }
         if self.nsamples == 0 {
             return Err(Error::invalid("--nsamples", "must be at least 1"));
         }
         if self.top_up == TopUp::Dsnot && self.method == PruneMethod::Sparsegpt {
             return Err(Error::invalid(
                 "--top-up",
-                "dsnot refines a score-based mask; SparseGPT rebuilds the weights itself (the reference's DSnoT+SparseGPT never accumulates its Hessian). Use wanda, multiflow or magnitude",
+                "dsnot refines a score-based mask; SparseGPT rebuilds the weights itself (the reference's DSnoT+SparseGPT never accumulates its Hessian). Use wanda, multiflow, ria or magnitude",
             ));
         }
         if self.reconstruct && matches!(self.method, PruneMethod::Sparsegpt | PruneMethod::Dense) {
             return Err(Error::invalid(
                 "--reconstruct",
                 format!(
-                    "re-fits the weights that a score-based mask keeps; --prune-method {} {}. Use magnitude, wanda or multiflow",
+                    "re-fits the weights that a score-based mask keeps; --prune-method {} {}. Use magnitude, wanda, multiflow or ria",
                     self.method.as_str(),
                     match self.method {
                         PruneMethod::Sparsegpt => "already updates them as it prunes",

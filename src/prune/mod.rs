@@ -12,7 +12,7 @@ mod stats;
 pub use channel_sums::ChannelSums;
 pub use mask::{neuron_prune_count, prune_mask, row_prune_count, MaskRule, RowMask};
 pub use reconstruct::reconstruct;
-pub use score::{magnitude, multiflow, wanda};
+pub use score::{magnitude, multiflow, ria, wanda};
 pub use sparsegpt::sparsegpt;
 pub use stats::ActivationStats;
 
@@ -31,6 +31,8 @@ pub enum PruneMethod {
     Sparsegpt,
     /// |W| · row importance · column importance.
     Multiflow,
+    /// Relative importance (|W|'s share of its row and its column) · ‖X_j‖^0.5 (Zhang et al. 2024).
+    Ria,
     /// Nothing pruned: the dense baseline, written and evaluated like a pruned model.
     Dense,
 }
@@ -43,13 +45,17 @@ impl PruneMethod {
             Self::Wanda => "wanda",
             Self::Sparsegpt => "sparsegpt",
             Self::Multiflow => "multiflow",
+            Self::Ria => "ria",
             Self::Dense => "dense",
         }
     }
 
     /// Whether the method needs calibration activations.
     pub fn needs_calibration(self) -> bool {
-        matches!(self, Self::Wanda | Self::Sparsegpt | Self::Multiflow)
+        matches!(
+            self,
+            Self::Wanda | Self::Sparsegpt | Self::Multiflow | Self::Ria
+        )
     }
 }
 
@@ -121,6 +127,7 @@ pub fn prune_matrix(
         PruneMethod::Magnitude => magnitude(weights),
         PruneMethod::Wanda => wanda(weights, &needs_stats()?.norms()),
         PruneMethod::Multiflow => multiflow(weights, &needs_stats()?.norms()),
+        PruneMethod::Ria => ria(weights, &needs_stats()?.norms()),
         PruneMethod::Sparsegpt => {
             let hessian = needs_stats()?
                 .hessian()

@@ -42,6 +42,42 @@ pub fn multiflow(weights: &[f32], norms: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// The exponent of the activation norm in RIA's score (the paper's `a`).
+pub const RIA_EXPONENT: f32 = 0.5;
+
+/// RIA's score `(|W_ij| / Σ_k |W_ik| + |W_ij| / Σ_k |W_kj|) · a_j^0.5`: the weight's share of its
+/// row's and of its column's absolute sum, times the input-channel norm to the power
+/// [`RIA_EXPONENT`] (docs/methods.md §2.5). A row or column of zeros contributes nothing.
+pub fn ria(weights: &[f32], norms: &[f32]) -> Vec<f32> {
+    let cols = norms.len();
+    let share = |w: f32, total: f64| match total > 0.0 {
+        true => w.abs() as f64 / total,
+        false => 0.0,
+    };
+    let row_sum: Vec<f64> = weights
+        .chunks_exact(cols)
+        .map(|r| r.iter().map(|w| w.abs() as f64).sum())
+        .collect();
+    let mut col_sum = vec![0.0f64; cols];
+    for r in weights.chunks_exact(cols) {
+        for (c, w) in col_sum.iter_mut().zip(r) {
+            *c += w.abs() as f64;
+        }
+    }
+    weights
+        .chunks_exact(cols)
+        .zip(&row_sum)
+        .flat_map(|(row, &o)| {
+            row.iter()
+                .zip(&col_sum)
+                .zip(norms)
+                .map(move |((&w, &c), &a)| {
+                    ((share(w, o) + share(w, c)) * (a.powf(RIA_EXPONENT) as f64)) as f32
+                })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +90,20 @@ mod tests {
         // A = [[2, 1], [6, 2]]; o = [1.5, 4]; c = [4, 1.5]
         assert_eq!(multiflow(&w, &a), vec![6.0, 4.5, 48.0, 24.0]);
         assert_eq!(magnitude(&w), vec![1.0, 2.0, 3.0, 4.0]);
+        // Row sums [3, 7], column sums [4, 6]; √a = [√2, √0.5].
+        let (r2, rh) = (2f64.sqrt(), 0.5f64.sqrt());
+        let expected = [
+            (1.0 / 3.0 + 1.0 / 4.0) * r2,
+            (2.0 / 3.0 + 2.0 / 6.0) * rh,
+            (3.0 / 7.0 + 3.0 / 4.0) * r2,
+            (4.0 / 7.0 + 4.0 / 6.0) * rh,
+        ];
+        for (got, want) in ria(&w, &a).iter().zip(expected) {
+            assert!((*got as f64 - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        assert_eq!(
+            ria(&[0.0, 0.0, 1.0, 0.0], &[1.0, 1.0]),
+            vec![0.0, 0.0, 2.0, 0.0]
+        );
     }
 }

@@ -3,6 +3,10 @@
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+/// Rows of the Gram matrix computed together by one task.
+const GRAM_BAND: usize = 64;
 
 /// Per-input-channel statistics of the activations `X` (`[tokens, channels]`) a linear reads.
 #[derive(Clone, Debug)]
@@ -63,12 +67,21 @@ impl ActivationStats {
     /// does nothing when it is not accumulated.
     pub fn add_gram(&mut self, x: &[f32]) {
         let Some(gram) = &mut self.gram else { return };
-        let tokens = x.len() / self.channels;
+        let channels = self.channels;
+        let tokens = x.len() / channels;
         let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
-        let xm = MatRef::from_row_major_slice(&x64, tokens, self.channels);
-        let g = MatMut::from_row_major_slice_mut(gram, self.channels, self.channels);
-        // Sequential on purpose: the sum must not depend on the thread count.
-        matmul(g, Accum::Add, xm.transpose(), xm, 1.0, Par::Seq);
+        let xm = MatRef::from_row_major_slice(&x64, tokens, channels);
+        // Bands of rows of a fixed height, each a sequential product, in parallel: every entry's
+        // sum is taken in the same order whatever the thread count.
+        gram.par_chunks_mut(GRAM_BAND * channels)
+            .enumerate()
+            .for_each(|(band, rows)| {
+                let first = band * GRAM_BAND;
+                let height = rows.len() / channels;
+                let g = MatMut::from_row_major_slice_mut(rows, height, channels);
+                let lhs = xm.submatrix(0, first, tokens, height).transpose();
+                matmul(g, Accum::Add, lhs, xm, 1.0, Par::Seq);
+            });
     }
 
     /// Adds one window's activations, row-major `[tokens, channels]`: the window's sums taken on

@@ -160,8 +160,8 @@ pub struct OutputInfo {
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct MethodInfo {
     /// The base score that ranks the weights (--prune-method): magnitude |W|; wanda |W|·‖X_j‖;
-    /// sparsegpt (optimal-brain-surgeon reconstruction); multiflow |W|·row·column importance; dense
-    /// prunes nothing (a baseline).
+    /// sparsegpt (optimal-brain-surgeon reconstruction); multiflow |W|·row·column importance; ria
+    /// relative importance · ‖X_j‖^0.5; dense prunes nothing (a baseline).
     pub prune_method: PruneMethod,
     /// How the global sparsity is distributed over blocks and rows (--top-up): uniform (every
     /// matrix gets the target), owl (outlier-weighted per block), alpha (AlphaPruning, heavy-tailed

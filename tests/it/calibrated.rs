@@ -94,16 +94,12 @@ fn logits_on(model: &Path, windows: &[Vec<u32>]) -> Vec<f32> {
     logits
 }
 
-/// The Wanda mask of a linear by a stable sort per row of |W|·‖x_j‖ (true = pruned).
-fn expected_wanda_mask(w: &[f32], cols: usize, sumsq: &[f64], sparsity: f64) -> Vec<bool> {
+/// The mask that prunes the `floor(cols · sparsity)` lowest `scores` of every row, by a stable
+/// sort (true = pruned).
+fn lowest_per_row(scores: &[f64], cols: usize, sparsity: f64) -> Vec<bool> {
     let k = row_prune_count(cols, sparsity);
-    let mut mask = vec![false; w.len()];
-    for (r, row) in w.chunks_exact(cols).enumerate() {
-        let score: Vec<f64> = row
-            .iter()
-            .zip(sumsq)
-            .map(|(w, s)| w.abs() as f64 * s.sqrt())
-            .collect();
+    let mut mask = vec![false; scores.len()];
+    for (r, score) in scores.chunks_exact(cols).enumerate() {
         let mut order: Vec<usize> = (0..cols).collect();
         order.sort_by(|a, b| score[*a].partial_cmp(&score[*b]).unwrap());
         for &c in &order[..k] {
@@ -113,17 +109,47 @@ fn expected_wanda_mask(w: &[f32], cols: usize, sumsq: &[f64], sparsity: f64) -> 
     mask
 }
 
+/// The Wanda mask of a linear: |W|·‖x_j‖ (true = pruned).
+fn expected_wanda_mask(w: &[f32], cols: usize, sumsq: &[f64], sparsity: f64) -> Vec<bool> {
+    let scores: Vec<f64> = w
+        .chunks_exact(cols)
+        .flat_map(|row| {
+            row.iter()
+                .zip(sumsq)
+                .map(|(w, s)| w.abs() as f64 * s.sqrt())
+        })
+        .collect();
+    lowest_per_row(&scores, cols, sparsity)
+}
+
+/// The RIA mask of a linear: |W_ij| over its row's and over its column's absolute sum, times
+/// ‖x_j‖^0.5 (true = pruned).
+fn expected_ria_mask(w: &[f32], cols: usize, sumsq: &[f64], sparsity: f64) -> Vec<bool> {
+    let abs: Vec<f64> = w.iter().map(|v| v.abs() as f64).collect();
+    let rows = abs.len() / cols;
+    let row_sum = |r: usize| abs[r * cols..(r + 1) * cols].iter().sum::<f64>();
+    let col_sum = |c: usize| (0..rows).map(|r| abs[r * cols + c]).sum::<f64>();
+    let scores: Vec<f64> = (0..rows * cols)
+        .map(|i| {
+            let (r, c) = (i / cols, i % cols);
+            (abs[i] / row_sum(r) + abs[i] / col_sum(c)) * sumsq[c].sqrt().sqrt()
+        })
+        .collect();
+    lowest_per_row(&scores, cols, sparsity)
+}
+
 fn input_of(l: &Linear) -> String {
     l.nodes[0].input.clone()
 }
 
-fn wanda_on(fx: &Fixture, dir: &Path, calib: &Path, sparsity: &str) -> PathBuf {
-    let out = dir.join("wanda.onnx");
+/// Prunes `fx` with `method` and uniform allocation on the token documents `calib`.
+fn prune_on(fx: &Fixture, dir: &Path, calib: &Path, method: &str, sparsity: &str) -> PathBuf {
+    let out = dir.join(format!("{method}.onnx"));
     let flags = [
         "--sparsity",
         sparsity,
         "--prune-method",
-        "wanda",
+        method,
         "--top-up",
         "uniform",
         "--calib",
@@ -145,7 +171,7 @@ fn wanda_masks_equal_an_independent_computation_and_are_sequential() {
     let fx = fixture("tiny/llama");
     let dir = scratch();
     let (calib, docs) = token_documents(dir.path());
-    let out = wanda_on(&fx, dir.path(), &calib, "0.5");
+    let out = prune_on(&fx, dir.path(), &calib, "wanda", "0.5");
     let windows = sample_windows(&docs, NSAMPLES, SEQLEN, SEED).unwrap();
     let (input, discovery) = inspect(&fx.model).unwrap();
     let output = OnnxModel::load(&out).unwrap();
@@ -202,6 +228,38 @@ fn wanda_masks_equal_an_independent_computation_and_are_sequential() {
 /// The activation sums a pass takes on the host (the CPU default) and in the stage models (the
 /// CUDA default, `NEUROAL_ONNX_SUMS=model`) are the same sums in the same order: the same bytes.
 #[test]
+fn ria_masks_equal_an_independent_computation() {
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let (calib, docs) = token_documents(dir.path());
+    let out = prune_on(&fx, dir.path(), &calib, "ria", "0.5");
+    let windows = sample_windows(&docs, NSAMPLES, SEQLEN, SEED).unwrap();
+    let (input, discovery) = inspect(&fx.model).unwrap();
+    let output = OnnxModel::load(&out).unwrap();
+    // Block 0 reads the dense model's embeddings.
+    let block0: Vec<&Linear> = discovery.block(0).collect();
+    let names: Vec<String> = block0.iter().map(|l| input_of(l)).collect();
+    let sums = channel_sumsq(&input, &names, &windows);
+    for (l, s) in block0.iter().zip(&sums) {
+        let w = l.read_out_in(&input).unwrap();
+        let zeros: Vec<bool> = l
+            .read_out_in(&output)
+            .unwrap()
+            .iter()
+            .map(|v| *v == 0.0)
+            .collect();
+        let ria = expected_ria_mask(&w, l.in_features, s, 0.5);
+        assert_eq!(zeros, ria, "block 0 {}", l.module);
+        assert_ne!(
+            ria,
+            expected_wanda_mask(&w, l.in_features, s, 0.5),
+            "{}: RIA is not Wanda",
+            l.module
+        );
+    }
+}
+
+#[test]
 fn every_calibrated_method_prunes_every_convention_deterministically_wherever_the_sums_are_taken() {
     let dir = scratch();
     let (calib, _) = token_documents(dir.path());
@@ -215,6 +273,8 @@ fn every_calibrated_method_prunes_every_convention_deterministically_wherever_th
         ("llama", "wanda", "dsnot"),
         ("llama", "wanda", "neuroal"),
         ("llama", "sparsegpt", "neuroal"),
+        ("dynamo", "ria", "uniform"),
+        ("llama", "ria", "neuroal"),
     ] {
         let fx = fixture(&format!("tiny/{name}"));
         let outs: Vec<(PathBuf, serde_json::Value)> = ["host", "model"]
