@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The README's table on --reconstruct: SmolLM2-135M at 70%, calibrated on Austen text (Emma,
 # Mansfield Park, Northanger Abbey, Sense and Sensibility; 32 windows of 512 tokens), perplexity on
-# held-out Persuasion (its first 32 windows of 512 tokens), each configuration with and without
-# re-fitting the kept weights. Wanda + NeuroAL runs seeds 0, 1 and 2; the rest seed 0. Prints a
-# Markdown table. About 1.5 hours on 2 cores; finished runs are kept in OUT_DIR and skipped.
+# held-out Persuasion (its first 32 windows of 512 tokens): Wanda, SparseGPT, magnitude and RIA with
+# uniform allocation or NeuroAL, with and without re-fitting the kept weights. Wanda + NeuroAL runs
+# seeds 0, 1 and 2; the rest seed 0. Prints a Markdown table. About two hours on 2 cores; finished
+# runs are kept in OUT_DIR and skipped.
 #   scripts/reconstruct-quality.sh [OUT_DIR]   (default out/reconstruct-quality)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,8 @@ run "wanda-uniform-seed0" --seed 0 --top-up uniform
 run "sparsegpt-neuroal-seed0" --seed 0 --prune-method sparsegpt
 for seed in 1 2; do run "wanda-neuroal-reconstruct-seed$seed" --seed $seed --reconstruct; done
 run "magnitude-uniform-reconstruct-seed0" --seed 0 --prune-method magnitude --top-up uniform --reconstruct
+run "ria-neuroal-seed0" --seed 0 --prune-method ria
+run "ria-neuroal-reconstruct-seed0" --seed 0 --prune-method ria --reconstruct
 # Wanda + NeuroAL without re-fitting, seeds 0-2: the same runs as scripts/default-quality.sh's Austen rows.
 for seed in 0 1 2; do run "wanda-neuroal-seed$seed" --seed $seed; done
 python3 - "$out" <<'PY'

@@ -145,7 +145,7 @@ pub struct PruneArgs {
     #[arg(long, value_parser = parse_nm)]
     pub nm: Option<(usize, usize)>,
     /// After the masks, re-fit the weights each row keeps to reproduce the dense layer's outputs
-    /// on the calibration windows (least squares; the masks and their counts do not change).
+    /// on the calibration windows (least squares; every row keeps as many weights).
     #[arg(long)]
     pub reconstruct: bool,
     /// OWL outlier threshold M, only with --top-up owl [default: 5].

@@ -100,8 +100,9 @@ impl<'a> SequentialPruner<'a> {
         self
     }
 
-    /// Re-fits the kept weights of every matrix after its mask, on the Hessian of its dense
-    /// inputs (`--reconstruct`: the final pass only; the search ranks the masks alone).
+    /// Re-fits the kept weights of every matrix after its mask, on the Hessian of its inputs in
+    /// the block's dense run (`--reconstruct`: the final pass only; the search ranks the masks
+    /// alone).
     pub fn reconstruct(mut self, reconstruct: bool) -> Self {
         self.reconstruct = reconstruct;
         self
