@@ -35,8 +35,8 @@ pub fn reconstruct(
     assert_eq!(pruned.len(), rows * cols);
     let removed: Vec<bool> = pruned.iter().map(|&v| v == 0.0).collect();
     pruned.copy_from_slice(dense);
-    obs_with_mask(name, pruned, rows, cols, hessian, &removed)?;
     let h = dampened(hessian, cols);
+    obs_with_mask(name, pruned, rows, cols, &h, &removed)?;
     // Rows are independent: each task refines its own, so the result does not depend on the
     // thread count.
     pruned

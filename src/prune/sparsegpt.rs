@@ -38,25 +38,34 @@ pub fn sparsegpt(
     sparsity: f64,
     nm: Option<(usize, usize)>,
 ) -> Result<()> {
+    assert_eq!(weights.len(), rows * cols);
+    assert_eq!(hessian.len(), cols * cols);
+    // Dead inputs: never active, so their weights do nothing; the reference zeroes them.
+    for j in (0..cols).filter(|&j| hessian[j * cols + j] == 0.0) {
+        for r in 0..rows {
+            weights[r * cols + j] = 0.0;
+        }
+    }
     let removal = match nm {
         Some((n, m)) => Removal::NofM(n, m),
         None => Removal::Unstructured(sparsity),
     };
-    obs_update(name, weights, rows, cols, hessian, removal)
+    obs_update(name, weights, rows, cols, &dampened(hessian, cols), removal)
 }
 
-/// The OBS update with the removed weights given (`true`: removed, row-major): the first half of
-/// [`reconstruct`](super::reconstruct). Weights of inputs that were never active stay as they
-/// are, so the mask, and with it every row's count, is exactly the one given.
+/// The OBS update with the removed weights given (`true`: removed, row-major), on the
+/// [`dampened`] Hessian `h`: the first half of [`reconstruct`](super::reconstruct). Weights of
+/// inputs that were never active stay as they are, so the mask, and with it every row's count, is
+/// exactly the one given.
 pub(super) fn obs_with_mask(
     name: &str,
     weights: &mut [f32],
     rows: usize,
     cols: usize,
-    hessian: &[f64],
+    h: &Mat<f64>,
     removed: &[bool],
 ) -> Result<()> {
-    obs_update(name, weights, rows, cols, hessian, Removal::Given(removed))
+    obs_update(name, weights, rows, cols, h, Removal::Given(removed))
 }
 
 /// `H` with a unit diagonal at inputs that were never active (which decouples them) and
@@ -75,28 +84,18 @@ pub(super) fn dampened(hessian: &[f64], cols: usize) -> Mat<f64> {
     h
 }
 
-/// The update shared by [`sparsegpt`] and [`obs_with_mask`].
+/// The update shared by [`sparsegpt`] and [`obs_with_mask`], on the [`dampened`] Hessian `h`.
 fn obs_update(
     name: &str,
     weights: &mut [f32],
     rows: usize,
     cols: usize,
-    hessian: &[f64],
+    h: &Mat<f64>,
     removal: Removal<'_>,
 ) -> Result<()> {
     assert_eq!(weights.len(), rows * cols);
-    assert_eq!(hessian.len(), cols * cols);
+    assert_eq!(h.nrows(), cols);
     let mut w: Vec<f64> = weights.iter().map(|&v| v as f64).collect();
-    // Dead inputs: never active, so their weights do nothing. SparseGPT zeroes them, as the
-    // reference does; a given mask is kept exactly.
-    if !matches!(removal, Removal::Given(_)) {
-        for j in (0..cols).filter(|&j| hessian[j * cols + j] == 0.0) {
-            for r in 0..rows {
-                w[r * cols + j] = 0.0;
-            }
-        }
-    }
-    let h = dampened(hessian, cols);
     let not_pd = || {
         Error::tensor(
             name,
