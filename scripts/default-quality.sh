@@ -14,16 +14,8 @@ out="${1:-out/default-quality}"
 mkdir -p "$out"
 fx=.cache/fixtures
 [ -e $fx/brown/brown.txt ] || .cache/venv/bin/python fixtures/generate.py $fx --only brown
-books=$fx/austen
-austen=(--calib $books/emma.txt --calib $books/mansfield_park.txt --calib $books/northanger_abbey.txt
-        --calib $books/sense_and_sensibility.txt --nsamples 32 --seqlen 512)
-eval=(--eval-text $books/persuasion.txt --eval-windows 32 --eval-seqlen 512 --quiet)
-run() {
-  local name=$1; shift
-  [ -e "$out/$name.report.json" ] && return
-  target/release/neuroal-onnx $fx/smollm2/model.onnx "$out/$name.onnx" --sparsity 0.7 "$@" "${eval[@]}" >/dev/null
-  rm -f "$out/$name.onnx" "$out/$name.onnx.data"
-}
+source scripts/austen-protocol.sh
+run() { smollm2_run "$out" "$@"; }
 # The most informative first, so that a partial run already answers the main question.
 run "default-seed0" --seed 0
 run "austen-seed0" "${austen[@]}" --seed 0

@@ -10,17 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-out/reconstruct-quality}"
 mkdir -p "$out"
-books=.cache/fixtures/austen
-austen=(--calib $books/emma.txt --calib $books/mansfield_park.txt --calib $books/northanger_abbey.txt
-        --calib $books/sense_and_sensibility.txt --nsamples 32 --seqlen 512)
-eval=(--eval-text $books/persuasion.txt --eval-windows 32 --eval-seqlen 512 --quiet)
-run() {
-  local name=$1; shift
-  [ -e "$out/$name.report.json" ] && return
-  target/release/neuroal-onnx .cache/fixtures/smollm2/model.onnx "$out/$name.onnx" --sparsity 0.7 \
-    "${austen[@]}" "$@" "${eval[@]}" >/dev/null
-  rm -f "$out/$name.onnx" "$out/$name.onnx.data"
-}
+source scripts/austen-protocol.sh
+run() { smollm2_run "$out" "$1" "${austen[@]}" "${@:2}"; }
 # The most informative first, so that a partial run already answers the main question.
 run "wanda-neuroal-reconstruct-seed0" --seed 0 --reconstruct
 run "wanda-uniform-reconstruct-seed0" --seed 0 --top-up uniform --reconstruct

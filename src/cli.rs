@@ -1,7 +1,7 @@
 //! Command-line flags, kept apart from the validated [`PruneConfig`] the library receives.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use neuroal_onnx::allocate::{NeuroalStep, TopUp};
+use neuroal_onnx::allocate::{EvoStart, NeuroalStep, TopUp};
 use neuroal_onnx::calib::Sampling;
 use neuroal_onnx::device::Device;
 use neuroal_onnx::pipeline::{
@@ -157,6 +157,15 @@ pub struct PruneArgs {
     /// AlphaPruning spread ε, only with --top-up alpha [default: 0.3].
     #[arg(long, value_name = "EPSILON")]
     pub alpha_epsilon: Option<f64>,
+    /// DLP sparsity spread α, only with --top-up dlp [default: 0.15].
+    #[arg(long, value_name = "ALPHA")]
+    pub dlp_alpha: Option<f64>,
+    /// Generations of the evolutionary search, only with --top-up evo [default: 20].
+    #[arg(long, value_name = "N")]
+    pub evo_generations: Option<usize>,
+    /// Where the evolutionary search starts, only with --top-up evo [default: neuroal].
+    #[arg(long, value_enum, value_name = "START")]
+    pub evo_start: Option<EvoStartArg>,
     /// Evaluation tasks: language modelling, zero-shot, both or none (a comma-separated list).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "lm")]
     pub tasks: Vec<Task>,
@@ -221,6 +230,11 @@ pub enum TopUpArg {
     Dsnot,
     /// Neuron alignment search over block and row sparsity (this tool's default).
     Neuroal,
+    /// Per-block sparsity from each block's mean Wanda score (Chen et al. 2025).
+    Dlp,
+    /// Evolutionary search over block sparsity against the dense model's next-token
+    /// distributions, started from NeuroAL's block step or from uniform.
+    Evo,
 }
 
 impl From<TopUpArg> for TopUp {
@@ -231,6 +245,26 @@ impl From<TopUpArg> for TopUp {
             TopUpArg::Alpha => TopUp::Alpha,
             TopUpArg::Dsnot => TopUp::Dsnot,
             TopUpArg::Neuroal => TopUp::Neuroal,
+            TopUpArg::Dlp => TopUp::Dlp,
+            TopUpArg::Evo => TopUp::Evo,
+        }
+    }
+}
+
+/// `--evo-start`: the values of [`EvoStart`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EvoStartArg {
+    /// NeuroAL's block step: its searched λ ramp.
+    Neuroal,
+    /// Every block at the target.
+    Uniform,
+}
+
+impl From<EvoStartArg> for EvoStart {
+    fn from(arg: EvoStartArg) -> Self {
+        match arg {
+            EvoStartArg::Neuroal => EvoStart::Neuroal,
+            EvoStartArg::Uniform => EvoStart::Uniform,
         }
     }
 }
@@ -296,6 +330,10 @@ const OWL_M: f64 = 5.0;
 const OWL_LAMBDA: f64 = 0.08;
 /// `--alpha-epsilon` when not given.
 const ALPHA_EPSILON: f64 = 0.3;
+/// `--dlp-alpha` when not given (the authors' default).
+const DLP_ALPHA: f64 = 0.15;
+/// `--evo-generations` when not given (docs/methods.md §5.2).
+const EVO_GENERATIONS: usize = 20;
 
 /// Which evaluations a `--tasks` list asks for: `(lm, zero_shot)`.
 fn evaluations(tasks: &[Task]) -> (bool, bool) {
@@ -361,6 +399,10 @@ impl PruneArgs {
         )?;
         let alpha_given = self.alpha_epsilon.is_some();
         only_with(alpha_given, "--alpha-epsilon", TopUp::Alpha, top_up)?;
+        only_with(self.dlp_alpha.is_some(), "--dlp-alpha", TopUp::Dlp, top_up)?;
+        let evo_given = (self.evo_generations.is_some(), self.evo_start.is_some());
+        only_with(evo_given.0, "--evo-generations", TopUp::Evo, top_up)?;
+        only_with(evo_given.1, "--evo-start", TopUp::Evo, top_up)?;
         let (lm, zero_shot) = evaluations(&self.tasks);
         let tasks = tasks_text(&self.tasks);
         if self.tasks.contains(&Task::None) && self.tasks.len() > 1 {
@@ -428,8 +470,11 @@ impl PruneArgs {
             owl_m: self.owl_m.unwrap_or(OWL_M),
             owl_lambda: self.owl_lambda.unwrap_or(OWL_LAMBDA),
             alpha_epsilon: self.alpha_epsilon.unwrap_or(ALPHA_EPSILON),
+            dlp_alpha: self.dlp_alpha.unwrap_or(DLP_ALPHA),
             threads: self.threads,
             search_jobs: self.search_jobs,
+            evo_generations: self.evo_generations.unwrap_or(EVO_GENERATIONS),
+            evo_start: self.evo_start.map_or(EvoStart::Neuroal, EvoStart::from),
             command_line,
         };
         config.validate()?;

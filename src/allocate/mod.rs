@@ -2,6 +2,8 @@
 //! the global target.
 
 pub mod alpha;
+pub mod dlp;
+pub mod evo;
 pub mod neuroal;
 pub mod owl;
 
@@ -24,6 +26,11 @@ pub enum TopUp {
     Dsnot,
     /// Neuron alignment search over block and row sparsity (this tool's default).
     Neuroal,
+    /// Per-block sparsity from each block's mean Wanda score (Chen et al. 2025).
+    Dlp,
+    /// Evolutionary search over block sparsity against the dense model's next-token
+    /// distributions, started from NeuroAL's block step or from uniform.
+    Evo,
 }
 
 impl TopUp {
@@ -35,6 +42,28 @@ impl TopUp {
             Self::Alpha => "alpha",
             Self::Dsnot => "dsnot",
             Self::Neuroal => "neuroal",
+            Self::Dlp => "dlp",
+            Self::Evo => "evo",
+        }
+    }
+}
+
+/// Where the evolutionary search starts (`--evo-start`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EvoStart {
+    /// NeuroAL's block step: its searched λ ramp.
+    Neuroal,
+    /// Every block at the target.
+    Uniform,
+}
+
+impl EvoStart {
+    /// Its name on the command line (`--evo-start`) and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Neuroal => "neuroal",
+            Self::Uniform => "uniform",
         }
     }
 }

@@ -13,19 +13,25 @@ pub fn outlier_ratio(scores: &[f32], m: f64) -> f64 {
     100.0 * outliers as f64 / scores.len() as f64
 }
 
-/// Per-block sparsity from the blocks' outlier ratios: density
-/// `(1 − s) + 2λ·(D − min D)/(max D − min D) − mean(...)`, clipped to [0.01, 0.99]. Equal
-/// ratios give every block `s`.
+/// Per-block sparsity from the blocks' outlier ratios (more outliers, less pruning), spread ±λ
+/// around the target by [`density_spread`].
 pub fn owl_sparsities(ratios: &[f64], sparsity: f64, lambda: f64) -> Vec<f64> {
-    let (min, max) = ratios
+    density_spread(ratios, sparsity, lambda)
+}
+
+/// Per-block sparsity that gives blocks with larger `values` more density: density
+/// `(1 − s) + 2λ·(v − min v)/(max v − min v) − mean(...)`, clipped to [0.01, 0.99]. Equal values
+/// give every block `s`. OWL maps its outlier ratios with it, DLP its importances.
+pub fn density_spread(values: &[f64], sparsity: f64, lambda: f64) -> Vec<f64> {
+    let (min, max) = values
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &d| {
             (lo.min(d), hi.max(d))
         });
-    if ratios.is_empty() || max <= min {
-        return vec![sparsity; ratios.len()];
+    if values.is_empty() || max <= min {
+        return vec![sparsity; values.len()];
     }
-    let spread: Vec<f64> = ratios
+    let spread: Vec<f64> = values
         .iter()
         .map(|d| 2.0 * lambda * (d - min) / (max - min))
         .collect();

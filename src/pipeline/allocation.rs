@@ -1,9 +1,10 @@
-//! The measured allocations besides NeuroAL: OWL from a dense pass's outlier ratios, and
-//! AlphaPruning from each weight's eigenvalue spectrum.
+//! The measured allocations besides NeuroAL: OWL from a dense pass's outlier ratios, DLP from its
+//! mean Wanda scores, and AlphaPruning from each weight's eigenvalue spectrum.
 
 use super::sequential::SequentialPruner;
 use super::PruneConfig;
 use crate::allocate::alpha::{alpha_sparsities, hill_alpha};
+use crate::allocate::dlp::dlp_sparsities;
 use crate::allocate::owl::{outlier_ratio, owl_sparsities};
 use crate::allocate::SparsityPlan;
 use crate::error::{Error, Result};
@@ -16,7 +17,7 @@ use crate::runtime::Runtime;
 use std::collections::BTreeMap;
 
 /// Blocks in order, each with the indices of its linears.
-fn blocks(discovery: &Discovery) -> BTreeMap<usize, Vec<usize>> {
+pub(super) fn blocks(discovery: &Discovery) -> BTreeMap<usize, Vec<usize>> {
     let mut out: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, l) in discovery.linears.iter().enumerate() {
         out.entry(l.block).or_default().push(i);
@@ -24,7 +25,11 @@ fn blocks(discovery: &Discovery) -> BTreeMap<usize, Vec<usize>> {
     out
 }
 
-fn plan_from_blocks(discovery: &Discovery, per_block: &BTreeMap<usize, f64>) -> SparsityPlan {
+/// Every linear at its block's sparsity, every row alike.
+pub(super) fn plan_from_blocks(
+    discovery: &Discovery,
+    per_block: &BTreeMap<usize, f64>,
+) -> SparsityPlan {
     SparsityPlan {
         rules: discovery
             .linears
@@ -32,6 +37,22 @@ fn plan_from_blocks(discovery: &Discovery, per_block: &BTreeMap<usize, f64>) -> 
             .map(|l| MaskRule::Row(per_block[&l.block]))
             .collect(),
     }
+}
+
+/// The input-channel norms `‖X_j‖` of every linear (in discovery order) in a dense pass over
+/// `windows`, dense outputs fed forward.
+pub(super) fn dense_norms(
+    model: &OnnxModel,
+    discovery: &Discovery,
+    runtime: &Runtime,
+    windows: &[Vec<i64>],
+) -> Result<Vec<Vec<f32>>> {
+    let mut dense = SequentialPruner::new(model, discovery, runtime, PruneMethod::Dense, false)?;
+    let nothing = SparsityPlan {
+        rules: vec![MaskRule::Row(0.0); discovery.linears.len()],
+    };
+    let pass = dense.run(windows, &nothing, None, true, &Progress::silent())?;
+    Ok(pass.alignment.into_iter().map(|a| a.dense).collect())
 }
 
 /// OWL (docs/methods.md §3.2): a dense pass over the calibration windows (dense outputs fed forward), the
@@ -43,17 +64,13 @@ pub(crate) fn owl(
     windows: &[Vec<i64>],
     config: &PruneConfig,
 ) -> Result<(SparsityPlan, AllocationDetail)> {
-    let mut dense = SequentialPruner::new(model, discovery, runtime, PruneMethod::Dense, false)?;
-    let nothing = SparsityPlan {
-        rules: vec![MaskRule::Row(0.0); discovery.linears.len()],
-    };
-    let pass = dense.run(windows, &nothing, None, true, &Progress::silent())?;
+    let norms = dense_norms(model, discovery, runtime, windows)?;
     let mut ratios = Vec::new();
     for indices in blocks(discovery).values() {
         let mut scores = Vec::new();
         for &i in indices {
             let linear = &discovery.linears[i];
-            scores.extend(wanda(&linear.read_out_in(model)?, &pass.alignment[i].dense));
+            scores.extend(wanda(&linear.read_out_in(model)?, &norms[i]));
         }
         ratios.push(outlier_ratio(&scores, config.owl_m));
     }
@@ -69,6 +86,44 @@ pub(crate) fn owl(
             m: config.owl_m,
             lambda: config.owl_lambda,
             outlier_ratio: ratios,
+            sparsity,
+        },
+    ))
+}
+
+/// DLP (docs/methods.md §3.5): a dense pass over the calibration windows, the mean Wanda score of
+/// every block's weights, and per-block sparsity from them.
+pub(crate) fn dlp(
+    model: &OnnxModel,
+    discovery: &Discovery,
+    runtime: &Runtime,
+    windows: &[Vec<i64>],
+    config: &PruneConfig,
+) -> Result<(SparsityPlan, AllocationDetail)> {
+    let norms = dense_norms(model, discovery, runtime, windows)?;
+    let groups = blocks(discovery);
+    let mut mean_score = Vec::with_capacity(groups.len());
+    for indices in groups.values() {
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for &i in indices {
+            let linear = &discovery.linears[i];
+            let scores = wanda(&linear.read_out_in(model)?, &norms[i]);
+            sum += scores.iter().map(|&s| s as f64).sum::<f64>();
+            count += scores.len();
+        }
+        mean_score.push(sum / count.max(1) as f64);
+    }
+    let sparsity = dlp_sparsities(&mean_score, config.sparsity, config.dlp_alpha);
+    let per_block = groups
+        .keys()
+        .copied()
+        .zip(sparsity.iter().copied())
+        .collect();
+    Ok((
+        plan_from_blocks(discovery, &per_block),
+        AllocationDetail::Dlp {
+            alpha: config.dlp_alpha,
+            mean_score,
             sparsity,
         },
     ))

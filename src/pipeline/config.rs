@@ -2,7 +2,7 @@
 //! combinations of options ([`PruneConfig::validate`]), files that must exist and an output
 //! folder that must be writable ([`preflight`]), a tokenizer that must fit the model.
 
-use crate::allocate::{NeuroalStep, TopUp};
+use crate::allocate::{EvoStart, NeuroalStep, TopUp};
 use crate::atomic::AtomicFile;
 use crate::calib::{Sampling, TextTokenizer};
 use crate::device::Device;
@@ -67,10 +67,16 @@ pub struct PruneConfig {
     pub owl_lambda: f64,
     /// AlphaPruning's spread ε (`--alpha-epsilon`).
     pub alpha_epsilon: f64,
+    /// DLP's spread α (`--dlp-alpha`).
+    pub dlp_alpha: f64,
     /// ONNX Runtime intra-op threads (0: its default).
     pub threads: usize,
     /// NeuroAL candidates evaluated at a time (0: one per core, at most 4, while memory allows).
     pub search_jobs: usize,
+    /// Generations of the evolutionary search (`--evo-generations`).
+    pub evo_generations: usize,
+    /// Where the evolutionary search starts (`--evo-start`).
+    pub evo_start: EvoStart,
     /// The command line, for the report.
     pub command_line: Vec<String>,
 }
@@ -159,6 +165,12 @@ impl PruneConfig {
                 "N:M fixes the sparsity of every row; use it with --top-up uniform",
             ));
         }
+        if self.top_up == TopUp::Evo && self.method == PruneMethod::Sparsegpt {
+            return Err(Error::invalid(
+                "--top-up",
+                "evo builds every block's masks at any level from one score; SparseGPT's masks come from its own weight updates. Use wanda, multiflow, ria or magnitude (with --reconstruct to re-fit the kept weights)",
+            ));
+        }
         self.validate_fixed_lambdas()?;
         if !self.needs_calibration() && (!self.calib.is_empty() || self.calib_windows.is_some()) {
             return Err(Error::invalid(
@@ -227,7 +239,10 @@ impl PruneConfig {
     pub fn needs_calibration(&self) -> bool {
         self.method.needs_calibration()
             || self.reconstruct
-            || matches!(self.top_up, TopUp::Neuroal | TopUp::Owl | TopUp::Dsnot)
+            || matches!(
+                self.top_up,
+                TopUp::Neuroal | TopUp::Owl | TopUp::Dsnot | TopUp::Dlp | TopUp::Evo
+            )
     }
 }
 

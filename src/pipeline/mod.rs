@@ -6,6 +6,7 @@ mod allocation;
 mod calibration;
 mod config;
 mod evaluate;
+mod evo;
 mod outputs;
 mod prepare;
 mod search;
@@ -18,7 +19,7 @@ pub use calibration::{GENERATED_SEQLEN, GENERATED_WINDOWS, TEXT_SEQLEN, TEXT_WIN
 pub use config::{PruneConfig, MIN_CALIBRATION_TOKENS};
 pub use search::FixedLambdas;
 pub use sequential::{Alignment, SumsSite};
-pub use staged::StagedRun;
+pub use staged::{Checkpoint, StagedRun};
 
 use crate::atomic::Job;
 use crate::error::Result;

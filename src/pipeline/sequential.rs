@@ -303,7 +303,7 @@ fn is_mlp(linear: &Linear) -> bool {
 }
 
 /// The cached session of the next stage, opened on first use.
-fn session<'s>(
+pub(super) fn session<'s>(
     sessions: &'s mut HashMap<usize, ModelSession>,
     run: &mut StagedRun,
     weights: &[&Linear],
@@ -463,7 +463,11 @@ fn capture_of(linear: &Linear) -> &str {
 
 /// A linear's weight as a stage input, in its stored layout and type: `bytes` when given, else
 /// the model's own.
-fn weight_value(model: &OnnxModel, linear: &Linear, bytes: Option<&[u8]>) -> Result<Activation> {
+pub(super) fn weight_value(
+    model: &OnnxModel,
+    linear: &Linear,
+    bytes: Option<&[u8]>,
+) -> Result<Activation> {
     let dims = match linear.layout {
         Layout::InOut => [linear.in_features, linear.out_features],
         Layout::OutIn => [linear.out_features, linear.in_features],

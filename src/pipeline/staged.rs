@@ -8,18 +8,34 @@ use crate::onnx::OnnxModel;
 use crate::prune::ChannelSums;
 use crate::runtime::{Activation, GraphFeeds, ModelSession, Runtime};
 use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
 /// Windows in flight through a [`Partition`].
 pub struct StagedRun<'a> {
     model: &'a OnnxModel,
     partition: &'a Partition,
     runtime: &'a Runtime,
-    /// Per window: every tensor a later stage still reads.
-    carry: Vec<HashMap<String, Activation>>,
+    /// Per window: every tensor a later stage still reads (shared with [`Checkpoint`]s; stages
+    /// only ever add new tensors).
+    carry: Vec<HashMap<String, Rc<Activation>>>,
     /// ONNX types of carried tensors, for declaring stage inputs.
     types: HashMap<String, TypeProto>,
     /// Index of the next stage to run.
     next: usize,
+}
+
+/// A [`StagedRun`] frozen before a stage, to resume from there ([`StagedRun::resume`]).
+#[derive(Clone)]
+pub struct Checkpoint {
+    next: usize,
+    carry: Vec<HashMap<String, Rc<Activation>>>,
+}
+
+impl Checkpoint {
+    /// Number of windows it holds.
+    pub fn windows(&self) -> usize {
+        self.carry.len()
+    }
 }
 
 impl<'a> StagedRun<'a> {
@@ -33,8 +49,14 @@ impl<'a> StagedRun<'a> {
         let feeds = GraphFeeds::new(model, &partition.graph_inputs)?;
         let carry = windows
             .iter()
-            .map(|w| Ok(feeds.values(w)?.into_iter().collect()))
-            .collect::<Result<Vec<HashMap<String, Activation>>>>()?;
+            .map(|w| {
+                Ok(feeds
+                    .values(w)?
+                    .into_iter()
+                    .map(|(name, value)| (name, Rc::new(value)))
+                    .collect())
+            })
+            .collect::<Result<Vec<HashMap<String, Rc<Activation>>>>>()?;
         Ok(Self {
             model,
             partition,
@@ -63,6 +85,33 @@ impl<'a> StagedRun<'a> {
     /// Whether every stage but the suffix has run.
     pub fn at_suffix(&self) -> bool {
         self.next + 1 == self.partition.stages.len()
+    }
+
+    /// Where the run stands: the stage that runs next and every window's carried tensors,
+    /// shared, not copied.
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            next: self.next,
+            carry: self.carry.clone(),
+        }
+    }
+
+    /// A run of the first `windows` windows of `checkpoint`, from the stage it had reached.
+    pub fn resume(
+        model: &'a OnnxModel,
+        partition: &'a Partition,
+        runtime: &'a Runtime,
+        checkpoint: &Checkpoint,
+        windows: usize,
+    ) -> Self {
+        Self {
+            model,
+            partition,
+            runtime,
+            carry: checkpoint.carry[..windows.min(checkpoint.carry.len())].to_vec(),
+            types: HashMap::new(),
+            next: checkpoint.next,
+        }
     }
 
     /// Opens a session on the next stage, with the weights of `weights` as inputs (fed on every
@@ -123,7 +172,7 @@ impl<'a> StagedRun<'a> {
                     "stage input '{name}' was not produced by an earlier stage"
                 ))
             })?;
-            inputs.push((name.as_str(), value));
+            inputs.push((name.as_str(), value.as_ref()));
         }
         inputs.extend_from_slice(weights);
         session.run(&inputs, outputs)
@@ -145,7 +194,7 @@ impl<'a> StagedRun<'a> {
             let mut produced = self.run(session, w, weights, &outputs)?;
             let captured = produced.split_off(own);
             for (name, value) in outputs.iter().zip(produced) {
-                self.carry[w].insert(name.clone(), value);
+                self.carry[w].insert(name.clone(), Rc::new(value));
             }
             on_capture(w, captured)?;
         }

@@ -107,6 +107,14 @@ fn top_up_parameters(config: &PruneConfig) -> Option<TopUpParameters> {
         TopUp::Alpha => Some(TopUpParameters::Alpha {
             epsilon: config.alpha_epsilon,
         }),
+        TopUp::Dlp => Some(TopUpParameters::Dlp {
+            alpha: config.dlp_alpha,
+        }),
+        TopUp::Evo => Some(TopUpParameters::Evo {
+            start: config.evo_start,
+            generations: config.evo_generations,
+            search_windows: search::SEARCH_WINDOWS.min(config.nsamples),
+        }),
         TopUp::Dsnot => Some(TopUpParameters::Dsnot {
             max_cycles: prune::dsnot::MAX_CYCLES,
             update_threshold: prune::dsnot::THRESHOLD,

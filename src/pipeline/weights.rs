@@ -4,6 +4,7 @@
 //! the methods that need no data.
 
 use super::allocation;
+use super::evo;
 use super::outputs::PrunedWeights;
 use super::prepare::{Loaded, Prepared};
 use super::search;
@@ -121,6 +122,26 @@ fn calibrated(
             timings.insert("search".to_string(), report.seconds);
             plan = chosen;
             search = Some(report);
+        }
+        TopUp::Dlp => {
+            let (chosen, detail) = allocation::dlp(model, discovery, rt, windows, config)?;
+            plan = chosen;
+            allocation = Some(detail);
+        }
+        TopUp::Evo => {
+            let searched = evo::evo(
+                model,
+                discovery,
+                rt,
+                &prepared.masker,
+                windows,
+                config,
+                progress,
+            )?;
+            timings.insert("search".to_string(), searched.seconds);
+            plan = searched.plan;
+            allocation = Some(searched.detail);
+            search = searched.neuroal;
         }
         TopUp::Uniform | TopUp::Alpha | TopUp::Dsnot => {}
     }

@@ -90,6 +90,19 @@ impl Masker {
     }
 }
 
+/// The score of every weight of a row-major `[rows, cols]` matrix under a score-based method
+/// (magnitude, Wanda, multiflow, RIA), from the channel norms `‖X_j‖` of its input where the
+/// method reads them; `None` for the methods whose masks no score decides (SparseGPT, dense).
+pub fn score_matrix(method: PruneMethod, weights: &[f32], norms: &[f32]) -> Option<Vec<f32>> {
+    match method {
+        PruneMethod::Magnitude => Some(magnitude(weights)),
+        PruneMethod::Wanda => Some(wanda(weights, norms)),
+        PruneMethod::Multiflow => Some(multiflow(weights, norms)),
+        PruneMethod::Ria => Some(ria(weights, norms)),
+        PruneMethod::Sparsegpt | PruneMethod::Dense => None,
+    }
+}
+
 /// Prunes the row-major `[rows, cols]` matrix `weights` in place with `method` under `rule`.
 /// `stats` are the statistics of the matrix's input (required by the calibrated methods and by
 /// DSnoT); `dsnot` refines the score-based mask with DSnoT; `name` names the tensor in errors.
@@ -125,9 +138,10 @@ pub fn prune_matrix(
     let scores = match method {
         PruneMethod::Dense => return Ok(()),
         PruneMethod::Magnitude => magnitude(weights),
-        PruneMethod::Wanda => wanda(weights, &needs_stats()?.norms()),
-        PruneMethod::Multiflow => multiflow(weights, &needs_stats()?.norms()),
-        PruneMethod::Ria => ria(weights, &needs_stats()?.norms()),
+        PruneMethod::Wanda | PruneMethod::Multiflow | PruneMethod::Ria => {
+            score_matrix(method, weights, &needs_stats()?.norms())
+                .ok_or_else(|| crate::Error::internal("a score-based method gave no score"))?
+        }
         PruneMethod::Sparsegpt => {
             let hessian = needs_stats()?
                 .hessian()

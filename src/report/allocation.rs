@@ -1,6 +1,8 @@
 //! What the allocations measured, for the report: OWL's and AlphaPruning's per-block values, and
 //! NeuroAL's search (docs/methods.md §1.3–§1.5) with its candidates and where its time went.
 
+use crate::allocate::evo::{EvoSettings, Generation};
+use crate::allocate::EvoStart;
 use serde::Serialize;
 
 /// What an allocation measured, per block, for the report.
@@ -36,6 +38,57 @@ pub enum AllocationDetail {
         #[schemars(inner(range(min = 0.0, max = 1.0)))]
         sparsity: Vec<f64>,
     },
+    /// DLP: each block's mean Wanda score and resulting sparsity.
+    Dlp {
+        /// Sparsity spread α (--dlp-alpha): block sparsities range over about target ± α.
+        alpha: f64,
+        /// Per block, in block order: the mean over the block's weights of their Wanda score
+        /// |W_ij|·‖X_j‖ from a dense pass over the calibration windows (‖X_j‖ the root mean over
+        /// windows of the squared norm).
+        #[schemars(inner(range(min = 0.0)))]
+        mean_score: Vec<f64>,
+        /// Per block, in block order: the sparsity given to every matrix of the block, a fraction
+        /// clipped to [0.01, 0.99]; the higher the mean score, the higher the sparsity.
+        #[schemars(inner(range(min = 0.0, max = 1.0)))]
+        sparsity: Vec<f64>,
+    },
+    /// The evolutionary search: where it started, every generation, and the levels it chose.
+    Evo {
+        /// Where the search started (--evo-start): neuroal (NeuroAL's block step, whose candidates
+        /// are in search) or uniform.
+        start: EvoStart,
+        /// How the search ran; generations is --evo-generations, seed is --seed.
+        settings: EvoSettings,
+        /// Per block, in block order: the sparsity the search started from.
+        #[schemars(inner(range(min = 0.0, max = 1.0)))]
+        start_sparsity: Vec<f64>,
+        /// Per block, in block order: the sparsity chosen, given to every row of the block's
+        /// matrices; the parameter-weighted mean stays the start's.
+        #[schemars(inner(range(min = 0.0, max = 1.0)))]
+        sparsity: Vec<f64>,
+        /// The start's fitness: the mean over the final windows' tokens of KL(dense ‖ pruned) of
+        /// the next-token distributions, nats per token, with every block's masks from the dense
+        /// pass's statistics.
+        #[schemars(range(min = 0.0))]
+        start_fitness: f64,
+        /// One entry per generation, in order.
+        generations: Vec<Generation>,
+        /// How many fitness evaluations ran on how many windows.
+        evaluations: Vec<EvoEvaluations>,
+        /// Wall time of the search after its start was known (the dense pass, the dense logits
+        /// and the generations), seconds; NeuroAL's block step is in search.seconds.
+        #[schemars(range(min = 0.0))]
+        seconds: f64,
+    },
+}
+
+/// Fitness evaluations on one window count.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct EvoEvaluations {
+    /// Calibration windows each evaluation ran on (the first ones).
+    pub windows: usize,
+    /// Evaluations.
+    pub count: usize,
 }
 
 /// One evaluated candidate.

@@ -236,6 +236,7 @@ fn search(r: &Report) -> Option<String> {
 
 fn allocation(r: &Report) -> Option<String> {
     let (what, values, y_label) = match r.allocation.as_ref()? {
+        evo @ AllocationDetail::Evo { .. } => return Some(evo_search(r, evo)),
         AllocationDetail::Owl {
             m,
             lambda,
@@ -249,6 +250,13 @@ fn allocation(r: &Report) -> Option<String> {
             );
             (what, outlier_ratio, "outlier ratio (%)")
         }
+        AllocationDetail::Dlp {
+            alpha, mean_score, ..
+        } => (
+            format!("DLP: mean Wanda score per block (α = {})", num(*alpha)),
+            mean_score,
+            "mean score",
+        ),
         AllocationDetail::Alpha { epsilon, alpha, .. } => (
             format!("AlphaPruning: mean α per block (ε = {})", num(*epsilon)),
             alpha,
@@ -281,6 +289,68 @@ fn allocation(r: &Report) -> Option<String> {
         "<p class=\"note\">{what}. The block targets it gave are the target bars under \
          Sparsity.</p>\n{chart}"
     ))
+}
+
+/// The evolutionary search: start and chosen block sparsity, and the fitness of every generation.
+fn evo_search(r: &Report, detail: &AllocationDetail) -> String {
+    let AllocationDetail::Evo {
+        start,
+        start_sparsity,
+        sparsity,
+        start_fitness,
+        generations,
+        seconds,
+        settings,
+        ..
+    } = detail
+    else {
+        return String::new();
+    };
+    let blocks: Vec<usize> = match r.sparsity.per_block.len() == sparsity.len() {
+        true => r.sparsity.per_block.iter().map(|b| b.block).collect(),
+        false => (0..sparsity.len()).collect(),
+    };
+    let series = |v: &[f64]| blocks.iter().copied().zip(v.iter().copied()).collect();
+    let series = [
+        ("metric", series(start_sparsity)),
+        ("target", series(sparsity)),
+    ];
+    let chart = bar_chart(
+        "evo-levels",
+        &series,
+        1.0,
+        "sparsity",
+        Some((r.sparsity.target, "global target")),
+    );
+    let mut h = format!(
+        "<p class=\"note\">Evolutionary search from {} ({} generations of {} offspring on {} \
+         window(s), the best {} on {}, the first {} tokens of each; {} s). Fitness is KL(dense ‖ pruned) of the next-token \
+         distributions, nats per token, lower is better: {} at the start, {} chosen. Bars: the \
+         start's block sparsity (green) and the chosen one.</p>\n{chart}",
+        start.as_str(),
+        settings.generations,
+        settings.offspring,
+        settings.first_windows,
+        settings.survivors,
+        settings.final_windows,
+        settings.tokens,
+        fixed(*seconds, 1),
+        fixed(*start_fitness, 5),
+        fixed(generations.last().map_or(*start_fitness, |g| g.fitness), 5),
+    );
+    h += &table_head(&["generation", "fitness", "best offspring", "improved"]);
+    for (g, generation) in generations.iter().enumerate() {
+        h += &format!(
+            "<tr><td>{}</td>{}{}<td class=\"num\">{}</td></tr>\n",
+            g + 1,
+            td("fitness", generation.fitness, 5),
+            generation
+                .best_offspring
+                .map_or("<td></td>".to_string(), |f| td("offspring", f, 5)),
+            if generation.improved { "yes" } else { "" }
+        );
+    }
+    h + "</tbody></table>\n"
 }
 
 fn deployment(r: &Report) -> String {

@@ -7,7 +7,9 @@ mod digest;
 mod html;
 mod schema;
 
-pub use allocation::{AllocationDetail, Candidate, SearchReport, SequentialTimings};
+pub use allocation::{
+    AllocationDetail, Candidate, EvoEvaluations, SearchReport, SequentialTimings,
+};
 pub use deployment::{deployment_info, CompressedSizes, ZSTD_LEVEL};
 pub use digest::file_digests;
 pub use html::render_html;
@@ -205,6 +207,21 @@ pub enum TopUpParameters {
         /// empty); null when searched.
         #[schemars(range(min = 0.0))]
         fixed_row_lambda: Option<f64>,
+    },
+    /// DLP: spread `α`.
+    Dlp {
+        /// Sparsity spread α (--dlp-alpha), as allocation.alpha.
+        alpha: f64,
+    },
+    /// The evolutionary search: where it starts and for how long.
+    Evo {
+        /// Where the search starts (--evo-start): neuroal (NeuroAL's block step) or uniform.
+        start: crate::allocate::EvoStart,
+        /// Generations (--evo-generations), as allocation.settings.generations.
+        generations: usize,
+        /// Number of calibration windows NeuroAL's block step scores its candidates on, when it
+        /// is the start: min(--nsamples, 8).
+        search_windows: usize,
     },
     /// OWL: outlier threshold `M` and spread `λ`.
     Owl {

@@ -210,13 +210,17 @@ fn top_up_rules(schema: &Value) -> (Value, Value) {
             tagged("AllocationDetail", &name),
             "allocation holds the measurements of method.top_up, or null when it measures none.",
         ));
-        let search = if name == "neuroal" { "object" } else { "null" };
+        let search = match name.as_str() {
+            "neuroal" => json!("object"),
+            "evo" => json!(["object", "null"]),
+            _ => json!("null"),
+        };
         report.push(rule(
             false,
             &name,
             "search",
             json!({"type": search}),
-            "--top-up neuroal always reports its search; every other allocation reports null.",
+            "--top-up neuroal always reports its search, --top-up evo the block step it starts from (null with --evo-start uniform); every other allocation reports null.",
         ));
     }
     (method.into(), report.into())
@@ -242,7 +246,7 @@ mod tests {
         assert_eq!(then("owl")["properties"]["top_up"]["const"], "owl");
         // Two report rules (allocation, search) per --top-up.
         assert_eq!(schema["allOf"].as_array().unwrap().len(), 2 * rules.len());
-        assert_eq!(rules.len(), 5);
+        assert_eq!(rules.len(), 7);
     }
 
     #[test]

@@ -172,8 +172,8 @@ impl CausalLm {
     }
 }
 
-/// The `logits` output, or the first output.
-fn logits_output(graph: &GraphProto) -> Option<String> {
+/// The name of a causal LM's logits: the graph output `logits`, or its first output.
+pub fn logits_output(graph: &GraphProto) -> Option<String> {
     graph
         .output
         .iter()

@@ -7,15 +7,21 @@ use neuroal_onnx::prune::{dsnot, prune_mask, wanda, MaskRule};
 use serde_json::Value;
 use std::path::Path;
 
-fn neuroal_run(dir: &Path, name: &str, method: &str, step: &str) -> (Value, std::path::PathBuf) {
+/// Prunes `tiny/llama` to 70% on 10 windows of 48 tokens of Emma with `flags` after those.
+fn tiny_run(dir: &Path, name: &str, flags: &str) -> (Value, std::path::PathBuf) {
     let fx = fixture("tiny/llama");
     let calib = crate::harness::austen("emma");
     let out = dir.join(format!("{name}.onnx"));
     let flags = format!(
-        "--sparsity 0.7 --prune-method {method} --top-up neuroal --neuroal-step {step} --calib {} --nsamples 10 --seqlen 48 --quiet",
+        "--sparsity 0.7 --calib {} --nsamples 10 --seqlen 48 --quiet {flags}",
         calib.display()
     );
     (prune_ok(&fx.model, &out, &flags), out)
+}
+
+fn neuroal_run(dir: &Path, name: &str, method: &str, step: &str) -> (Value, std::path::PathBuf) {
+    let flags = format!("--prune-method {method} --top-up neuroal --neuroal-step {step}");
+    tiny_run(dir, name, &flags)
 }
 
 /// The first λ of the lowest score, computed here from the reported candidates.
@@ -259,11 +265,11 @@ fn per_block_targets(report: &Value) -> Vec<f64> {
 }
 
 #[test]
-fn owl_and_alpha_allocate_by_block_from_what_they_measured() {
+fn owl_dlp_and_alpha_allocate_by_block_from_what_they_measured() {
     let fx = fixture("tiny/llama");
     let dir = scratch();
     let calib = crate::harness::austen("emma");
-    for top_up in ["owl", "alpha"] {
+    for top_up in ["owl", "dlp", "alpha"] {
         let out = dir.path().join(format!("{top_up}.onnx"));
         let flags = format!(
             "--sparsity 0.6 --prune-method wanda --top-up {top_up} --calib {} --nsamples 6 --seqlen 48 --quiet",
@@ -273,10 +279,10 @@ fn owl_and_alpha_allocate_by_block_from_what_they_measured() {
         let detail = &report["allocation"];
         assert_eq!(detail["top_up"], top_up);
         let targets = per_block_targets(&report);
-        let measured: Vec<f64> = detail[if top_up == "owl" {
-            "outlier_ratio"
-        } else {
-            "alpha"
+        let measured: Vec<f64> = detail[match top_up {
+            "owl" => "outlier_ratio",
+            "dlp" => "mean_score",
+            _ => "alpha",
         }]
         .as_array()
         .unwrap()
@@ -284,14 +290,24 @@ fn owl_and_alpha_allocate_by_block_from_what_they_measured() {
         .map(|v| v.as_f64().unwrap())
         .collect();
         assert_eq!(measured.len(), 3);
-        // Recomputed here from what was measured (docs/methods.md §3.2 and §3.4, equal-sized blocks).
+        // DLP spreads its importances 1 − score / Σ scores as OWL spreads its ratios, ±0.15.
+        let (measured, lambda) = match top_up {
+            "dlp" => {
+                let total: f64 = measured.iter().sum();
+                assert!(total > 0.0);
+                (measured.iter().map(|s| 1.0 - s / total).collect(), 0.15)
+            }
+            _ => (measured, 0.08),
+        };
+        // Recomputed here from what was measured (docs/methods.md §3.2, §3.4 and §3.5, equal-sized
+        // blocks).
         let (min, max) = measured
             .iter()
             .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-        let want: Vec<f64> = if top_up == "owl" {
+        let want: Vec<f64> = if top_up != "alpha" {
             let spread: Vec<f64> = measured
                 .iter()
-                .map(|d| 2.0 * 0.08 * (d - min) / (max - min))
+                .map(|d| 2.0 * lambda * (d - min) / (max - min))
                 .collect();
             let mean = spread.iter().sum::<f64>() / 3.0;
             spread.iter().map(|x| 1.0 - (0.4 + x - mean)).collect()
@@ -413,4 +429,154 @@ fn dsnot_masks_equal_the_reference_loop_restated_in_numpy() {
             assert_eq!(got, want, "case {k}, row {r}");
         }
     }
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn evo_starts_from_the_block_step_keeps_the_total_and_never_worsens_its_fitness() {
+    let dir = scratch();
+    let (report, out) = tiny_run(
+        dir.path(),
+        "evo",
+        "--prune-method wanda --top-up evo --evo-generations 6",
+    );
+    let detail = &report["allocation"];
+    assert_eq!(detail["top_up"], "evo");
+    assert_eq!(detail["start"], "neuroal");
+    // The start is NeuroAL's block step (no row step): the ramp of the chosen block λ.
+    let search = &report["search"];
+    assert!(search["row"].as_array().unwrap().is_empty());
+    let lambda = search["block_lambda"].as_f64().unwrap();
+    assert_eq!(lambda, first_argmin(&search["block"]));
+    let start = floats(&detail["start_sparsity"]);
+    for (b, s) in start.iter().enumerate() {
+        let want = 0.7 - lambda + 2.0 * lambda * b as f64 / 2.0;
+        assert!((s - want).abs() < 1e-12, "block {b}: {s} vs {want}");
+    }
+    // Three blocks of equal size: the mean stays the target; every matrix takes its block's level.
+    let chosen = floats(&detail["sparsity"]);
+    assert_eq!(chosen.len(), 3);
+    assert!(
+        (chosen.iter().sum::<f64>() / 3.0 - 0.7).abs() < 1e-9,
+        "{chosen:?}"
+    );
+    assert_eq!(per_block_targets(&report), chosen);
+    let measured = report["sparsity"]["measured"].as_f64().unwrap();
+    assert!((measured - 0.7).abs() < 0.02, "global sparsity {measured}");
+    // Elitist: the parent's fitness never rises, and an improvement is the offspring's.
+    let generations = detail["generations"].as_array().unwrap();
+    assert_eq!(generations.len(), 6);
+    let mut last = detail["start_fitness"].as_f64().unwrap();
+    assert!(last > 0.0);
+    for g in generations {
+        let f = g["fitness"].as_f64().unwrap();
+        assert!(f <= last, "{g}");
+        if g["improved"].as_bool().unwrap() {
+            assert!(f < last);
+            assert_eq!(g["best_offspring"].as_f64().unwrap(), f);
+        } else {
+            assert_eq!(f, last);
+        }
+        last = f;
+    }
+    // 8 offspring on 1 window and 2 on 4 per generation, plus the start on 4.
+    let evaluations = &detail["evaluations"];
+    assert_eq!(evaluations[0]["windows"], 1);
+    assert!(evaluations[0]["count"].as_u64().unwrap() <= 48);
+    assert_eq!(evaluations[1]["windows"], 4);
+    assert!(evaluations[1]["count"].as_u64().unwrap() <= 13);
+    crate::harness::assert_loads_from_another_folder(&out);
+}
+
+#[test]
+fn evo_without_generations_writes_its_start() {
+    let dir = scratch();
+    let data = |p: &Path| std::fs::read(p.with_extension("onnx.data")).unwrap();
+    for (start, same_as) in [
+        ("neuroal", "--top-up neuroal --neuroal-step block"),
+        ("uniform", "--top-up uniform"),
+    ] {
+        let (_, evo) = tiny_run(
+            dir.path(),
+            &format!("evo-{start}"),
+            &format!("--top-up evo --evo-start {start} --evo-generations 0"),
+        );
+        let (_, other) = tiny_run(dir.path(), &format!("other-{start}"), same_as);
+        assert!(data(&evo) == data(&other), "{start}: not the same weights");
+    }
+}
+
+/// With magnitude masks (no statistics), the model the search scores is the model written: the
+/// fitness of the levels it chose (the last generation's, reached by runs resumed from their
+/// parent's blocks) must be the KL divergence of the written model from the dense one on the
+/// first four calibration windows, computed here from both models' logits in ONNX Runtime.
+#[test]
+fn evo_fitness_is_the_kl_divergence_of_the_model_it_scores() {
+    use neuroal_onnx::progress::Progress;
+    use neuroal_onnx::runtime::{locate_library, CausalLm, Device, Runtime};
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let windows: Vec<Vec<i64>> = (0..5)
+        .map(|w| (0..40).map(|t| (7 * w + 13 * t + 1) % 250).collect())
+        .collect();
+    let file = dir.path().join("windows.json");
+    std::fs::write(&file, serde_json::to_string(&windows).unwrap()).unwrap();
+    let out = dir.path().join("evo.onnx");
+    let flags = format!(
+        "--sparsity 0.6 --prune-method magnitude --top-up evo --evo-start uniform --evo-generations 4 --calib-windows {} --quiet",
+        file.display()
+    );
+    let report = prune_ok(&fx.model, &out, &flags);
+    let detail = &report["allocation"];
+    let generations = detail["generations"].as_array().unwrap();
+    assert!(
+        generations.iter().any(|g| g["improved"] == true),
+        "no offspring was chosen: the test would not see a resumed run"
+    );
+    let fitness = generations.last().unwrap()["fitness"].as_f64().unwrap();
+    let lib = locate_library(None).unwrap();
+    let rt = Runtime::new(&lib, Device::Cpu, 1, &Progress::silent()).unwrap();
+    let (dense, _) = inspect(&fx.model).unwrap();
+    let (pruned, _) = inspect(&out).unwrap();
+    let (mut dense, mut pruned) = (
+        CausalLm::open(&rt, &dense).unwrap(),
+        CausalLm::open(&rt, &pruned).unwrap(),
+    );
+    let (mut total, mut tokens) = (0.0f64, 0usize);
+    for ids in &windows[..4] {
+        let (p, q) = (dense.logits(ids).unwrap(), pruned.logits(ids).unwrap());
+        for (p, q) in p.rows().into_iter().zip(q.rows()) {
+            let log_softmax = |x: &[f32]| -> Vec<f64> {
+                let max = x.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+                let z = x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+                x.iter().map(|&v| v as f64 - max - z).collect()
+            };
+            let (lp, lq) = (
+                log_softmax(p.as_slice().unwrap()),
+                log_softmax(q.as_slice().unwrap()),
+            );
+            total += lp
+                .iter()
+                .zip(&lq)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>();
+            tokens += 1;
+        }
+    }
+    let expected = total / tokens as f64;
+    assert!(
+        expected > 1e-3,
+        "the pruned model differs from the dense one"
+    );
+    assert!(
+        (fitness - expected).abs() < 1e-4 * expected,
+        "reported {fitness}, recomputed {expected}"
+    );
 }

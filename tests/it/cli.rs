@@ -256,3 +256,22 @@ fn ria_with_n_of_m_is_refused_until_its_channel_permutation_exists() {
         &["--nm", "permutation"],
     );
 }
+
+#[test]
+fn evo_is_refused_with_sparsegpt_and_its_flags_and_dlp_s_without_them() {
+    assert_refused(
+        "--sparsity 0.5 --prune-method sparsegpt --top-up evo",
+        &["--top-up", "evo", "SparseGPT"],
+    );
+    for (flag, owner) in [
+        ("--evo-generations 3", "evo"),
+        ("--evo-start uniform", "evo"),
+        ("--dlp-alpha 0.1", "dlp"),
+    ] {
+        let name = flag.split_whitespace().next().unwrap();
+        assert_refused(
+            &format!("--sparsity 0.5 --top-up neuroal {flag}"),
+            &[name, owner],
+        );
+    }
+}

@@ -116,6 +116,53 @@ fn an_owl_run_validates() {
 }
 
 #[test]
+fn a_dlp_run_validates() {
+    let dir = scratch();
+    let report = tiny_run(
+        dir.path(),
+        "dlp",
+        &format!(
+            "--sparsity 0.6 --prune-method sparsegpt --top-up dlp {}",
+            calib()
+        ),
+    );
+    assert_valid(&validator(), &report, "dlp");
+    assert_eq!(report["allocation"]["top_up"], "dlp");
+    assert_eq!(report["method"]["top_up_parameters"]["alpha"], 0.15);
+}
+
+#[test]
+fn an_evo_run_validates() {
+    let dir = scratch();
+    let report = tiny_run(
+        dir.path(),
+        "evo",
+        &format!(
+            "--sparsity 0.6 --prune-method wanda --top-up evo --evo-generations 2 {}",
+            calib()
+        ),
+    );
+    assert_valid(&validator(), &report, "evo");
+    assert_eq!(report["allocation"]["top_up"], "evo");
+    assert_eq!(report["method"]["top_up_parameters"]["top_up"], "evo");
+    assert!(report["search"]["block_lambda"].is_f64());
+    assert_eq!(
+        report["allocation"]["generations"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let uniform = tiny_run(
+        dir.path(),
+        "evo-uniform",
+        &format!(
+            "--sparsity 0.6 --prune-method magnitude --top-up evo --evo-start uniform --evo-generations 1 {}",
+            calib()
+        ),
+    );
+    assert_valid(&validator(), &uniform, "evo from uniform");
+    assert!(uniform["search"].is_null());
+}
+
+#[test]
 fn an_alpha_run_validates() {
     let dir = scratch();
     let report = tiny_run(

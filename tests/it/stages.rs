@@ -210,3 +210,48 @@ fn channel_sums_taken_by_onnx_runtime_equal_the_host_sums_under_either_reduce_su
         assert_eq!((graph.samples, graph.tokens), (1, n / 24));
     }
 }
+
+/// A run resumed from a checkpoint before any block (all windows, or only the first) gives the
+/// uninterrupted run's logits bit for bit: the evolutionary search resumes offspring there.
+#[test]
+fn a_run_resumed_from_a_checkpoint_gives_the_same_logits() {
+    let rt = runtime();
+    let fx = fixture("tiny/llama");
+    let (model, discovery) = inspect(&fx.model).unwrap();
+    let partition = Partition::new(&model, &discovery).unwrap();
+    let windows: Vec<Vec<i64>> = vec![(1..25).collect(), (30..54).collect()];
+    let logits = |run: &mut StagedRun| -> Vec<Vec<f32>> {
+        while !run.at_suffix() {
+            let mut session = run.open(&[], &[], &[]).unwrap();
+            run.advance(&mut session, &[], &[], |_, _| Ok(())).unwrap();
+        }
+        let mut suffix = run.open(&[], &[], &[]).unwrap();
+        (0..run.windows())
+            .map(|w| {
+                let out = run.run(&mut suffix, w, &[], &["logits".to_string()]);
+                out.unwrap()[0].to_f32().unwrap().into_owned()
+            })
+            .collect()
+    };
+    let mut whole = StagedRun::new(&model, &partition, &rt, &windows).unwrap();
+    let mut checkpoints = Vec::new();
+    while !whole.at_suffix() {
+        checkpoints.push(whole.checkpoint());
+        let mut session = whole.open(&[], &[], &[]).unwrap();
+        whole
+            .advance(&mut session, &[], &[], |_, _| Ok(()))
+            .unwrap();
+    }
+    let expected = logits(&mut StagedRun::new(&model, &partition, &rt, &windows).unwrap());
+    assert_eq!(checkpoints.len(), 1 + partition.blocks().count());
+    for (k, checkpoint) in checkpoints.iter().enumerate() {
+        let mut both = StagedRun::resume(&model, &partition, &rt, checkpoint, 2);
+        assert_eq!(logits(&mut both), expected, "resumed before stage {k}");
+        let mut first = StagedRun::resume(&model, &partition, &rt, checkpoint, 1);
+        assert_eq!(
+            logits(&mut first),
+            expected[..1],
+            "first window, before stage {k}"
+        );
+    }
+}

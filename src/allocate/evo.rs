@@ -1,0 +1,283 @@
+//! The evolutionary allocation search (`--top-up evo`, docs/methods.md §5.2): per-block sparsity
+//! levels mutated by moving sparsity between blocks at a constant parameter-weighted total,
+//! offspring ranked on a small budget of windows and the survivors on a larger one, the parent
+//! kept until an offspring beats it. The fitness (KL divergence of the pruned model's next-token
+//! distributions from the dense model's) is the caller's.
+
+use super::neuroal::CLIP;
+use crate::calib::Rng;
+use crate::error::Result;
+use serde::Serialize;
+
+/// How the search runs (docs/methods.md §5.2 gives the defaults and why).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct EvoSettings {
+    /// Generations (--evo-generations).
+    pub generations: usize,
+    /// Offspring drawn from the parent per generation, each ranked on `first_windows`.
+    pub offspring: usize,
+    /// Offspring that go on to `final_windows`, where the best of them must beat the parent.
+    pub survivors: usize,
+    /// Windows of the first selection step.
+    pub first_windows: usize,
+    /// Windows of the last selection step (and of the parent's fitness).
+    pub final_windows: usize,
+    /// Tokens of each window the fitness reads (the first ones).
+    pub tokens: usize,
+    /// Sparsity one move adds to a block (the block it takes it from loses as many weights).
+    pub step: f64,
+    /// Most moves in one mutation (the count is drawn from 1 to this).
+    pub max_moves: usize,
+    /// Seed of the mutations.
+    pub seed: u64,
+}
+
+/// One generation: the parent's fitness after it, and what its offspring scored.
+#[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
+pub struct Generation {
+    /// The parent's fitness on the final windows once the generation chose it (mean KL divergence
+    /// of the next-token distributions, nats per token); never above the previous generation's.
+    #[schemars(range(min = 0.0))]
+    pub fitness: f64,
+    /// The best offspring's fitness on the final windows (it became the parent when below the
+    /// previous parent's fitness); null when no move fitted inside the bounds.
+    #[schemars(range(min = 0.0))]
+    pub best_offspring: Option<f64>,
+    /// Whether an offspring replaced the parent.
+    pub improved: bool,
+}
+
+/// What the search found.
+#[derive(Clone, Debug)]
+pub struct EvoOutcome {
+    /// The chosen level of every unit.
+    pub levels: Vec<f64>,
+    /// The start's fitness on the final windows.
+    pub start_fitness: f64,
+    /// One entry per generation.
+    pub generations: Vec<Generation>,
+    /// Fitness evaluations, by windows: (windows, count).
+    pub evaluations: Vec<(usize, usize)>,
+}
+
+/// Searches unit levels from `start` (each unit has `params` weights; their weighted mean of
+/// levels stays that of `start`). `fitness(levels, windows)` is lower for better candidates and
+/// must be a function of its arguments; `on_generation` sees each generation as it ends, with
+/// the parent it chose.
+pub fn search(
+    start: &[f64],
+    params: &[f64],
+    settings: &EvoSettings,
+    mut fitness: impl FnMut(&[f64], usize) -> Result<f64>,
+    mut on_generation: impl FnMut(usize, &Generation, &[f64]) -> Result<()>,
+) -> Result<EvoOutcome> {
+    assert_eq!(start.len(), params.len(), "one parameter count per unit");
+    let mut rng = Rng::new(settings.seed);
+    let (mut first_count, mut final_count) = (0, 0);
+    let mut parent = start.to_vec();
+    let mut parent_fitness = fitness(&parent, settings.final_windows)?;
+    final_count += 1;
+    let start_fitness = parent_fitness;
+    let mut generations = Vec::with_capacity(settings.generations);
+    for g in 0..settings.generations {
+        let mut children: Vec<Vec<f64>> = Vec::with_capacity(settings.offspring);
+        while children.len() < settings.offspring {
+            let Some(child) = mutate(&parent, params, settings, &mut rng) else {
+                break; // no move fits inside the bounds: nothing to search
+            };
+            if !children.contains(&child) {
+                children.push(child);
+            }
+        }
+        let mut ranked = Vec::with_capacity(children.len());
+        for child in children {
+            let f = fitness(&child, settings.first_windows)?;
+            first_count += 1;
+            ranked.push((f, child));
+        }
+        // Stable: equal fitness keeps the order of drawing.
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut best: Option<(f64, Vec<f64>)> = None;
+        for (_, child) in ranked.into_iter().take(settings.survivors) {
+            let f = fitness(&child, settings.final_windows)?;
+            final_count += 1;
+            if best.as_ref().is_none_or(|(b, _)| f < *b) {
+                best = Some((f, child));
+            }
+        }
+        let (best_offspring, improved) = match best {
+            Some((f, child)) if f < parent_fitness => {
+                parent = child;
+                parent_fitness = f;
+                (Some(f), true)
+            }
+            Some((f, _)) => (Some(f), false),
+            None => (None, false),
+        };
+        let generation = Generation {
+            fitness: parent_fitness,
+            best_offspring,
+            improved,
+        };
+        on_generation(g, &generation, &parent)?;
+        generations.push(generation);
+    }
+    let mut evaluations = vec![(settings.final_windows, final_count)];
+    if settings.first_windows == settings.final_windows {
+        evaluations[0].1 += first_count;
+    } else {
+        evaluations.insert(0, (settings.first_windows, first_count));
+    }
+    Ok(EvoOutcome {
+        levels: parent,
+        start_fitness,
+        generations,
+        evaluations,
+    })
+}
+
+/// A mutation of `parent`: 1 to `max_moves` moves, each adding `step` to one unit's level and
+/// taking as many weights from another's, both staying inside [`CLIP`]. `None` when no move fits.
+pub fn mutate(
+    parent: &[f64],
+    params: &[f64],
+    settings: &EvoSettings,
+    rng: &mut Rng,
+) -> Option<Vec<f64>> {
+    let n = parent.len();
+    if n < 2 {
+        return None;
+    }
+    let moves = 1 + rng.below(settings.max_moves.max(1) as u64) as usize;
+    let mut child = parent.to_vec();
+    let mut made = 0;
+    // A bounded number of draws: near the bounds most moves may not fit.
+    for _ in 0..moves * 64 {
+        if made == moves {
+            break;
+        }
+        let up = rng.below(n as u64) as usize;
+        let down = rng.below(n as u64 - 1) as usize;
+        let down = if down >= up { down + 1 } else { down };
+        let raised = child[up] + settings.step;
+        let lowered = child[down] - settings.step * params[up] / params[down];
+        if raised <= CLIP.1 && lowered >= CLIP.0 {
+            child[up] = raised;
+            child[down] = lowered;
+            made += 1;
+        }
+    }
+    (made > 0).then_some(child)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(generations: usize) -> EvoSettings {
+        EvoSettings {
+            generations,
+            offspring: 8,
+            survivors: 2,
+            first_windows: 1,
+            final_windows: 4,
+            tokens: 64,
+            step: 0.02,
+            max_moves: 3,
+            seed: 7,
+        }
+    }
+
+    fn weighted_mean(levels: &[f64], params: &[f64]) -> f64 {
+        levels.iter().zip(params).map(|(l, p)| l * p).sum::<f64>() / params.iter().sum::<f64>()
+    }
+
+    #[test]
+    fn mutations_keep_the_weighted_total_and_the_bounds() {
+        let params = [100.0, 300.0, 50.0, 200.0];
+        let parent = [0.7, 0.7, 0.7, 0.7];
+        let mut rng = Rng::new(3);
+        let mut level = parent.to_vec();
+        for _ in 0..500 {
+            level = mutate(&level, &params, &settings(1), &mut rng).expect("a move fits");
+            assert!((weighted_mean(&level, &params) - 0.7).abs() < 1e-9);
+            assert!(level.iter().all(|&l| (CLIP.0..=CLIP.1).contains(&l)));
+        }
+        assert!(level.iter().any(|&l| (l - 0.7).abs() > 0.05), "{level:?}");
+    }
+
+    #[test]
+    fn no_move_fits_a_single_unit() {
+        let mut rng = Rng::new(0);
+        assert_eq!(mutate(&[0.5], &[1.0], &settings(1), &mut rng), None);
+    }
+
+    /// A separable convex fitness whose constrained optimum is known in closed form: Σ wᵢ(xᵢ − cᵢ)²
+    /// with Σ xᵢ fixed has xᵢ = cᵢ + μ/wᵢ, μ set by the constraint.
+    #[test]
+    fn the_search_approaches_a_known_optimum_and_never_worsens() {
+        let n = 10;
+        let params = vec![1.0; n];
+        let centre: Vec<f64> = (0..n).map(|i| 0.5 + 0.04 * i as f64).collect();
+        let weight: Vec<f64> = (0..n).map(|i| 1.0 + (i % 3) as f64).collect();
+        let target = 0.7;
+        let mu = (n as f64 * target - centre.iter().sum::<f64>())
+            / weight.iter().map(|w| 1.0 / w).sum::<f64>();
+        let optimum: Vec<f64> = centre
+            .iter()
+            .zip(&weight)
+            .map(|(c, w)| c + mu / w)
+            .collect();
+        let loss = |x: &[f64]| -> f64 {
+            x.iter()
+                .zip(&centre)
+                .zip(&weight)
+                .map(|((x, c), w)| w * (x - c) * (x - c))
+                .sum()
+        };
+        let start = vec![target; n];
+        let mut seen = Vec::new();
+        let outcome = search(
+            &start,
+            &params,
+            &settings(200),
+            |x, _| Ok(loss(x)),
+            |g, gen, _| {
+                seen.push((g, gen.fitness));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(seen.len(), 200);
+        assert!(outcome
+            .generations
+            .windows(2)
+            .all(|w| w[1].fitness <= w[0].fitness));
+        assert!((weighted_mean(&outcome.levels, &params) - target).abs() < 1e-9);
+        let (from, to, best) = (loss(&start), loss(&outcome.levels), loss(&optimum));
+        assert!(
+            to - best < 0.05 * (from - best),
+            "start {from}, found {to}, optimum {best}"
+        );
+        assert_eq!(outcome.start_fitness, from);
+        // 1 start + 2 survivors per generation on the final windows, 8 per generation on the first.
+        assert_eq!(outcome.evaluations, vec![(1, 1600), (4, 401)]);
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_search() {
+        let params = [1.0, 2.0, 1.0, 2.0, 1.0];
+        let run = || {
+            search(
+                &[0.7; 5],
+                &params,
+                &settings(20),
+                |x, w| Ok(x.iter().enumerate().map(|(i, v)| v * (i + w) as f64).sum()),
+                |_, _, _| Ok(()),
+            )
+            .unwrap()
+            .levels
+        };
+        assert_eq!(run(), run());
+    }
+}
