@@ -56,6 +56,8 @@ combos=(
   "--prune-method multiflow --top-up owl $cal"
   "--prune-method wanda --top-up alpha $cal"
   "--prune-method wanda --top-up dsnot $cal"
+  "--prune-method wanda --top-up dlp $cal"
+  "--prune-method ria --top-up evo --evo-generations 3 $cal"
   "--prune-method wanda --top-up uniform --nm 2:4 $cal"
   "--prune-method wanda --top-up uniform --nsamples 2 --seqlen 16"
 )

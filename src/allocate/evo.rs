@@ -81,7 +81,11 @@ pub fn search(
     let mut generations = Vec::with_capacity(settings.generations);
     for g in 0..settings.generations {
         let mut children: Vec<Vec<f64>> = Vec::with_capacity(settings.offspring);
-        while children.len() < settings.offspring {
+        // Bounded: a model with few blocks may have fewer distinct children than asked for.
+        for _ in 0..settings.offspring * 64 {
+            if children.len() == settings.offspring {
+                break;
+            }
             let Some(child) = mutate(&parent, params, settings, &mut rng) else {
                 break; // no move fits inside the bounds: nothing to search
             };
@@ -138,7 +142,7 @@ pub fn search(
 
 /// A mutation of `parent`: 1 to `max_moves` moves, each adding `step` to one unit's level and
 /// taking as many weights from another's, both staying inside [`CLIP`]. `None` when no move fits.
-pub fn mutate(
+fn mutate(
     parent: &[f64],
     params: &[f64],
     settings: &EvoSettings,
@@ -262,6 +266,19 @@ mod tests {
         assert_eq!(outcome.start_fitness, from);
         // 1 start + 2 survivors per generation on the final windows, 8 per generation on the first.
         assert_eq!(outcome.evaluations, vec![(1, 1600), (4, 401)]);
+    }
+
+    #[test]
+    fn two_units_with_few_distinct_children_end_the_search() {
+        let outcome = search(
+            &[0.7, 0.7],
+            &[1.0, 1.0],
+            &settings(3),
+            |x, _| Ok((x[0] - 0.75).abs()),
+            |_, _, _| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(outcome.generations.len(), 3);
     }
 
     #[test]

@@ -25,18 +25,41 @@ pub(super) fn blocks(discovery: &Discovery) -> BTreeMap<usize, Vec<usize>> {
     out
 }
 
-/// Every linear at its block's sparsity, every row alike.
-pub(super) fn plan_from_blocks(
-    discovery: &Discovery,
-    per_block: &BTreeMap<usize, f64>,
-) -> SparsityPlan {
+/// Every linear at its block's sparsity (`per_block` in block order), every row alike.
+pub(super) fn plan_from_blocks(discovery: &Discovery, per_block: &[f64]) -> SparsityPlan {
+    let level: BTreeMap<usize, f64> = blocks(discovery)
+        .into_keys()
+        .zip(per_block.iter().copied())
+        .collect();
     SparsityPlan {
         rules: discovery
             .linears
             .iter()
-            .map(|l| MaskRule::Row(per_block[&l.block]))
+            .map(|l| MaskRule::Row(level[&l.block]))
             .collect(),
     }
+}
+
+/// One value per block, in block order: `reduce` of the Wanda scores of the block's matrices (one
+/// vector per matrix) on the norms of a dense pass over `windows`.
+fn per_block_wanda(
+    model: &OnnxModel,
+    discovery: &Discovery,
+    runtime: &Runtime,
+    windows: &[Vec<i64>],
+    reduce: impl Fn(&[Vec<f32>]) -> f64,
+) -> Result<Vec<f64>> {
+    let norms = dense_norms(model, discovery, runtime, windows)?;
+    blocks(discovery)
+        .values()
+        .map(|indices| {
+            let scores = indices
+                .iter()
+                .map(|&i| Ok(wanda(&discovery.linears[i].read_out_in(model)?, &norms[i])))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(reduce(&scores))
+        })
+        .collect()
 }
 
 /// The input-channel norms `‖X_j‖` of every linear (in discovery order) in a dense pass over
@@ -64,24 +87,12 @@ pub(crate) fn owl(
     windows: &[Vec<i64>],
     config: &PruneConfig,
 ) -> Result<(SparsityPlan, AllocationDetail)> {
-    let norms = dense_norms(model, discovery, runtime, windows)?;
-    let mut ratios = Vec::new();
-    for indices in blocks(discovery).values() {
-        let mut scores = Vec::new();
-        for &i in indices {
-            let linear = &discovery.linears[i];
-            scores.extend(wanda(&linear.read_out_in(model)?, &norms[i]));
-        }
-        ratios.push(outlier_ratio(&scores, config.owl_m));
-    }
+    let ratios = per_block_wanda(model, discovery, runtime, windows, |scores| {
+        outlier_ratio(&scores.concat(), config.owl_m)
+    })?;
     let sparsity = owl_sparsities(&ratios, config.sparsity, config.owl_lambda);
-    let per_block = blocks(discovery)
-        .keys()
-        .copied()
-        .zip(sparsity.iter().copied())
-        .collect();
     Ok((
-        plan_from_blocks(discovery, &per_block),
+        plan_from_blocks(discovery, &sparsity),
         AllocationDetail::Owl {
             m: config.owl_m,
             lambda: config.owl_lambda,
@@ -100,27 +111,17 @@ pub(crate) fn dlp(
     windows: &[Vec<i64>],
     config: &PruneConfig,
 ) -> Result<(SparsityPlan, AllocationDetail)> {
-    let norms = dense_norms(model, discovery, runtime, windows)?;
-    let groups = blocks(discovery);
-    let mut mean_score = Vec::with_capacity(groups.len());
-    for indices in groups.values() {
+    let mean_score = per_block_wanda(model, discovery, runtime, windows, |scores| {
         let (mut sum, mut count) = (0.0f64, 0usize);
-        for &i in indices {
-            let linear = &discovery.linears[i];
-            let scores = wanda(&linear.read_out_in(model)?, &norms[i]);
-            sum += scores.iter().map(|&s| s as f64).sum::<f64>();
-            count += scores.len();
+        for matrix in scores {
+            sum += matrix.iter().map(|&s| s as f64).sum::<f64>();
+            count += matrix.len();
         }
-        mean_score.push(sum / count.max(1) as f64);
-    }
+        sum / count.max(1) as f64
+    })?;
     let sparsity = dlp_sparsities(&mean_score, config.sparsity, config.dlp_alpha);
-    let per_block = groups
-        .keys()
-        .copied()
-        .zip(sparsity.iter().copied())
-        .collect();
     Ok((
-        plan_from_blocks(discovery, &per_block),
+        plan_from_blocks(discovery, &sparsity),
         AllocationDetail::Dlp {
             alpha: config.dlp_alpha,
             mean_score,

@@ -42,7 +42,7 @@ const STEP: f64 = 0.02;
 const MAX_MOVES: usize = 3;
 
 /// The search's settings for `config`.
-pub(crate) fn settings(config: &PruneConfig) -> EvoSettings {
+fn settings(config: &PruneConfig) -> EvoSettings {
     let final_windows = FINAL_WINDOWS.min(config.nsamples).max(1);
     EvoSettings {
         generations: config.evo_generations,
@@ -176,11 +176,6 @@ pub(crate) fn evo(
             Ok(())
         },
     )?;
-    let per_block: BTreeMap<usize, f64> = groups
-        .keys()
-        .copied()
-        .zip(outcome.levels.iter().copied())
-        .collect();
     let detail = AllocationDetail::Evo {
         start: config.evo_start,
         settings,
@@ -196,7 +191,7 @@ pub(crate) fn evo(
         seconds: clock.elapsed().as_secs_f64(),
     };
     Ok(Searched {
-        plan: plan_from_blocks(discovery, &per_block),
+        plan: plan_from_blocks(discovery, &outcome.levels),
         detail,
         neuroal,
         seconds: started.elapsed().as_secs_f64(),

@@ -104,8 +104,12 @@ fn calibrated(
     let (mut allocation, mut search) = (None, None);
     // The measured allocations decide the plan before the final pass.
     match config.top_up {
-        TopUp::Owl => {
-            let (chosen, detail) = allocation::owl(model, discovery, rt, windows, config)?;
+        TopUp::Owl | TopUp::Dlp => {
+            let measure = match config.top_up {
+                TopUp::Owl => allocation::owl,
+                _ => allocation::dlp,
+            };
+            let (chosen, detail) = measure(model, discovery, rt, windows, config)?;
             plan = chosen;
             allocation = Some(detail);
         }
@@ -122,11 +126,6 @@ fn calibrated(
             timings.insert("search".to_string(), report.seconds);
             plan = chosen;
             search = Some(report);
-        }
-        TopUp::Dlp => {
-            let (chosen, detail) = allocation::dlp(model, discovery, rt, windows, config)?;
-            plan = chosen;
-            allocation = Some(detail);
         }
         TopUp::Evo => {
             let searched = evo::evo(
