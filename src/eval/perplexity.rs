@@ -100,16 +100,22 @@ pub fn eval_windows(
 /// Runs `lm` on `ids` and checks that every id is inside its vocabulary.
 pub fn checked_logits(lm: &mut CausalLm, ids: &[i64]) -> Result<Array2<f32>> {
     let logits = lm.logits(ids)?;
-    if let Some(&bad) = ids.iter().find(|&&t| t < 0 || t as usize >= logits.ncols()) {
-        return Err(Error::invalid(
+    check_vocabulary(ids, logits.ncols())?;
+    Ok(logits)
+}
+
+/// An error naming `--tokenizer` when an id of `ids` is outside a vocabulary of `vocab` tokens
+/// (the logits' width).
+pub fn check_vocabulary(ids: &[i64], vocab: usize) -> Result<()> {
+    match ids.iter().find(|&&t| t < 0 || t as usize >= vocab) {
+        Some(&bad) => Err(Error::invalid(
             "--tokenizer",
             format!(
-                "token id {bad} is outside the model's vocabulary of {}; the tokenizer does not belong to this model",
-                logits.ncols()
+                "token id {bad} is outside the model's vocabulary of {vocab}; the tokenizer does not belong to this model"
             ),
-        ));
+        )),
+        None => Ok(()),
     }
-    Ok(logits)
 }
 
 /// Perplexity of `lm` on `tokens`, cut into windows of `seqlen` (at most `max_windows`).

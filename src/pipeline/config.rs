@@ -5,7 +5,7 @@
 use crate::allocate::{EvoStart, NeuroalStep, TopUp};
 use crate::atomic::AtomicFile;
 use crate::calib::{Sampling, TextTokenizer};
-use crate::device::Device;
+use crate::device::{Device, MemoryBudget};
 use crate::error::{Error, Result};
 use crate::graph::Discovery;
 use crate::prune::PruneMethod;
@@ -73,6 +73,9 @@ pub struct PruneConfig {
     pub threads: usize,
     /// NeuroAL candidates evaluated at a time (0: one per core, at most 4, while memory allows).
     pub search_jobs: usize,
+    /// Memory the job may use (`--memory-budget`, else what was available when it started);
+    /// `None` when unknown.
+    pub memory_budget: Option<MemoryBudget>,
     /// Generations of the evolutionary search (`--evo-generations`).
     pub evo_generations: usize,
     /// Where the evolutionary search starts (`--evo-start`).

@@ -1,15 +1,18 @@
 //! The evaluation stage: the dense and the pruned model side by side on every held-out text
 //! (perplexity of each, and their agreement window by window) and on every zero-shot task file.
 
+use super::staged::StagedRun;
 use super::PruneConfig;
 use crate::calib::TextTokenizer;
 use crate::error::{Error, Result};
 use crate::eval::zero_shot::{self, EncodedQuestion};
-use crate::eval::{checked_logits, eval_windows, AgreementTally, PerplexityTally};
+use crate::eval::{check_vocabulary, eval_windows, AgreementTally, PerplexityTally};
+use crate::graph::{discover, Partition};
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
 use crate::report::{TaskEvaluation, TextEvaluation};
-use crate::runtime::{CausalLm, Runtime};
+use crate::runtime::{logits_output, Activation, CausalLm, ModelSession, Runtime};
+use ndarray::ArrayView2;
 use std::path::{Path, PathBuf};
 
 /// Held-out texts and task files, tokenized once before the long work starts.
@@ -61,8 +64,18 @@ impl EvalSet {
         }))
     }
 
-    /// Runs the dense and the pruned model on every text and task. Both sessions are open at
-    /// once so that their logits can be compared window by window without storing them.
+    /// Whether there are zero-shot task files (which run on the whole model).
+    pub(crate) fn has_tasks(&self) -> bool {
+        !self.tasks.is_empty()
+    }
+
+    /// Runs the dense and the pruned model on every text and task.
+    ///
+    /// Texts are evaluated stage by stage ([`StagedLm`]): one stage of each model is open at a
+    /// time, so that evaluating costs about a block of weights and the windows' hidden states,
+    /// not two whole models (docs/big-models.md, "Evaluation"). Only the two suffixes (final norm
+    /// and LM head) are open together, so that each window's logits are compared as they come
+    /// and never stored. Tasks run on one whole model at a time.
     pub(crate) fn compare(
         &self,
         runtime: &Runtime,
@@ -70,54 +83,179 @@ impl EvalSet {
         pruned: &OnnxModel,
         progress: &Progress,
     ) -> Result<(Vec<TextEvaluation>, Vec<TaskEvaluation>)> {
-        let mut dense_lm = CausalLm::open(runtime, dense)?;
-        let mut pruned_lm = CausalLm::open(runtime, pruned)?;
         let mut texts = Vec::new();
-        for (path, tokens) in &self.texts {
-            let seqlen = self.seqlen.min(tokens.len());
-            let windows = eval_windows(tokens, seqlen, self.max_windows)?;
-            let (mut d, mut p) = (PerplexityTally::new(seqlen), PerplexityTally::new(seqlen));
-            let mut agreement = AgreementTally::default();
-            let label = file_label(path);
-            for (i, ids) in windows.iter().enumerate() {
-                progress.item(&label, i, windows.len());
-                let dense_logits = checked_logits(&mut dense_lm, ids)?;
-                let pruned_logits = checked_logits(&mut pruned_lm, ids)?;
-                d.add(dense_logits.view(), ids);
-                p.add(pruned_logits.view(), ids);
-                agreement.add(dense_logits.view(), pruned_logits.view());
+        if !self.texts.is_empty() {
+            let dense_lm = StagedLm::new(runtime, dense)?;
+            let pruned_lm = StagedLm::new(runtime, pruned)?;
+            for (path, tokens) in &self.texts {
+                texts.push(self.text(path, tokens, &dense_lm, &pruned_lm, progress)?);
             }
-            progress.item(&label, windows.len(), windows.len());
-            texts.push(TextEvaluation {
-                text: path.clone(),
-                tokens: tokens.len(),
-                dense: d.finish(),
-                pruned: p.finish(),
-                agreement: agreement.finish(),
-            });
         }
         let mut tasks = Vec::new();
         for (path, questions) in &self.tasks {
             let label = file_label(path);
+            let accuracy = |model: &OnnxModel, side: &str| {
+                let mut lm = CausalLm::open(runtime, model)?;
+                zero_shot::accuracy(&mut lm, questions, progress, &format!("{side} {label}"))
+            };
             tasks.push(TaskEvaluation {
                 task_file: path.clone(),
                 items: questions.len(),
-                dense: zero_shot::accuracy(
-                    &mut dense_lm,
-                    questions,
-                    progress,
-                    &format!("dense {label}"),
-                )?,
-                pruned: zero_shot::accuracy(
-                    &mut pruned_lm,
-                    questions,
-                    progress,
-                    &format!("pruned {label}"),
-                )?,
+                dense: accuracy(dense, "dense")?,
+                pruned: accuracy(pruned, "pruned")?,
             });
         }
         Ok((texts, tasks))
     }
+
+    /// Perplexity of both models on one text, and their agreement, a chunk of windows at a time.
+    fn text(
+        &self,
+        path: &Path,
+        tokens: &[u32],
+        dense_lm: &StagedLm,
+        pruned_lm: &StagedLm,
+        progress: &Progress,
+    ) -> Result<TextEvaluation> {
+        let seqlen = self.seqlen.min(tokens.len());
+        let windows = eval_windows(tokens, seqlen, self.max_windows)?;
+        let (mut d, mut p) = (PerplexityTally::new(seqlen), PerplexityTally::new(seqlen));
+        let mut agreement = AgreementTally::default();
+        let label = file_label(path);
+        let chunk = dense_lm.windows_per_run(seqlen);
+        // Progress in stage runs: both models' stages, then one suffix run per window.
+        let total = windows.len().div_ceil(chunk) * (dense_lm.stages() + pruned_lm.stages())
+            + windows.len();
+        let mut done = 0;
+        let mut step = |n: usize| {
+            done += n;
+            progress.item(&label, done, total);
+        };
+        step(0);
+        for chunk in windows.chunks(chunk) {
+            let (dense_run, mut dense_suffix) = dense_lm.to_suffix(chunk, &mut step)?;
+            let (pruned_run, mut pruned_suffix) = pruned_lm.to_suffix(chunk, &mut step)?;
+            for (w, ids) in chunk.iter().enumerate() {
+                let dense_out = dense_lm.logits(&dense_run, &mut dense_suffix, w, ids)?;
+                let pruned_out = pruned_lm.logits(&pruned_run, &mut pruned_suffix, w, ids)?;
+                // Views of ONNX Runtime's own buffers (fp32 logits are not copied).
+                let (dense_values, pruned_values) = (dense_out.to_f32()?, pruned_out.to_f32()?);
+                let dense_logits = window_view(&dense_values, ids.len())?;
+                let pruned_logits = window_view(&pruned_values, ids.len())?;
+                d.add(dense_logits, ids);
+                p.add(pruned_logits, ids);
+                agreement.add(dense_logits, pruned_logits);
+                step(1);
+            }
+        }
+        Ok(TextEvaluation {
+            text: path.to_path_buf(),
+            tokens: tokens.len(),
+            dense: d.finish(),
+            pruned: p.finish(),
+            agreement: agreement.finish(),
+        })
+    }
+}
+
+/// Bytes of hidden states that one evaluation run holds per model, at most (about): windows are
+/// run in chunks that fit, each chunk through every stage.
+const HIDDEN_BUDGET: usize = 256 << 20;
+
+/// A causal LM run one stage at a time ([`Partition`]): each stage's session is opened, run on
+/// every window of a chunk and dropped before the next one opens, so that only one block's
+/// weights are in ONNX Runtime at once.
+struct StagedLm<'a> {
+    runtime: &'a Runtime,
+    model: &'a OnnxModel,
+    partition: Partition,
+    logits: String,
+    /// Width of the residual stream (the first linear's inputs).
+    hidden: usize,
+}
+
+impl<'a> StagedLm<'a> {
+    fn new(runtime: &'a Runtime, model: &'a OnnxModel) -> Result<Self> {
+        let discovery = discover(model)?;
+        let partition = Partition::new(model, &discovery)?;
+        let logits = logits_output(model.graph()).ok_or_else(|| {
+            Error::graph(&model.path, "the graph has no outputs; expected 'logits'")
+        })?;
+        let hidden = discovery.linears.first().map_or(1, |l| l.in_features);
+        Ok(Self {
+            runtime,
+            model,
+            partition,
+            logits,
+            hidden,
+        })
+    }
+
+    /// Stages before the suffix.
+    fn stages(&self) -> usize {
+        self.partition.stages.len() - 1
+    }
+
+    /// Windows of `seqlen` tokens per run: as many as [`HIDDEN_BUDGET`] holds, counting the
+    /// hidden state and about as much again for what else stages carry (masks, positions).
+    fn windows_per_run(&self, seqlen: usize) -> usize {
+        (HIDDEN_BUDGET / (2 * seqlen * self.hidden * 4).max(1)).max(1)
+    }
+
+    /// Runs `windows` through every stage but the suffix, then opens the suffix; `step(1)`
+    /// after each stage.
+    fn to_suffix(
+        &self,
+        windows: &[Vec<i64>],
+        step: &mut impl FnMut(usize),
+    ) -> Result<(StagedRun<'_>, ModelSession)> {
+        let mut run = StagedRun::new(self.model, &self.partition, self.runtime, windows)?;
+        while !run.at_suffix() {
+            let mut session = run.open(&[], &[], &[])?;
+            run.advance(&mut session, &[], &[], |_, _| Ok(()))?;
+            step(1);
+        }
+        let suffix = run.open(&[], &[], &[])?;
+        Ok((run, suffix))
+    }
+
+    /// Window `window`'s `[1, seqlen, vocab]` logits from the suffix, checking their shape and
+    /// that every id of `ids` is inside the vocabulary.
+    fn logits(
+        &self,
+        run: &StagedRun,
+        suffix: &mut ModelSession,
+        window: usize,
+        ids: &[i64],
+    ) -> Result<Activation> {
+        let wanted = [self.logits.clone()];
+        let logits = run
+            .run(suffix, window, &[], &wanted)?
+            .pop()
+            .ok_or_else(|| Error::internal("the suffix gave no logits"))?;
+        let [1, seq, vocab] = logits.shape()[..] else {
+            return Err(bad_logits(&self.model.path, &logits.shape(), ids.len()));
+        };
+        if seq != ids.len() || vocab == 0 {
+            return Err(bad_logits(&self.model.path, &logits.shape(), ids.len()));
+        }
+        check_vocabulary(ids, vocab)?;
+        Ok(logits)
+    }
+}
+
+/// `values` (the checked logits of one window of `tokens` tokens) as `[tokens, vocab]`.
+fn window_view(values: &[f32], tokens: usize) -> Result<ArrayView2<'_, f32>> {
+    ArrayView2::from_shape((tokens, values.len() / tokens.max(1)), values)
+        .map_err(|e| Error::internal(e.to_string()))
+}
+
+/// The error for logits of an unexpected shape.
+fn bad_logits(path: &Path, shape: &[usize], tokens: usize) -> Error {
+    Error::graph(
+        path,
+        format!("logits of shape {shape:?} for one window of {tokens} tokens; expected [1, {tokens}, vocab]"),
+    )
 }
 
 /// The file name of `path`, for progress labels.

@@ -8,12 +8,12 @@ use super::evaluate::EvalSet;
 use super::{inspect, PruneConfig};
 use crate::allocate::{self, SparsityPlan};
 use crate::calib::TextTokenizer;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::graph::Discovery;
 use crate::onnx::{Companion, OnnxModel};
 use crate::progress::Progress;
 use crate::prune::{Masker, PruneMethod};
-use crate::runtime::{locate_library, Runtime};
+use crate::runtime::{locate_library, whole_model_bytes, Runtime};
 use std::collections::BTreeMap;
 
 /// The loaded model and what was read with it.
@@ -115,6 +115,21 @@ pub(super) fn prepare(
         Some(t) => EvalSet::prepare(config, eval_seqlen, t)?,
         None => None,
     };
+    let self_written = config.needs_calibration() && config.calib.is_empty() && given.is_none();
+    if self_written {
+        fits_whole(
+            loaded,
+            "to write its own calibration text",
+            "pass calibration text with --calib or token ids with --calib-windows",
+        )?;
+    }
+    if evaluation.as_ref().is_some_and(EvalSet::has_tasks) {
+        fits_whole(
+            loaded,
+            "to answer the --task-file questions",
+            "evaluate on held-out text alone (--tasks lm with --eval-text), which runs one stage at a time",
+        )?;
+    }
     let runtime = runtime(config, evaluation.is_some(), progress)?;
     let masker = masker(config, progress)?;
     let calibration = match &runtime {
@@ -148,6 +163,27 @@ pub(super) fn prepare(
         masker,
         calibration,
     })
+}
+
+/// Refuses, before any long work, what would open the whole model in ONNX Runtime beyond the
+/// job's memory budget (an out-of-memory kill later would leave the user nothing but a signal).
+fn fits_whole(loaded: &Loaded, why: &str, instead: &str) -> Result<()> {
+    let Some(budget) = loaded.config.memory_budget else {
+        return Ok(());
+    };
+    let needed = whole_model_bytes(&loaded.model);
+    if needed <= budget.bytes() {
+        return Ok(());
+    }
+    Err(Error::unsupported(
+        &loaded.model.path,
+        format!(
+            "opening the whole model in ONNX Runtime {why} takes at least {:.1} GiB, more than {}",
+            needed as f64 / (1u64 << 30) as f64,
+            budget.describe()
+        ),
+        format!("{instead}, or raise --memory-budget"),
+    ))
 }
 
 /// The tokenizer: required (and checked against the model) when the job reads text or one is

@@ -92,7 +92,8 @@ pub(crate) fn neuroal(
 const MAX_AUTO_JOBS: usize = 4;
 
 /// How many candidates run at a time: `--search-jobs`, or one per core up to [`MAX_AUTO_JOBS`]
-/// while half of the available memory holds them all ([`job_memory`]). On 2 cores, two jobs of
+/// while half of the memory budget (`--memory-budget`, else the available memory) holds them
+/// all ([`job_memory`]). On 2 cores, two jobs of
 /// one ONNX Runtime thread each finish the search 25% sooner than one job of two threads
 /// (README, "NeuroAL's search"). The CUDA path runs one at a time: its masks and sessions share
 /// one device.
@@ -103,7 +104,9 @@ fn search_jobs(config: &PruneConfig, masker: &Masker, discovery: &Discovery) -> 
     if !matches!(masker, Masker::Cpu) || config.device == Device::Cuda {
         return 1;
     }
-    let by_memory = available_memory().map_or(1, |m| m / 2 / job_memory(discovery));
+    let by_memory = config
+        .memory_budget
+        .map_or(1, |b| b.bytes() / 2 / job_memory(discovery));
     available_cores()
         .min(MAX_AUTO_JOBS)
         .min(by_memory as usize)
@@ -121,14 +124,6 @@ fn job_memory(discovery: &Discovery) -> u64 {
         *per_block.entry(l.block).or_default() += l.numel() as u64 * 4;
     }
     (2 << 30) + 4 * per_block.values().max().copied().unwrap_or(0)
-}
-
-/// `MemAvailable` of `/proc/meminfo`, in bytes; `None` where it cannot be read.
-fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// The cores this process may use.

@@ -87,6 +87,7 @@ pub(super) fn report(
         deployment: measured.deployment,
         timings_s: measured.timings,
         peak_rss_mib: crate::report::peak_rss_mib(),
+        memory_budget: config.memory_budget,
     }
 }
 

@@ -6,6 +6,7 @@ mod format;
 mod svg;
 
 use super::{AllocationDetail, BlockSparsity, Report};
+use crate::device::BudgetSource;
 use format::{esc, fixed, human_bytes, label, num, shell_quote};
 use std::path::Path;
 use svg::{bar_chart, curve, heatmap, legend, nice_ceil, svg_open};
@@ -400,7 +401,18 @@ fn costs(r: &Report) -> String {
         .peak_rss_mib
         .map_or("unknown".into(), |m| format!("{} MiB", fixed(m, 0)));
     let exact = r.peak_rss_mib.map_or("–".into(), num);
-    h + &format!("<p>Peak resident memory: <span data-value=\"{exact}\">{rss}</span></p>\n")
+    let budget = r.memory_budget.map_or(String::new(), |b| {
+        format!(
+            ", against a budget of <span data-value=\"{}\">{} MiB</span> ({})",
+            num(b.mib),
+            fixed(b.mib, 0),
+            match b.source {
+                BudgetSource::Flag => "--memory-budget",
+                BudgetSource::Available => "the memory available at the start",
+            }
+        )
+    });
+    h + &format!("<p>Peak resident memory: <span data-value=\"{exact}\">{rss}</span>{budget}</p>\n")
 }
 
 fn command_line(r: &Report) -> String {
@@ -522,6 +534,7 @@ mod tests {
             },
             timings_s: BTreeMap::new(),
             peak_rss_mib: None,
+            memory_budget: None,
         }
     }
 

@@ -17,7 +17,7 @@ pub use schema::json_schema;
 
 use crate::allocate::TopUp;
 use crate::atomic::Job;
-use crate::device::Device;
+use crate::device::{Device, MemoryBudget};
 use crate::error::Result;
 use crate::eval::{Agreement, ChoiceAccuracy, Perplexity};
 use crate::prune::PruneMethod;
@@ -89,6 +89,10 @@ pub struct Report {
     /// null where /proc/self/status cannot be read (outside Linux).
     #[schemars(range(min = 0.0))]
     pub peak_rss_mib: Option<f64>,
+    /// The memory budget the job sized itself by and checked whole-model work against
+    /// (--memory-budget, else the memory available when it started); null where neither is
+    /// known (outside Linux).
+    pub memory_budget: Option<MemoryBudget>,
 }
 
 /// The ONNX Runtime that ran the model.

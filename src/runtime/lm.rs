@@ -181,3 +181,96 @@ pub fn logits_output(graph: &GraphProto) -> Option<String> {
         .or_else(|| graph.output.first())
         .map(|o| o.name().to_string())
 }
+
+/// About how much memory ONNX Runtime takes to open `model` whole, in bytes: every initializer
+/// of every graph at its stored size, 16-bit floats at fp32's (ONNX Runtime's constant folding
+/// turns the weights behind their `Cast`s into fp32 copies: opening the 4.86 GB fp16 test model
+/// took 9.3 GB, docs/big-models.md). A lower bound: activations and the session's own memory come
+/// on top.
+pub fn whole_model_bytes(model: &OnnxModel) -> u64 {
+    graph_bytes(model.graph())
+}
+
+/// [`whole_model_bytes`] of `graph` and its subgraphs.
+fn graph_bytes(graph: &GraphProto) -> u64 {
+    let mut total = 0u64;
+    // A graph nested too deep was refused when the model was loaded.
+    let _ = crate::onnx::visit_graphs(graph, &mut |_, graph, _| {
+        for tensor in &graph.initializer {
+            let numel = tensor
+                .dims
+                .iter()
+                .map(|&d| d.max(0) as u64)
+                .product::<u64>();
+            total = total.saturating_add(numel.saturating_mul(element_bytes(tensor.data_type())));
+        }
+    });
+    total
+}
+
+/// Bytes per element that ONNX Runtime holds for an initializer of ONNX type `data_type`
+/// (16-bit floats as fp32; 4-bit types rounded up to a byte).
+fn element_bytes(data_type: i32) -> u64 {
+    use crate::onnx::proto::tensor_proto::DataType;
+    match DataType::try_from(data_type) {
+        Ok(DataType::Double | DataType::Int64 | DataType::Uint64 | DataType::Complex64) => 8,
+        Ok(DataType::Complex128) => 16,
+        Ok(
+            DataType::Int8
+            | DataType::Uint8
+            | DataType::Bool
+            | DataType::Int4
+            | DataType::Uint4
+            | DataType::Float8e4m3fn
+            | DataType::Float8e4m3fnuz
+            | DataType::Float8e5m2
+            | DataType::Float8e5m2fnuz,
+        ) => 1,
+        Ok(DataType::Int16 | DataType::Uint16) => 2,
+        _ => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::graph_bytes;
+    use crate::onnx::proto::tensor_proto::DataType;
+    use crate::onnx::proto::{attribute_proto, AttributeProto, GraphProto, NodeProto, TensorProto};
+
+    fn tensor(dims: &[i64], data_type: DataType) -> TensorProto {
+        TensorProto {
+            dims: dims.to_vec(),
+            data_type: Some(data_type as i32),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_floats_count_as_fp32_and_subgraphs_count_too() {
+        let branch = GraphProto {
+            initializer: vec![tensor(&[10], DataType::Int8)],
+            ..Default::default()
+        };
+        let graph = GraphProto {
+            initializer: vec![
+                tensor(&[3, 4], DataType::Float16),
+                tensor(&[3, 4], DataType::Bfloat16),
+                tensor(&[2, 5], DataType::Float),
+                tensor(&[5], DataType::Int64),
+            ],
+            node: vec![NodeProto {
+                op_type: Some("If".into()),
+                attribute: vec![AttributeProto {
+                    name: Some("then_branch".into()),
+                    r#type: Some(attribute_proto::AttributeType::Graph as i32),
+                    g: Some(branch),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        // 12 × 4 twice, 10 × 4, 5 × 8, and the branch's 10 × 1.
+        assert_eq!(graph_bytes(&graph), 48 + 48 + 40 + 40 + 10);
+    }
+}

@@ -6,7 +6,7 @@ mod lm;
 mod session;
 
 pub use feeds::GraphFeeds;
-pub use lm::{logits_output, CausalLm};
+pub use lm::{logits_output, whole_model_bytes, CausalLm};
 pub use session::{Activation, ModelSession};
 
 pub use crate::device::Device;

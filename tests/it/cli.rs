@@ -275,3 +275,74 @@ fn evo_is_refused_with_sparsegpt_and_its_flags_and_dlp_s_without_them() {
         );
     }
 }
+
+#[test]
+fn whole_model_work_beyond_the_memory_budget_is_refused_before_it_starts() {
+    let fx = fixture("tiny/llama");
+    let dir = scratch();
+    let out = dir.path().join("out.onnx");
+    let tasks = dir.path().join("tasks.jsonl");
+    std::fs::write(
+        &tasks,
+        "{\"context\": \"a\", \"choices\": [\" b\", \" c\"], \"gold\": 0}\n",
+    )
+    .unwrap();
+    let magnitude = "--sparsity 0.5 --prune-method magnitude --top-up uniform";
+    for (flags, instead) in [
+        // Self-written calibration opens the whole model.
+        (
+            "--sparsity 0.5 --nsamples 2 --seqlen 16".to_string(),
+            "--calib",
+        ),
+        // Zero-shot tasks too.
+        (
+            format!(
+                "{magnitude} --tasks zero-shot --task-file {}",
+                tasks.display()
+            ),
+            "--tasks lm",
+        ),
+    ] {
+        let budget = format!("{flags} --memory-budget 1K");
+        let r = run(job(&fx.model, &out, &budget.split(' ').collect::<Vec<_>>()));
+        assert_eq!(r.code, 1, "{budget}: {}", r.stderr);
+        for needle in ["whole model", "--memory-budget of 0.0 GiB", instead] {
+            assert!(
+                r.stderr.contains(needle),
+                "{budget}: no {needle:?} in\n{}",
+                r.stderr
+            );
+        }
+        assert_eq!(
+            snapshot(dir.path()).keys().collect::<Vec<_>>(),
+            ["tasks.jsonl"],
+            "{budget}: nothing written"
+        );
+        // With room for the model the same job runs, and its report states the budget.
+        let roomy = format!("{flags} --memory-budget 1G --quiet");
+        let report = prune_ok(&fx.model, &out, &roomy);
+        assert_eq!(report["memory_budget"]["source"], "flag", "{roomy}");
+        assert_eq!(
+            report["memory_budget"]["mib"].as_f64(),
+            Some(1024.0),
+            "{roomy}"
+        );
+        for written in snapshot(dir.path()).keys().filter(|f| *f != "tasks.jsonl") {
+            std::fs::remove_file(dir.path().join(written)).unwrap();
+        }
+    }
+    // Without the flag the budget is the memory available when the job starts.
+    let report = prune_ok(&fx.model, &out, &format!("{magnitude} --quiet"));
+    assert_eq!(report["memory_budget"]["source"], "available");
+    assert!(report["memory_budget"]["mib"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn a_memory_budget_that_is_not_a_size_is_a_usage_error() {
+    for bad in ["lots", "4X", "0", "-1G"] {
+        assert_refused(
+            &format!("--sparsity 0.5 --prune-method magnitude --memory-budget={bad}"),
+            &["--memory-budget"],
+        );
+    }
+}

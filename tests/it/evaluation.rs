@@ -127,3 +127,64 @@ fn zero_shot_ranks_the_real_continuation_above_gibberish_on_smollm2() {
     }
     assert!(report["evaluation"].as_array().unwrap().is_empty());
 }
+
+/// Perplexity of the whole model at `path` in one ONNX Runtime session, as an independent check
+/// on the staged evaluation of the job.
+fn whole_model_perplexity(path: &Path, text: &[u32], seqlen: usize, windows: usize) -> f64 {
+    use neuroal_onnx::eval::perplexity;
+    use neuroal_onnx::onnx::OnnxModel;
+    use neuroal_onnx::progress::Progress;
+    use neuroal_onnx::runtime::{locate_library, CausalLm, Device, Runtime};
+    let lib = locate_library(None).expect("libonnxruntime: run `make setup`");
+    let rt = Runtime::new(&lib, Device::Cpu, 1, &Progress::silent()).expect("ONNX Runtime");
+    let model = OnnxModel::load(path).unwrap();
+    let mut lm = CausalLm::open(&rt, &model).unwrap();
+    perplexity(
+        &mut lm,
+        text,
+        seqlen,
+        Some(windows),
+        &Progress::silent(),
+        "check",
+    )
+    .unwrap()
+    .perplexity
+}
+
+#[test]
+fn staged_evaluation_gives_the_whole_models_perplexities_in_every_convention() {
+    let text = austen("persuasion");
+    for fx in crate::harness::tiny_fixtures() {
+        let dir = scratch();
+        let out = dir.path().join("out.onnx");
+        let flags = format!(
+            "--sparsity 0.5 --prune-method magnitude --top-up uniform --eval-text {} --eval-seqlen 48 --eval-windows 3 --quiet",
+            text.display()
+        );
+        let report = prune_ok(&fx.model, &out, &flags);
+        let ids = neuroal_onnx::calib::TextTokenizer::load(&fx.dir, None)
+            .and_then(|t| t.encode_file(&text))
+            .unwrap();
+        let eval = &report["evaluation"][0];
+        // Stage boundaries change which operators ONNX Runtime fuses; with 16-bit weights and
+        // activations that moves the last bits.
+        let tolerance = match fx.manifest["weight_dtype"].as_str() {
+            Some("float32") => 1e-4,
+            _ => 1e-3,
+        };
+        for (side, model) in [("dense", &fx.model), ("pruned", &out)] {
+            let staged = eval[side]["perplexity"].as_f64().unwrap();
+            let whole = whole_model_perplexity(model, &ids, 48, 3);
+            assert!(
+                (staged - whole).abs() / whole < tolerance,
+                "{} {side}: staged {staged}, whole model {whole}",
+                fx.name
+            );
+        }
+        let (dense, pruned) = (
+            eval["dense"]["perplexity"].as_f64().unwrap(),
+            eval["pruned"]["perplexity"].as_f64().unwrap(),
+        );
+        assert_ne!(dense, pruned, "{}: half of the weights pruned", fx.name);
+    }
+}

@@ -728,13 +728,19 @@ fn threaded_job(dir: &Path, threads: Option<&str>, rayon: Option<&str>) -> Writt
     }
 }
 
-/// A report without what may differ between equal runs: timings, peak memory, the command line,
-/// and the output folder in paths.
+/// A report without what may differ between equal runs: timings, peak memory, the memory budget
+/// (the memory available when the job started), the command line, and the output folder in paths.
 fn normalized(mut report: Value, dir: &Path) -> Value {
     fn strip(v: &mut Value, dir: &str) {
         match v {
             Value::Object(map) => {
-                for key in ["timings_s", "peak_rss_mib", "command_line", "seconds"] {
+                for key in [
+                    "timings_s",
+                    "peak_rss_mib",
+                    "memory_budget",
+                    "command_line",
+                    "seconds",
+                ] {
                     map.remove(key);
                 }
                 map.values_mut().for_each(|v| strip(v, dir));
