@@ -81,6 +81,12 @@ test: setup lint
 test-big: setup
 	cargo test --release --test it big_model -- --ignored --nocapture
 
+## bench-7b: a whole Wanda job on a model of LLaMA-2-7B's shape (13.5 GB of fp16, generated into
+## .cache/fixtures/llama7b): wall time and peak memory (about 15 min, 28 GB of free disk). Not part of `make bench`.
+.PHONY: bench-7b
+bench-7b: setup build
+	scripts/bench-7b.sh
+
 ## demo-setup: only what the demo needs: ONNX Runtime, the generator's venv, SmolLM2 and the Austen texts.
 demo-setup: $(ORT_LIB) $(VENV_OK)
 	$(PYTHON) fixtures/generate.py $(FIXTURES) --only smollm2 austen
