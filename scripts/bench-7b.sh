@@ -9,6 +9,7 @@
 #   scripts/bench-7b.sh [FLAGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/peak-rss.sh
 bin=target/release/neuroal-onnx
 python=.cache/venv/bin/python
 fx=.cache/fixtures
@@ -27,15 +28,7 @@ t0=$(date +%s.%N)
   --calib "$out/ids.json" --nsamples 4 --seqlen 128 \
   --eval-text $fx/austen/persuasion.txt --eval-windows 2 --eval-seqlen 128 --quiet >/dev/null &
 pid=$!
-anon=0 file=0
-while status=$(cat "/proc/$pid/status" 2>/dev/null); do
-  a=$(awk '/^RssAnon:/ {print int($2 / 1024)}' <<<"$status")
-  f=$(awk '/^RssFile:/ {print int($2 / 1024)}' <<<"$status")
-  [ -n "$a" ] && [ "$a" -gt "$anon" ] && anon=$a
-  [ -n "$f" ] && [ "$f" -gt "$file" ] && file=$f
-  [ -z "$a" ] && break # exited, not yet reaped
-  sleep 0.5
-done
+peak_rss "$pid"
 wait "$pid"
 t1=$(date +%s.%N)
 

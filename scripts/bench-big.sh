@@ -7,6 +7,7 @@
 # Run after `make setup build`; docs/big-models.md holds a result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/peak-rss.sh
 bin=target/release/neuroal-onnx
 python=.cache/venv/bin/python
 [ -x "$bin" ] || { echo "error: $bin missing: run \`make build\`" >&2; exit 1; }
@@ -21,16 +22,7 @@ t1=$(date +%s.%N)
 "$bin" "$out/big/model.onnx" "$out/pruned.onnx" --prune-method magnitude --top-up uniform --sparsity 0.5 --quiet \
   >/dev/null &
 pid=$!
-# Peak anonymous and file-backed resident memory (MiB): the report's VmHWM counts both.
-anon=0 file=0
-while status=$(cat "/proc/$pid/status" 2>/dev/null); do
-  a=$(awk '/^RssAnon:/ {print int($2 / 1024)}' <<<"$status")
-  f=$(awk '/^RssFile:/ {print int($2 / 1024)}' <<<"$status")
-  [ -n "$a" ] && [ "$a" -gt "$anon" ] && anon=$a
-  [ -n "$f" ] && [ "$f" -gt "$file" ] && file=$f
-  [ -z "$a" ] && break # exited, not yet reaped
-  sleep 0.5
-done
+peak_rss "$pid"
 wait "$pid"
 t2=$(date +%s.%N)
 

@@ -7,7 +7,7 @@ pub mod zero_shot;
 
 pub use agreement::{kl_divergence, Agreement, AgreementTally};
 pub use perplexity::{
-    check_vocabulary, checked_logits, eval_windows, perplexity, window_nll, Perplexity,
+    check_token_ids, checked_logits, eval_windows, perplexity, window_nll, Perplexity,
     PerplexityTally,
 };
 pub use zero_shot::ChoiceAccuracy;

@@ -100,13 +100,13 @@ pub fn eval_windows(
 /// Runs `lm` on `ids` and checks that every id is inside its vocabulary.
 pub fn checked_logits(lm: &mut CausalLm, ids: &[i64]) -> Result<Array2<f32>> {
     let logits = lm.logits(ids)?;
-    check_vocabulary(ids, logits.ncols())?;
+    check_token_ids(ids, logits.ncols())?;
     Ok(logits)
 }
 
 /// An error naming `--tokenizer` when an id of `ids` is outside a vocabulary of `vocab` tokens
 /// (the logits' width).
-pub fn check_vocabulary(ids: &[i64], vocab: usize) -> Result<()> {
+pub fn check_token_ids(ids: &[i64], vocab: usize) -> Result<()> {
     match ids.iter().find(|&&t| t < 0 || t as usize >= vocab) {
         Some(&bad) => Err(Error::invalid(
             "--tokenizer",

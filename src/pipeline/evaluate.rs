@@ -6,7 +6,7 @@ use super::PruneConfig;
 use crate::calib::TextTokenizer;
 use crate::error::{Error, Result};
 use crate::eval::zero_shot::{self, EncodedQuestion};
-use crate::eval::{check_vocabulary, eval_windows, AgreementTally, PerplexityTally};
+use crate::eval::{check_token_ids, eval_windows, AgreementTally, PerplexityTally};
 use crate::graph::{discover, Partition};
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
@@ -239,7 +239,7 @@ impl<'a> StagedLm<'a> {
         if seq != ids.len() || vocab == 0 {
             return Err(bad_logits(&self.model.path, &logits.shape(), ids.len()));
         }
-        check_vocabulary(ids, vocab)?;
+        check_token_ids(ids, vocab)?;
         Ok(logits)
     }
 }
