@@ -16,6 +16,7 @@ pub struct TextTokenizer {
     tokenizer: Tokenizer,
     /// The `tokenizer.json` file.
     pub path: PathBuf,
+    prefix: Vec<u32>,
 }
 
 impl TextTokenizer {
@@ -39,20 +40,44 @@ impl TextTokenizer {
             path: path.clone(),
             message: format!("cannot be loaded as a Hugging Face tokenizer.json: {e}"),
         })?;
-        Ok(Self { tokenizer, path })
+        // The special tokens the post-processor puts before a text: those flagged special ahead
+        // of the first token of "a".
+        let encoding = tokenizer.encode("a", true).map_err(|e| Error::Tokenizer {
+            path: path.clone(),
+            message: format!("cannot encode a test text: {e}"),
+        })?;
+        let leading = encoding
+            .get_special_tokens_mask()
+            .iter()
+            .take_while(|&&special| special == 1)
+            .count();
+        let prefix = encoding.get_ids()[..leading].to_vec();
+        Ok(Self {
+            tokenizer,
+            path,
+            prefix,
+        })
     }
 
-    /// Token ids of the whole text of `file` (special tokens as the tokenizer's post-processor adds them).
+    /// Token ids of the whole text of `file`, without special tokens: windows cut from it get
+    /// [`Self::window_prefix`] where the model reads them as texts (evaluation).
     pub fn encode_file(&self, file: &Path) -> Result<Vec<u32>> {
         let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
         let encoding =
             self.tokenizer
-                .encode(text.as_str(), true)
+                .encode(text.as_str(), false)
                 .map_err(|e| Error::Tokenizer {
                     path: self.path.clone(),
                     message: format!("failed on {}: {e}", file.display()),
                 })?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The special tokens the tokenizer's post-processor puts before every text (Gemma's and
+    /// LLaMA-2's BOS); empty for tokenizers that add none (SmolLM2, GPT-2). Evaluation windows and
+    /// zero-shot contexts start with them, as the model saw text in training (docs/methods.md §4.1).
+    pub fn window_prefix(&self) -> &[u32] {
+        &self.prefix
     }
 
     /// Token ids of `text` without special tokens.
@@ -113,26 +138,36 @@ pub fn sample_token(logits: &[f32], sampling: Sampling, rng: &mut Rng) -> Option
         .iter()
         .map(|&v| ((v as f64 - max) / sampling.temperature).exp())
         .collect();
-    let mut order: Vec<usize> = (0..weights.len()).collect();
     let mut total = weights.iter().sum::<f64>();
     // A NaN logit makes its weight NaN, a `+inf` makes `inf - inf`, all `-inf` leave no mass.
     if !(total.is_finite() && total > 0.0) {
         return None;
     }
+    let mut order: Vec<usize> = Vec::new();
     if sampling.top_p < 1.0 {
         // The most likely first, the lower id first on ties; keep the shortest prefix that
-        // reaches top_p of the mass.
-        order.sort_unstable_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
-        let mut kept = 0.0;
-        let cut = order
-            .iter()
-            .position(|&i| {
+        // reaches top_p of the mass. That prefix lies among the tokens above a weight threshold
+        // whenever they cut it, so only they are sorted: a 262k vocabulary would otherwise cost
+        // more per token than the model. The result is the full sort's, whatever the threshold.
+        let wanted = sampling.top_p * total;
+        for threshold in [1e-4, 1e-8, 0.0] {
+            order = (0..weights.len())
+                .filter(|&i| weights[i] >= threshold)
+                .collect();
+            order.sort_unstable_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
+            let mut kept = 0.0;
+            let cut = order.iter().position(|&i| {
                 kept += weights[i];
-                kept >= sampling.top_p * total
-            })
-            .map_or(order.len(), |p| p + 1);
-        order.truncate(cut);
-        total = kept;
+                kept >= wanted
+            });
+            if cut.is_some() || order.len() == weights.len() {
+                order.truncate(cut.map_or(order.len(), |p| p + 1));
+                total = kept;
+                break;
+            }
+        }
+    } else {
+        order = (0..weights.len()).collect();
     }
     let mut target = rng.unit() * total;
     for &i in &order {
@@ -245,6 +280,61 @@ mod tests {
         assert_eq!((nucleus[0], nucleus[3]), (0, 0), "{nucleus:?}");
         let ratio = nucleus[2] as f64 / nucleus[1] as f64;
         assert!((ratio - 2.0).abs() < 0.1, "{nucleus:?}");
+    }
+
+    /// The nucleus as the plain definition computes it: every token sorted, the shortest prefix
+    /// reaching `top_p` of the mass.
+    fn nucleus_draw(logits: &[f32], top_p: f64, rng: &mut Rng) -> u32 {
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+        let w: Vec<f64> = logits.iter().map(|&v| (v as f64 - max).exp()).collect();
+        let mut order: Vec<usize> = (0..w.len()).collect();
+        order.sort_unstable_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
+        let wanted = top_p * w.iter().sum::<f64>();
+        let mut kept = 0.0;
+        let cut = order
+            .iter()
+            .position(|&i| {
+                kept += w[i];
+                kept >= wanted
+            })
+            .map_or(order.len(), |p| p + 1);
+        order.truncate(cut);
+        let mut target = rng.unit() * kept;
+        for &i in &order {
+            target -= w[i];
+            if target < 0.0 {
+                return i as u32;
+            }
+        }
+        *order.last().unwrap() as u32
+    }
+
+    #[test]
+    fn sorting_only_the_likely_tokens_draws_what_sorting_all_of_them_draws() {
+        // One likely token and a long tail that holds most of the mass below the first
+        // threshold (e^-10 ≈ 4.5e-5 each), a tail below the second, and a plain spread.
+        let mut heavy_tail = vec![-10.0f32; 50_000];
+        heavy_tail[7] = 0.0;
+        let mut far_tail = vec![-20.0f32; 600_000];
+        far_tail[1] = 0.0;
+        let spread: Vec<f32> = (0..5000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+            .collect();
+        for logits in [heavy_tail, far_tail, spread] {
+            for top_p in [0.5, 0.9, 0.95, 0.999] {
+                let sampling = Sampling {
+                    temperature: 1.0,
+                    top_p,
+                };
+                let (mut a, mut b) = (Rng::new(3), Rng::new(3));
+                for _ in 0..20 {
+                    assert_eq!(
+                        sample_token(&logits, sampling, &mut a),
+                        Some(nucleus_draw(&logits, top_p, &mut b))
+                    );
+                }
+            }
+        }
     }
 
     #[test]

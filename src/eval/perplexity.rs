@@ -74,26 +74,38 @@ impl PerplexityTally {
     }
 }
 
-/// The windows of `tokens` to evaluate on: `seqlen` long, at most `max_windows`; an error when
-/// not even one fits.
+/// The windows of `tokens` to evaluate on: `seqlen` long, each `prefix` (the tokenizer's
+/// [`window_prefix`](crate::calib::TextTokenizer::window_prefix)) followed by the next
+/// `seqlen − prefix.len()` tokens of the text, at most `max_windows`; an error when not even one
+/// fits.
 pub fn eval_windows(
     tokens: &[u32],
     seqlen: usize,
     max_windows: Option<usize>,
+    prefix: &[u32],
 ) -> Result<Vec<Vec<i64>>> {
-    let windows = consecutive_windows(tokens, seqlen, max_windows);
-    if windows.is_empty() || seqlen < 2 {
+    let text_len = seqlen.saturating_sub(prefix.len());
+    let windows = consecutive_windows(tokens, text_len, max_windows);
+    if windows.is_empty() || text_len < 1 || seqlen < 2 {
         return Err(Error::invalid(
             "--eval-text",
             format!(
-                "{} tokens are not enough for one window of --seqlen {seqlen}",
-                tokens.len()
+                "{} tokens are not enough for one window of --seqlen {seqlen}{}",
+                tokens.len(),
+                if prefix.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({} of them the tokenizer's leading special tokens)",
+                        prefix.len()
+                    )
+                }
             ),
         ));
     }
     Ok(windows
         .iter()
-        .map(|w| w.iter().map(|&t| t as i64).collect())
+        .map(|w| prefix.iter().chain(w.iter()).map(|&t| t as i64).collect())
         .collect())
 }
 
@@ -118,16 +130,18 @@ pub fn check_token_ids(ids: &[i64], vocab: usize) -> Result<()> {
     }
 }
 
-/// Perplexity of `lm` on `tokens`, cut into windows of `seqlen` (at most `max_windows`).
+/// Perplexity of `lm` on `tokens`, cut into windows of `seqlen` that start with `prefix` (at most
+/// `max_windows`; [`eval_windows`]).
 pub fn perplexity(
     lm: &mut CausalLm,
     tokens: &[u32],
     seqlen: usize,
     max_windows: Option<usize>,
+    prefix: &[u32],
     progress: &Progress,
     label: &str,
 ) -> Result<Perplexity> {
-    let windows = eval_windows(tokens, seqlen, max_windows)?;
+    let windows = eval_windows(tokens, seqlen, max_windows, prefix)?;
     let mut tally = PerplexityTally::new(seqlen);
     for (i, ids) in windows.iter().enumerate() {
         progress.item(label, i, windows.len());
@@ -139,7 +153,27 @@ pub fn perplexity(
 
 #[cfg(test)]
 mod tests {
-    use super::window_nll;
+    use super::{eval_windows, window_nll};
+
+    #[test]
+    fn every_window_starts_with_the_prefix_and_holds_seqlen_tokens() {
+        let tokens: Vec<u32> = (10..20).collect();
+        let plain = eval_windows(&tokens, 4, None, &[]).unwrap();
+        assert_eq!(plain, vec![vec![10, 11, 12, 13], vec![14, 15, 16, 17]]);
+        let bos = eval_windows(&tokens, 4, None, &[2]).unwrap();
+        assert_eq!(
+            bos,
+            vec![
+                vec![2, 10, 11, 12],
+                vec![2, 13, 14, 15],
+                vec![2, 16, 17, 18]
+            ]
+        );
+        assert_eq!(eval_windows(&tokens, 4, Some(1), &[2]).unwrap().len(), 1);
+        // A prefix that fills the window leaves no text to score.
+        assert!(eval_windows(&tokens, 2, None, &[2, 3]).is_err());
+        assert!(eval_windows(&tokens[..2], 4, None, &[2]).is_err());
+    }
     use ndarray::array;
 
     #[test]

@@ -96,7 +96,9 @@ pub fn read_questions(path: &Path) -> Result<Vec<Question>> {
 }
 
 /// Tokenizes `questions`; every context plus choice is cut to at most `max_tokens` by dropping
-/// context tokens from the left. `bos` stands in for an empty context.
+/// context tokens from the left, after the tokenizer's
+/// [`window_prefix`](TextTokenizer::window_prefix), which every context starts with. `bos` stands
+/// in for an empty context when there is no prefix.
 pub fn encode_questions(
     questions: &[Question],
     tokenizer: &TextTokenizer,
@@ -105,6 +107,7 @@ pub fn encode_questions(
     path: &Path,
 ) -> Result<Vec<EncodedQuestion>> {
     let ids = |v: Vec<u32>| -> Vec<i64> { v.into_iter().map(i64::from).collect() };
+    let prefix = ids(tokenizer.window_prefix().to_vec());
     questions
         .iter()
         .enumerate()
@@ -112,7 +115,7 @@ pub fn encode_questions(
             let trimmed = q.context.trim_end_matches(' ');
             let moved = &q.context[trimmed.len()..];
             let mut context = ids(tokenizer.encode(trimmed)?);
-            if context.is_empty() {
+            if context.is_empty() && prefix.is_empty() {
                 let bos = bos.ok_or_else(|| {
                     Error::invalid(
                         "--task-file",
@@ -134,7 +137,9 @@ pub fn encode_questions(
                 } else {
                     whole[split..].to_vec()
                 };
-                if tokens.is_empty() || tokens.len() >= max_tokens {
+                // At least one position before the choice: the prefix or a context token.
+                let room = max_tokens.saturating_sub(prefix.len().max(1));
+                if tokens.is_empty() || tokens.len() > room {
                     return Err(Error::invalid(
                         "--task-file",
                         format!(
@@ -142,15 +147,19 @@ pub fn encode_questions(
                             path.display(),
                             n + 1,
                             tokens.len(),
-                            max_tokens - 1
+                            room
                         ),
                     ));
                 }
                 choices.push(tokens);
             }
             let longest = choices.iter().map(Vec::len).max().unwrap_or(0);
-            let keep = context.len().min(max_tokens - longest);
-            let context = context[context.len() - keep..].to_vec();
+            let keep = context.len().min(max_tokens.saturating_sub(longest + prefix.len()));
+            let context: Vec<i64> = prefix
+                .iter()
+                .chain(&context[context.len() - keep..])
+                .copied()
+                .collect();
             Ok(EncodedQuestion {
                 context,
                 choices,

@@ -21,6 +21,8 @@ pub(crate) struct EvalSet {
     tasks: Vec<(PathBuf, Vec<EncodedQuestion>)>,
     seqlen: usize,
     max_windows: Option<usize>,
+    /// The tokenizer's leading special tokens, put before every window.
+    prefix: Vec<u32>,
 }
 
 impl EvalSet {
@@ -61,6 +63,7 @@ impl EvalSet {
             tasks,
             seqlen,
             max_windows: config.eval_windows,
+            prefix: tokenizer.window_prefix().to_vec(),
         }))
     }
 
@@ -117,8 +120,8 @@ impl EvalSet {
         pruned_lm: &StagedLm,
         progress: &Progress,
     ) -> Result<TextEvaluation> {
-        let seqlen = self.seqlen.min(tokens.len());
-        let windows = eval_windows(tokens, seqlen, self.max_windows)?;
+        let seqlen = self.seqlen.min(tokens.len() + self.prefix.len());
+        let windows = eval_windows(tokens, seqlen, self.max_windows, &self.prefix)?;
         let (mut d, mut p) = (PerplexityTally::new(seqlen), PerplexityTally::new(seqlen));
         let mut agreement = AgreementTally::default();
         let label = file_label(path);
@@ -151,6 +154,7 @@ impl EvalSet {
         Ok(TextEvaluation {
             text: path.to_path_buf(),
             tokens: tokens.len(),
+            window_prefix: self.prefix.clone(),
             dense: d.finish(),
             pruned: p.finish(),
             agreement: agreement.finish(),

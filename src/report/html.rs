@@ -595,6 +595,7 @@ mod tests {
         report.evaluation.push(TextEvaluation {
             text: PathBuf::from("t.txt"),
             tokens: 9,
+            window_prefix: Vec::new(),
             dense: ppl(f64::NAN),
             pruned: ppl(f64::INFINITY),
             agreement: Agreement::default(),

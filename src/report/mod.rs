@@ -338,9 +338,13 @@ pub struct MatrixSparsity {
 pub struct TextEvaluation {
     /// The --eval-text file, as given.
     pub text: PathBuf,
-    /// Number of tokens in the whole text as the tokenizer encodes it (special tokens included),
+    /// Number of tokens in the whole text as the tokenizer encodes it (without special tokens),
     /// before it is cut into windows.
     pub tokens: usize,
+    /// Token ids at the start of every window, before its text: the special tokens the
+    /// tokenizer's post-processor puts before a text (Gemma's BOS); empty when it adds none.
+    /// Windows hold seqlen tokens in all, the prefix included.
+    pub window_prefix: Vec<u32>,
     /// The input model's perplexity on the text.
     pub dense: Perplexity,
     /// The output model's perplexity on the same windows.

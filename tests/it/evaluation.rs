@@ -130,7 +130,13 @@ fn zero_shot_ranks_the_real_continuation_above_gibberish_on_smollm2() {
 
 /// Perplexity of the whole model at `path` in one ONNX Runtime session, as an independent check
 /// on the staged evaluation of the job.
-fn whole_model_perplexity(path: &Path, text: &[u32], seqlen: usize, windows: usize) -> f64 {
+fn whole_model_perplexity(
+    path: &Path,
+    text: &[u32],
+    prefix: &[u32],
+    seqlen: usize,
+    windows: usize,
+) -> f64 {
     use neuroal_onnx::eval::perplexity;
     use neuroal_onnx::onnx::OnnxModel;
     use neuroal_onnx::progress::Progress;
@@ -144,6 +150,7 @@ fn whole_model_perplexity(path: &Path, text: &[u32], seqlen: usize, windows: usi
         text,
         seqlen,
         Some(windows),
+        prefix,
         &Progress::silent(),
         "check",
     )
@@ -162,9 +169,8 @@ fn staged_evaluation_gives_the_whole_models_perplexities_in_every_convention() {
             text.display()
         );
         let report = prune_ok(&fx.model, &out, &flags);
-        let ids = neuroal_onnx::calib::TextTokenizer::load(&fx.dir, None)
-            .and_then(|t| t.encode_file(&text))
-            .unwrap();
+        let tokenizer = neuroal_onnx::calib::TextTokenizer::load(&fx.dir, None).unwrap();
+        let ids = tokenizer.encode_file(&text).unwrap();
         let eval = &report["evaluation"][0];
         // Stage boundaries change which operators ONNX Runtime fuses; with 16-bit weights and
         // activations that moves the last bits.
@@ -174,7 +180,7 @@ fn staged_evaluation_gives_the_whole_models_perplexities_in_every_convention() {
         };
         for (side, model) in [("dense", &fx.model), ("pruned", &out)] {
             let staged = eval[side]["perplexity"].as_f64().unwrap();
-            let whole = whole_model_perplexity(model, &ids, 48, 3);
+            let whole = whole_model_perplexity(model, &ids, tokenizer.window_prefix(), 48, 3);
             assert!(
                 (staged - whole).abs() / whole < tolerance,
                 "{} {side}: staged {staged}, whole model {whole}",

@@ -16,6 +16,7 @@ pub fn fixtures() -> PathBuf {
             "extattr",
             "smollm2",
             "smollm2-genai",
+            "gemma3",
             "austen",
             "dsnot"
         ]

@@ -11,6 +11,7 @@ mod discovery;
 mod evaluation;
 mod exports;
 mod fuzz_regressions;
+mod gemma3;
 mod gpu_check;
 mod harness;
 mod headline;
