@@ -39,6 +39,18 @@ pub struct EncodedQuestion {
     gold: usize,
 }
 
+impl EncodedQuestion {
+    /// The context tokens the choices are scored after (the tokenizer's prefix first).
+    pub fn context(&self) -> &[i64] {
+        &self.context
+    }
+
+    /// The tokens of each choice.
+    pub fn choices(&self) -> &[Vec<i64>] {
+        &self.choices
+    }
+}
+
 /// Accuracy on a task file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct ChoiceAccuracy {

@@ -40,6 +40,54 @@ fn the_tokenizer_gives_sentencepieces_ids_and_a_bos_before_every_text() {
     assert_ne!(ids[0], bos, "text is tokenized without special tokens");
 }
 
+#[test]
+fn zero_shot_contexts_start_with_the_bos_and_choices_keep_only_their_own_tokens() {
+    use neuroal_onnx::eval::zero_shot::{encode_questions, Question};
+    let fx = fixture("gemma3");
+    let tokenizer = TextTokenizer::load(&fx.dir, None).unwrap();
+    let ids = |text: &str| -> Vec<i64> {
+        tokenizer
+            .encode(text)
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect()
+    };
+    let questions = [
+        Question {
+            context: "It is a truth universally".into(),
+            choices: vec![" acknowledged".into(), " denied".into()],
+            gold: 0,
+        },
+        Question {
+            context: String::new(),
+            choices: vec!["Emma".into()],
+            gold: 0,
+        },
+    ];
+    let encoded = encode_questions(
+        &questions,
+        &tokenizer,
+        64,
+        tokenizer.bos_id(),
+        Path::new("t.jsonl"),
+    )
+    .unwrap();
+    let mut want = vec![2];
+    want.extend(ids("It is a truth universally"));
+    assert_eq!(encoded[0].context(), want.as_slice());
+    assert_eq!(encoded[0].choices()[0], ids(" acknowledged"));
+    assert_eq!(encoded[0].choices()[1], ids(" denied"));
+    // An empty context is the BOS alone.
+    assert_eq!(encoded[1].context(), &[2]);
+    assert_eq!(encoded[1].choices()[0], ids("Emma"));
+    // Cut from the left to fit, the context keeps its BOS.
+    let short =
+        encode_questions(&questions[..1], &tokenizer, 4, None, Path::new("t.jsonl")).unwrap();
+    assert_eq!(short[0].context()[0], 2);
+    assert!(short[0].context().len() + short[0].choices().iter().map(Vec::len).max().unwrap() <= 4);
+}
+
 /// Zeros in every row of every linear of `out`, with the discovery's module paths.
 fn row_zeros(out: &Path) -> Vec<(usize, String, Vec<usize>)> {
     let (model, discovery) = inspect(out).unwrap();
