@@ -120,6 +120,8 @@ pub fn encode_questions(
 ) -> Result<Vec<EncodedQuestion>> {
     let ids = |v: Vec<u32>| -> Vec<i64> { v.into_iter().map(i64::from).collect() };
     let prefix = ids(tokenizer.window_prefix().to_vec());
+    // Longest a choice may be: at least one position before it, the prefix or a context token.
+    let room = max_tokens.saturating_sub(prefix.len().max(1));
     questions
         .iter()
         .enumerate()
@@ -149,8 +151,6 @@ pub fn encode_questions(
                 } else {
                     whole[split..].to_vec()
                 };
-                // At least one position before the choice: the prefix or a context token.
-                let room = max_tokens.saturating_sub(prefix.len().max(1));
                 if tokens.is_empty() || tokens.len() > room {
                     return Err(Error::invalid(
                         "--task-file",
