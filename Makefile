@@ -99,6 +99,7 @@ demo: demo-setup build
 ## the headline command with no other flag (stage times, peak RSS), and whole jobs' peak memory.
 bench: setup build
 	cargo bench --bench masks
+	cargo bench --bench evaluation
 	scripts/bench-wanda.sh
 	scripts/bench-search.sh
 	scripts/bench-default.sh

@@ -2,11 +2,13 @@
 //! per window the mean next-token cross-entropy over `seqlen − 1` positions times `seqlen`, and
 //! `PPL = exp(Σ / (windows · seqlen))`.
 
+use super::logits::{contiguous_row, log_sum_exp};
 use crate::calib::consecutive_windows;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::runtime::CausalLm;
 use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// A perplexity measurement.
@@ -27,15 +29,13 @@ pub struct Perplexity {
 /// Sum over positions `0..seqlen-1` of `−log softmax(logits[t])[tokens[t+1]]`, accumulated in f64.
 /// `logits` is `[seqlen, vocab]`.
 pub fn window_nll(logits: ArrayView2<f32>, tokens: &[i64]) -> f64 {
-    let mut total = 0.0f64;
-    for t in 0..tokens.len().saturating_sub(1) {
-        let row = logits.row(t);
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-        let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
-        let target = tokens[t + 1] as usize;
-        total += max + sum.ln() - row[target] as f64;
-    }
-    total
+    (0..tokens.len().saturating_sub(1))
+        .into_par_iter()
+        .map(|t| {
+            let row = contiguous_row(logits, t);
+            log_sum_exp(&row) - row[tokens[t + 1] as usize] as f64
+        })
+        .sum()
 }
 
 /// Accumulates a [`Perplexity`] one window at a time.
@@ -58,9 +58,13 @@ impl PerplexityTally {
 
     /// Adds one window: its `[seqlen, vocab]` logits and its token ids.
     pub fn add(&mut self, logits: ArrayView2<f32>, ids: &[i64]) {
+        self.add_nll(window_nll(logits, ids), ids.len());
+    }
+
+    /// Adds one window of `tokens` tokens by its summed loss ([`window_nll`]).
+    pub fn add_nll(&mut self, nll: f64, tokens: usize) {
         // Mean over the seqlen − 1 predictions, weighted as seqlen (reference convention).
-        let n = ids.len();
-        self.total += window_nll(logits, ids) / (n - 1).max(1) as f64 * n as f64;
+        self.total += nll / (tokens - 1).max(1) as f64 * tokens as f64;
         self.windows += 1;
     }
 

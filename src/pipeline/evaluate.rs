@@ -6,7 +6,7 @@ use super::PruneConfig;
 use crate::calib::TextTokenizer;
 use crate::error::{Error, Result};
 use crate::eval::zero_shot::{self, EncodedQuestion};
-use crate::eval::{check_token_ids, eval_windows, AgreementTally, PerplexityTally};
+use crate::eval::{check_token_ids, compare_window, eval_windows, AgreementTally, PerplexityTally};
 use crate::graph::{discover, Partition};
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
@@ -145,9 +145,10 @@ impl EvalSet {
                 let (dense_values, pruned_values) = (dense_out.to_f32()?, pruned_out.to_f32()?);
                 let dense_logits = window_view(&dense_values, ids.len())?;
                 let pruned_logits = window_view(&pruned_values, ids.len())?;
-                d.add(dense_logits, ids);
-                p.add(pruned_logits, ids);
-                agreement.add(dense_logits, pruned_logits);
+                let window = compare_window(dense_logits, pruned_logits, ids);
+                d.add_nll(window.dense_nll, ids.len());
+                p.add_nll(window.pruned_nll, ids.len());
+                agreement.add(&window);
                 step(1);
             }
         }
