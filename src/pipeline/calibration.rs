@@ -72,14 +72,17 @@ impl Calibration {
                 ),
             ));
         }
-        let capped = seqlen.min(longest - 1);
+        // Every window starts with the tokenizer's leading special tokens, as the evaluation
+        // windows and the model's inputs in use do (docs/methods.md §4.1, "Window prefix").
+        let prefix = tokenizer.map_or(&[][..], TextTokenizer::window_prefix);
+        let capped = seqlen.min(longest - 1 + prefix.len());
         if capped < seqlen {
             progress.note(&format!(
                 "  calibration windows shortened to {capped} tokens: the longest document has {longest}"
             ));
         }
         let seqlen = capped;
-        let windows = sample_windows(&documents, config.nsamples, seqlen, config.seed)?
+        let windows = sample_windows(&documents, config.nsamples, seqlen, prefix, config.seed)?
             .into_iter()
             .map(|w| w.into_iter().map(i64::from).collect())
             .collect();
@@ -96,6 +99,7 @@ impl Calibration {
                 documents: documents.len(),
                 windows: config.nsamples,
                 seqlen,
+                window_prefix: prefix.to_vec(),
                 activation_sums: None,
                 sampling: None,
             },
@@ -159,6 +163,7 @@ impl Calibration {
                 documents: windows.len(),
                 windows: windows.len(),
                 seqlen,
+                window_prefix: Vec::new(),
                 activation_sums: None,
                 sampling: None,
             },
@@ -166,14 +171,16 @@ impl Calibration {
         })
     }
 
-    /// Windows the model writes itself, from its BOS token with seeded sampling, when no
-    /// calibration data is given (the plain command then needs nothing but the model).
+    /// Windows the model writes itself, prompted with its BOS token and sampled with a seed,
+    /// when no calibration data is given (the plain command then needs nothing but the model).
     ///
-    /// The BOS token only prompts: each window holds the `seqlen` tokens written after it, as a
-    /// window cut from `--calib` text holds text. Kept at the start of every window, the BOS
-    /// token's outsized activations weigh on every channel norm, which calibrates worse (README,
-    /// "The headline command"). The prompt takes one of the model's `max_positions`, so the
-    /// windows are at most one token shorter than those tables.
+    /// A tokenizer that puts special tokens before every text (Gemma's `<bos>`) gets windows that
+    /// start with them, as the `--calib` windows and the evaluation windows do: they prompt the
+    /// writing and stay in the window (docs/methods.md §4.1, "Window prefix"). Otherwise the BOS
+    /// token (or token 0) only prompts: each window holds the `seqlen` tokens written after it,
+    /// as a window cut from text holds text; SmolLM2, whose tokenizer adds no BOS, calibrates
+    /// worse with it kept (README, "The headline command"). A dropped prompt still takes one of
+    /// the model's `max_positions`.
     pub fn generate(
         config: &PruneConfig,
         seqlen: usize,
@@ -183,41 +190,62 @@ impl Calibration {
         tokenizer: Option<&TextTokenizer>,
         progress: &Progress,
     ) -> Result<Self> {
+        let prefix = tokenizer.map_or(&[][..], TextTokenizer::window_prefix);
+        let (prompt, dropped): (Vec<i64>, usize) = if prefix.is_empty() {
+            let bos = tokenizer.and_then(TextTokenizer::bos_id).unwrap_or(0);
+            (vec![i64::from(bos)], 1)
+        } else {
+            (prefix.iter().map(|&t| i64::from(t)).collect(), 0)
+        };
         let seqlen = match max_positions {
-            Some(max) if max <= seqlen => {
+            Some(max) if max < seqlen + dropped => {
                 progress.note(&format!(
                     "  self-written windows capped at {} tokens: the BOS prompt takes one of the model's {max} positions",
-                    max - 1
+                    max - dropped
                 ));
-                max - 1
+                max - dropped
             }
             _ => seqlen,
         };
-        let bos = i64::from(tokenizer.and_then(TextTokenizer::bos_id).unwrap_or(0));
+        if seqlen + dropped <= prompt.len() {
+            return Err(Error::invalid(
+                "--seqlen",
+                format!(
+                    "{seqlen} leaves no room for text after the tokenizer's {} leading special token(s)",
+                    prompt.len()
+                ),
+            ));
+        }
+        let written_len = seqlen + dropped - prompt.len();
         let mut lm = CausalLm::open(runtime, model)?;
         let (n, len) = (config.nsamples, seqlen);
         progress.note(&format!(
-            "  no --calib: the model writes {n} windows of {len} tokens after token {bos}, {}",
+            "  no --calib: the model writes {n} windows of {len} tokens {} {prompt:?}, {}",
+            if dropped > 0 {
+                "after"
+            } else {
+                "starting with"
+            },
             if lm.has_cache() {
-                format!("{} token steps with its KV cache", n * len)
+                format!("{} token steps with its KV cache", n * written_len)
             } else {
                 format!(
                     "{} token positions (it has no KV cache, so each step runs the whole prefix)",
-                    n * len * (len + 1) / 2
+                    n * (seqlen + dropped) * (seqlen + dropped + 1) / 2
                 )
             }
         ));
         let mut rng = Rng::new(config.seed);
         let mut windows = Vec::with_capacity(n);
         let start = std::time::Instant::now();
-        // Every token of every window is sampled once.
-        let (mut sampled, to_sample) = (0, n * len);
+        // Every written token of every window is sampled once.
+        let (mut sampled, to_sample) = (0, n * written_len);
         // A few sequences at a time bound the cache's memory.
         while windows.len() < n {
             let batch = (n - windows.len()).min(GENERATION_BATCH);
-            let prompts = vec![vec![bos]; batch];
+            let prompts = vec![prompt.clone(); batch];
             let first = windows.len();
-            let written = lm.generate(&prompts, len + 1, |i, position, row| {
+            let written = lm.generate(&prompts, len + dropped, |i, position, row| {
                 sampled += 1;
                 if sampled % batch == 0 {
                     progress.item("generated tokens", sampled, to_sample);
@@ -231,7 +259,7 @@ impl Calibration {
                 })?;
                 Ok(i64::from(token))
             })?;
-            windows.extend(written.into_iter().map(|w| w[1..].to_vec()));
+            windows.extend(written.into_iter().map(|w| w[dropped..].to_vec()));
             if windows.len() == batch && windows.len() < n {
                 let seconds = start.elapsed().as_secs_f64();
                 progress.note(&format!(
@@ -248,6 +276,7 @@ impl Calibration {
                 documents: 0,
                 windows: config.nsamples,
                 seqlen,
+                window_prefix: prefix.to_vec(),
                 activation_sums: None,
                 sampling: Some(config.sampling),
             },

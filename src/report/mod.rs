@@ -268,9 +268,14 @@ pub struct CalibrationInfo {
     pub documents: usize,
     /// Number of calibration windows (--nsamples).
     pub windows: usize,
-    /// Tokens per calibration window: --seqlen, capped by the model's position tables and, for
-    /// --calib, by the longest document's length minus one.
+    /// Tokens per calibration window, window_prefix included: --seqlen, capped by the model's
+    /// position tables and, for --calib, by the longest document's length minus one plus the
+    /// prefix.
     pub seqlen: usize,
+    /// The tokenizer's leading special tokens (Gemma's BOS) that start every window and count in
+    /// its seqlen, as in evaluation.window_prefix; empty when the tokenizer adds none, and for
+    /// windows (used as given).
+    pub window_prefix: Vec<u32>,
     /// Where the per-window sums of the linears' input activations were taken: model (in the stage
     /// models, by ONNX Runtime, so the activations stay on its device: the default with CUDA) or
     /// host (from the whole activations, on the CPU: the default there);

@@ -172,7 +172,7 @@ fn wanda_masks_equal_an_independent_computation_and_are_sequential() {
     let dir = scratch();
     let (calib, docs) = token_documents(dir.path());
     let out = prune_on(&fx, dir.path(), &calib, "wanda", "0.5");
-    let windows = sample_windows(&docs, NSAMPLES, SEQLEN, SEED).unwrap();
+    let windows = sample_windows(&docs, NSAMPLES, SEQLEN, &[], SEED).unwrap();
     let (input, discovery) = inspect(&fx.model).unwrap();
     let output = OnnxModel::load(&out).unwrap();
     let zeros = |l: &Linear| -> Vec<bool> {
@@ -233,7 +233,7 @@ fn ria_masks_equal_an_independent_computation() {
     let dir = scratch();
     let (calib, docs) = token_documents(dir.path());
     let out = prune_on(&fx, dir.path(), &calib, "ria", "0.5");
-    let windows = sample_windows(&docs, NSAMPLES, SEQLEN, SEED).unwrap();
+    let windows = sample_windows(&docs, NSAMPLES, SEQLEN, &[], SEED).unwrap();
     let (input, discovery) = inspect(&fx.model).unwrap();
     let output = OnnxModel::load(&out).unwrap();
     // Block 0 reads the dense model's embeddings.
@@ -377,7 +377,7 @@ fn reconstruction_keeps_every_row_count_and_brings_the_outputs_closer_to_the_den
     let dir = scratch();
     let (calib, docs) = token_documents(dir.path());
     let calib = calib.to_str().unwrap();
-    let windows = sample_windows(&docs, NSAMPLES, SEQLEN, SEED).unwrap();
+    let windows = sample_windows(&docs, NSAMPLES, SEQLEN, &[], SEED).unwrap();
     let dense = logits_on(&fx.model, &windows);
     let distance = |logits: &[f32]| -> f64 {
         logits

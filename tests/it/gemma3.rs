@@ -122,6 +122,10 @@ fn wanda_with_neuroal_prunes_gemma3_and_evaluates_it_with_its_bos() {
 
     let eval = &report["evaluation"][0];
     assert_eq!(eval["window_prefix"], serde_json::json!([2]));
+    // Calibration windows start with the BOS too, which counts in their 128 tokens.
+    let calibration = &report["calibration"];
+    assert_eq!(calibration["window_prefix"], serde_json::json!([2]));
+    assert_eq!(calibration["seqlen"], 128);
     let dense = eval["dense"]["perplexity"].as_f64().unwrap();
     let pruned = eval["pruned"]["perplexity"].as_f64().unwrap();
     // A trained base model on clean prose with its BOS (a random one scores near the vocabulary
@@ -152,6 +156,24 @@ fn wanda_with_neuroal_prunes_gemma3_and_evaluates_it_with_its_bos() {
             &zeros[..zeros.len().min(8)]
         );
     }
+}
+
+#[test]
+fn self_written_calibration_windows_keep_gemma3s_bos() {
+    let fx = fixture("gemma3");
+    let dir = scratch();
+    let out = dir.path().join("self-written.onnx");
+    // No --calib: the model writes its windows, prompted with the BOS that starts every text.
+    let report: Value = prune_ok(
+        &fx.model,
+        &out,
+        "--sparsity 0.5 --prune-method wanda --top-up uniform --nsamples 2 --seqlen 16 --device cpu --quiet",
+    );
+    assert_loads_from_another_folder(&out);
+    let calibration = &report["calibration"];
+    assert_eq!(calibration["source"], "self_generated");
+    assert_eq!(calibration["window_prefix"], serde_json::json!([2]));
+    assert_eq!(calibration["seqlen"], 16, "the BOS counts in the window");
 }
 
 #[test]
