@@ -60,7 +60,7 @@ impl TextTokenizer {
     }
 
     /// Token ids of the whole text of `file`, without special tokens: windows cut from it get
-    /// [`Self::window_prefix`] where the model reads them as texts (evaluation).
+    /// [`Self::window_prefix`] before them (calibration and evaluation).
     pub fn encode_file(&self, file: &Path) -> Result<Vec<u32>> {
         let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
         let encoding =
@@ -74,8 +74,9 @@ impl TextTokenizer {
     }
 
     /// The special tokens the tokenizer's post-processor puts before every text (Gemma's and
-    /// LLaMA-2's BOS); empty for tokenizers that add none (SmolLM2, GPT-2). Evaluation windows and
-    /// zero-shot contexts start with them, as the model saw text in training (docs/methods.md §4.1).
+    /// LLaMA-2's BOS); empty for tokenizers that add none (SmolLM2, GPT-2). Calibration and
+    /// evaluation windows and zero-shot contexts start with them, as the model saw text in
+    /// training (docs/methods.md §4.1).
     pub fn window_prefix(&self) -> &[u32] {
         &self.prefix
     }

@@ -141,14 +141,15 @@ pub struct WindowComparison {
 }
 
 /// Compares one window's `[positions, vocab]` dense and pruned logits, positions in parallel;
-/// `ids` are the window's tokens (the next one is each position's target).
+/// `ids` are the window's tokens (the next one is each position's target). Positions are summed
+/// in order, so the result does not depend on the number of threads.
 pub fn compare_window(
     dense: ArrayView2<f32>,
     pruned: ArrayView2<f32>,
     ids: &[i64],
 ) -> WindowComparison {
     debug_assert_eq!(dense.dim(), pruned.dim());
-    (0..dense.nrows())
+    let rows: Vec<WindowComparison> = (0..dense.nrows())
         .into_par_iter()
         .map(|t| {
             let (p, q) = (contiguous_row(dense, t), contiguous_row(pruned, t));
@@ -168,7 +169,9 @@ pub fn compare_window(
                 positions: 1,
             }
         })
-        .reduce(WindowComparison::default, |a, b| WindowComparison {
+        .collect();
+    rows.iter()
+        .fold(WindowComparison::default(), |a, b| WindowComparison {
             dense_nll: a.dense_nll + b.dense_nll,
             pruned_nll: a.pruned_nll + b.pruned_nll,
             kl: a.kl + b.kl,

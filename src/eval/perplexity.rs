@@ -27,15 +27,17 @@ pub struct Perplexity {
 }
 
 /// Sum over positions `0..seqlen-1` of `−log softmax(logits[t])[tokens[t+1]]`, accumulated in f64.
-/// `logits` is `[seqlen, vocab]`.
+/// `logits` is `[seqlen, vocab]`. Positions run in parallel and are summed in order, so the sum
+/// does not depend on the number of threads.
 pub fn window_nll(logits: ArrayView2<f32>, tokens: &[i64]) -> f64 {
-    (0..tokens.len().saturating_sub(1))
+    let losses: Vec<f64> = (0..tokens.len().saturating_sub(1))
         .into_par_iter()
         .map(|t| {
             let row = contiguous_row(logits, t);
             log_sum_exp(&row) - row[tokens[t + 1] as usize] as f64
         })
-        .sum()
+        .collect();
+    losses.iter().sum()
 }
 
 /// Accumulates a [`Perplexity`] one window at a time.

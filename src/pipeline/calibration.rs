@@ -199,8 +199,12 @@ impl Calibration {
         };
         let seqlen = match max_positions {
             Some(max) if max < seqlen + dropped => {
+                let why = match dropped {
+                    0 => format!("the model has {max} positions"),
+                    _ => format!("the BOS prompt takes one of the model's {max} positions"),
+                };
                 progress.note(&format!(
-                    "  self-written windows capped at {} tokens: the BOS prompt takes one of the model's {max} positions",
+                    "  self-written windows capped at {} tokens: {why}",
                     max - dropped
                 ));
                 max - dropped
