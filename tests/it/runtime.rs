@@ -56,16 +56,10 @@ fn perplexity_is_exp_of_the_mean_next_token_loss_weighted_as_the_reference() {
     let model = OnnxModel::load(&fx.model).unwrap();
     let mut lm = CausalLm::open(&rt, &model).unwrap();
     let tokens: Vec<u32> = ids.iter().map(|&t| t as u32).collect();
-    let got = perplexity(
-        &mut lm,
-        &tokens,
-        seq,
-        None,
-        &[],
-        &Progress::silent(),
-        "test",
-    )
-    .unwrap();
+    let mut ppl = |tokens: &[u32]| {
+        perplexity(&mut lm, tokens, seq, None, &[], &Progress::silent(), "test").unwrap()
+    };
+    let got = ppl(&tokens);
     assert_eq!(got.windows, 1);
     assert!(
         (got.perplexity - want).abs() / want < 1e-4,
@@ -74,16 +68,7 @@ fn perplexity_is_exp_of_the_mean_next_token_loss_weighted_as_the_reference() {
     );
     // Two copies of the window: two windows, same perplexity.
     let doubled: Vec<u32> = tokens.iter().chain(&tokens).copied().collect();
-    let twice = perplexity(
-        &mut lm,
-        &doubled,
-        seq,
-        None,
-        &[],
-        &Progress::silent(),
-        "test",
-    )
-    .unwrap();
+    let twice = ppl(&doubled);
     assert_eq!(twice.windows, 2);
     assert!((twice.perplexity - want).abs() / want < 1e-4);
 }
