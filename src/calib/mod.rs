@@ -63,14 +63,7 @@ impl TextTokenizer {
     /// [`Self::window_prefix`] before them (calibration and evaluation).
     pub fn encode_file(&self, file: &Path) -> Result<Vec<u32>> {
         let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
-        let encoding =
-            self.tokenizer
-                .encode(text.as_str(), false)
-                .map_err(|e| Error::Tokenizer {
-                    path: self.path.clone(),
-                    message: format!("failed on {}: {e}", file.display()),
-                })?;
-        Ok(encoding.get_ids().to_vec())
+        self.encode_labelled(&text, || file.display().to_string())
     }
 
     /// The special tokens the tokenizer's post-processor puts before every text (Gemma's and
@@ -83,12 +76,17 @@ impl TextTokenizer {
 
     /// Token ids of `text` without special tokens.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_labelled(text, || format!("{text:?}"))
+    }
+
+    /// Token ids of `text` without special tokens; a failure names `label()` (the file or the text).
+    fn encode_labelled(&self, text: &str, label: impl FnOnce() -> String) -> Result<Vec<u32>> {
         let encoding = self
             .tokenizer
             .encode(text, false)
             .map_err(|e| Error::Tokenizer {
                 path: self.path.clone(),
-                message: format!("failed on {text:?}: {e}"),
+                message: format!("failed on {}: {e}", label()),
             })?;
         Ok(encoding.get_ids().to_vec())
     }
