@@ -76,9 +76,9 @@ impl EvalSet {
     ///
     /// Texts are evaluated stage by stage ([`StagedLm`]): one stage of each model is open at a
     /// time, so that evaluating costs about a block of weights and the windows' hidden states,
-    /// not two whole models (docs/big-models.md, "Evaluation"). Only the two suffixes (final norm
-    /// and LM head) are open together, so that each window's logits are compared as they come
-    /// and never stored. Tasks run on one whole model at a time.
+    /// not two whole models (docs/big-models.md, "Evaluation"). The suffix (final norm and LM
+    /// head) holds no pruned weight, so one suffix session serves both models and each window's
+    /// logits are compared as they come, never stored. Tasks run on one whole model at a time.
     pub(crate) fn compare(
         &self,
         runtime: &Runtime,
@@ -90,6 +90,7 @@ impl EvalSet {
         if !self.texts.is_empty() {
             let dense_lm = StagedLm::new(runtime, dense)?;
             let pruned_lm = StagedLm::new(runtime, pruned)?;
+            dense_lm.check_same_suffix(&pruned_lm)?;
             for (path, tokens) in &self.texts {
                 texts.push(self.text(path, tokens, &dense_lm, &pruned_lm, progress)?);
             }
@@ -136,11 +137,13 @@ impl EvalSet {
         };
         step(0);
         for chunk in windows.chunks(chunk) {
-            let (dense_run, mut dense_suffix) = dense_lm.to_suffix(chunk, &mut step)?;
-            let (pruned_run, mut pruned_suffix) = pruned_lm.to_suffix(chunk, &mut step)?;
+            let mut dense_run = dense_lm.to_suffix(chunk, &mut step)?;
+            let pruned_run = pruned_lm.to_suffix(chunk, &mut step)?;
+            // One LM head for both models ([`StagedLm::check_same_suffix`]).
+            let mut suffix = dense_run.open(&[], &[], &[])?;
             for (w, ids) in chunk.iter().enumerate() {
-                let dense_out = dense_lm.logits(&dense_run, &mut dense_suffix, w, ids)?;
-                let pruned_out = pruned_lm.logits(&pruned_run, &mut pruned_suffix, w, ids)?;
+                let dense_out = dense_lm.logits(&dense_run, &mut suffix, w, ids)?;
+                let pruned_out = pruned_lm.logits(&pruned_run, &mut suffix, w, ids)?;
                 // Views of ONNX Runtime's own buffers (fp32 logits are not copied).
                 let (dense_values, pruned_values) = (dense_out.to_f32()?, pruned_out.to_f32()?);
                 let dense_logits = window_view(&dense_values, ids.len())?;
@@ -207,21 +210,49 @@ impl<'a> StagedLm<'a> {
         (HIDDEN_BUDGET / (2 * seqlen * self.hidden * 4).max(1)).max(1)
     }
 
-    /// Runs `windows` through every stage but the suffix, then opens the suffix; `step(1)`
-    /// after each stage.
+    /// Runs `windows` through every stage but the suffix; `step(1)` after each stage.
     fn to_suffix(
         &self,
         windows: &[Vec<i64>],
         step: &mut impl FnMut(usize),
-    ) -> Result<(StagedRun<'_>, ModelSession)> {
+    ) -> Result<StagedRun<'_>> {
         let mut run = StagedRun::new(self.model, &self.partition, self.runtime, windows)?;
         while !run.at_suffix() {
             let mut session = run.open(&[], &[], &[])?;
             run.advance(&mut session, &[], &[], |_, _| Ok(()))?;
             step(1);
         }
-        let suffix = run.open(&[], &[], &[])?;
-        Ok((run, suffix))
+        Ok(run)
+    }
+
+    /// Checks that `pruned`'s suffix is this model's, so that one suffix session can serve both:
+    /// the same nodes reading and producing the same tensors. Its weights are the same bytes,
+    /// since pruning never touches a weight outside the decoder blocks (the final norm, the LM
+    /// head and a tied embedding are excluded by discovery).
+    fn check_same_suffix(&self, pruned: &StagedLm) -> Result<()> {
+        // Its tensors in and out, then every node's operator and inputs.
+        let suffix = |lm: &StagedLm| -> Vec<String> {
+            let stage = lm
+                .partition
+                .stages
+                .last()
+                .expect("a partition has a suffix");
+            let nodes = stage.nodes.iter().map(|&n| {
+                let node = &lm.partition.nodes[n];
+                format!("{}({})", node.op_type(), node.input.join(", "))
+            });
+            [stage.inputs.join(", "), stage.outputs.join(", ")]
+                .into_iter()
+                .chain(nodes)
+                .collect()
+        };
+        if suffix(self) != suffix(pruned) {
+            return Err(Error::internal(format!(
+                "the final stage of {} differs from the input model's",
+                pruned.model.path.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Window `window`'s `[1, seqlen, vocab]` logits from the suffix, checking their shape and
