@@ -107,6 +107,26 @@ fn discovery_table(d: &Discovery) -> String {
     s
 }
 
+/// The job's peak memory against its budget, and the hidden states that went to disk to keep
+/// within it; `None` where the peak is unknown (outside Linux).
+fn memory_line(report: &Report) -> Option<String> {
+    let peak = report.peak_rss_mib?;
+    let mut line = match &report.memory_budget {
+        Some(b) if peak > b.mib => format!(
+            "memory: peak {peak:.0} MiB, over {} ({:.0} MiB)",
+            b.describe(),
+            b.mib
+        ),
+        Some(b) => format!("memory: peak {peak:.0} MiB within {}", b.describe()),
+        None => format!("memory: peak {peak:.0} MiB"),
+    };
+    let spilled = report.calibration.as_ref().map_or(0.0, |c| c.spilled_mib);
+    if spilled > 0.0 {
+        line += &format!("; {spilled:.1} MiB of hidden states went to disk");
+    }
+    Some(line)
+}
+
 /// The end-of-run summary on stdout: what was written, then dense vs pruned side by side.
 fn summary(report: &Report) -> String {
     let output = &report.output;
@@ -178,6 +198,9 @@ fn summary(report: &Report) -> String {
         mb(d.zstd_pruned_bytes),
         format!("({} stored either way)", mb(d.prunable_weight_bytes)),
     );
+    if let Some(line) = memory_line(report) {
+        s += &format!("\n{line}\n");
+    }
     s += &format!("\nreport: {}\n", report_path(&output.model).display());
     let html = neuroal_onnx::report::html_report_path(&output.model);
     s += &format!("html: {}\n", html.display());

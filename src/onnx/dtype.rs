@@ -27,6 +27,15 @@ impl WeightDtype {
         }
     }
 
+    /// Its ONNX `TensorProto.data_type`.
+    pub fn onnx(self) -> i32 {
+        match self {
+            Self::Float32 => DataType::Float as i32,
+            Self::Float16 => DataType::Float16 as i32,
+            Self::Bfloat16 => DataType::Bfloat16 as i32,
+        }
+    }
+
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {

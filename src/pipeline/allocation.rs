@@ -1,6 +1,7 @@
 //! The measured allocations besides NeuroAL: OWL from a dense pass's outlier ratios, DLP from its
 //! mean Wanda scores, and AlphaPruning from each weight's eigenvalue spectrum.
 
+use super::carry::SpillPolicy;
 use super::sequential::SequentialPruner;
 use super::PruneConfig;
 use crate::allocate::alpha::{alpha_sparsities, hill_alpha};
@@ -47,9 +48,10 @@ fn per_block_wanda(
     discovery: &Discovery,
     runtime: &Runtime,
     windows: &[Vec<i64>],
+    spill: Option<&SpillPolicy>,
     reduce: impl Fn(&[Vec<f32>]) -> f64,
 ) -> Result<Vec<f64>> {
-    let norms = dense_norms(model, discovery, runtime, windows)?;
+    let norms = dense_norms(model, discovery, runtime, windows, spill)?;
     blocks(discovery)
         .values()
         .map(|indices| {
@@ -63,14 +65,16 @@ fn per_block_wanda(
 }
 
 /// The input-channel norms `‖X_j‖` of every linear (in discovery order) in a dense pass over
-/// `windows`, dense outputs fed forward.
+/// `windows`, dense outputs fed forward, hidden states spilled under `spill`.
 pub(super) fn dense_norms(
     model: &OnnxModel,
     discovery: &Discovery,
     runtime: &Runtime,
     windows: &[Vec<i64>],
+    spill: Option<&SpillPolicy>,
 ) -> Result<Vec<Vec<f32>>> {
-    let mut dense = SequentialPruner::new(model, discovery, runtime, PruneMethod::Dense, false)?;
+    let mut dense = SequentialPruner::new(model, discovery, runtime, PruneMethod::Dense, false)?
+        .spill_beyond(spill.cloned());
     let nothing = SparsityPlan {
         rules: vec![MaskRule::Row(0.0); discovery.linears.len()],
     };
@@ -86,8 +90,9 @@ pub(crate) fn owl(
     runtime: &Runtime,
     windows: &[Vec<i64>],
     config: &PruneConfig,
+    spill: Option<&SpillPolicy>,
 ) -> Result<(SparsityPlan, AllocationDetail)> {
-    let ratios = per_block_wanda(model, discovery, runtime, windows, |scores| {
+    let ratios = per_block_wanda(model, discovery, runtime, windows, spill, |scores| {
         outlier_ratio(&scores.concat(), config.owl_m)
     })?;
     let sparsity = owl_sparsities(&ratios, config.sparsity, config.owl_lambda);
@@ -110,8 +115,9 @@ pub(crate) fn dlp(
     runtime: &Runtime,
     windows: &[Vec<i64>],
     config: &PruneConfig,
+    spill: Option<&SpillPolicy>,
 ) -> Result<(SparsityPlan, AllocationDetail)> {
-    let mean_score = per_block_wanda(model, discovery, runtime, windows, |scores| {
+    let mean_score = per_block_wanda(model, discovery, runtime, windows, spill, |scores| {
         let (mut sum, mut count) = (0.0f64, 0usize);
         for matrix in scores {
             sum += matrix.iter().map(|&s| s as f64).sum::<f64>();

@@ -101,6 +101,7 @@ impl Calibration {
                 seqlen,
                 window_prefix: prefix.to_vec(),
                 activation_sums: None,
+                spilled_mib: 0.0,
                 sampling: None,
             },
         })
@@ -165,6 +166,7 @@ impl Calibration {
                 seqlen,
                 window_prefix: Vec::new(),
                 activation_sums: None,
+                spilled_mib: 0.0,
                 sampling: None,
             },
             windows,
@@ -282,6 +284,7 @@ impl Calibration {
                 seqlen,
                 window_prefix: prefix.to_vec(),
                 activation_sums: None,
+                spilled_mib: 0.0,
                 sampling: Some(config.sampling),
             },
         })

@@ -6,6 +6,7 @@
 //! every other allocation.
 
 use super::allocation::{blocks, dense_norms, plan_from_blocks};
+use super::carry::SpillPolicy;
 use super::search;
 use super::sequential::{session, weight_value};
 use super::staged::{Checkpoint, StagedRun};
@@ -71,6 +72,7 @@ pub(crate) struct Searched {
 
 /// Searches per-block sparsity levels from the start `config.evo_start` names (NeuroAL's block
 /// step, or uniform).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn evo(
     model: &OnnxModel,
     discovery: &Discovery,
@@ -78,6 +80,7 @@ pub(crate) fn evo(
     masker: &Masker,
     windows: &[Vec<i64>],
     config: &PruneConfig,
+    spill: Option<&SpillPolicy>,
     progress: &Progress,
 ) -> Result<Searched> {
     let started = Instant::now();
@@ -96,6 +99,7 @@ pub(crate) fn evo(
                 masker,
                 windows,
                 &block_only,
+                spill,
                 progress,
             )?;
             let levels = groups
@@ -129,7 +133,7 @@ pub(crate) fn evo(
                 * (settings.offspring * settings.first_windows
                     + settings.survivors * settings.final_windows)
     ));
-    let norms = dense_norms(model, discovery, runtime, windows)?;
+    let norms = dense_norms(model, discovery, runtime, windows, spill)?;
     let fitness_windows: Vec<Vec<i64>> = windows[..settings.final_windows]
         .iter()
         .map(|w| w[..w.len().min(settings.tokens)].to_vec())

@@ -4,6 +4,7 @@
 
 mod allocation;
 mod calibration;
+mod carry;
 mod config;
 mod evaluate;
 mod evo;

@@ -2,6 +2,7 @@
 //! first calibration windows from the dense weights and scored by neuron alignment; the block-wise
 //! λ first, then the row-wise λ from the best block run's alignment differences.
 
+use super::carry::SpillPolicy;
 use super::sequential::{Alignment, SequentialPruner};
 use super::PruneConfig;
 use crate::allocate::neuroal::{
@@ -45,6 +46,7 @@ pub(crate) fn neuroal(
     masker: &Masker,
     windows: &[Vec<i64>],
     config: &PruneConfig,
+    spill: Option<&SpillPolicy>,
     progress: &Progress,
 ) -> Result<(SparsityPlan, SearchReport)> {
     let clock = Instant::now();
@@ -73,6 +75,7 @@ pub(crate) fn neuroal(
             Ok(
                 SequentialPruner::new(model, discovery, rt, config.method, false)?
                     .with_masker(masker)
+                    .spill_beyond(spill.map(|s| s.shared_by(jobs)))
                     .reuse_sessions(),
             )
         })

@@ -4,6 +4,7 @@
 //! pruned, and feed its outputs to the next block. The same pass, on a few windows and a
 //! candidate allocation, measures NeuroAL's neuron alignment (docs/methods.md §1.2).
 
+use super::carry::SpillPolicy;
 use super::outputs::PrunedWeights;
 use super::staged::StagedRun;
 use crate::allocate::SparsityPlan;
@@ -52,6 +53,8 @@ pub(crate) struct SequentialPruner<'a> {
     /// Where masks are computed (the CPU unless [`Self::with_masker`] says otherwise).
     masker: &'a Masker,
     partition: Partition,
+    /// Where a pass's carried hidden states go beyond their share of the memory budget.
+    spill: Option<SpillPolicy>,
     /// Keep stage sessions between passes (memory for speed: worth it for searches only).
     reuse_sessions: bool,
     sessions: HashMap<usize, ModelSession>,
@@ -80,6 +83,7 @@ impl<'a> SequentialPruner<'a> {
             reconstruct: false,
             masker: &CPU_MASKER,
             partition: Partition::new(model, discovery)?,
+            spill: None,
             reuse_sessions: false,
             sessions: HashMap::new(),
             index: discovery
@@ -105,6 +109,13 @@ impl<'a> SequentialPruner<'a> {
     /// alone).
     pub fn reconstruct(mut self, reconstruct: bool) -> Self {
         self.reconstruct = reconstruct;
+        self
+    }
+
+    /// Writes the hidden states of a pass's windows to disk once those in memory reach
+    /// `policy`'s limit (`None`: all stay in memory).
+    pub fn spill_beyond(mut self, policy: Option<SpillPolicy>) -> Self {
+        self.spill = policy;
         self
     }
 
@@ -137,7 +148,8 @@ impl<'a> SequentialPruner<'a> {
     ) -> Result<Pass> {
         let (model, discovery, method) = (self.model, self.discovery, self.method);
         let clock = Instant::now();
-        let mut run = StagedRun::new(model, &self.partition, self.runtime, windows)?;
+        let mut run = StagedRun::new(model, &self.partition, self.runtime, windows)?
+            .spill_beyond(self.spill.clone());
         let prefix = session(&mut self.sessions, &mut run, &[], &[], &[])?;
         run.advance(prefix, &[], &[], |_, _| Ok(()))?;
         let site = sums_site(self.runtime.device())?; // the device is known once a session opened
@@ -473,13 +485,13 @@ pub(super) fn weight_value(
         Layout::OutIn => [linear.out_features, linear.in_features],
     };
     match bytes {
-        Some(b) => Activation::weight(linear.dtype, &dims, b),
+        Some(b) => Activation::from_le_bytes(linear.dtype, &dims, b),
         None => {
             let tensor = model
                 .initializer(&linear.weight)
                 .ok_or_else(|| Error::tensor(&linear.weight.name, "is no longer in the model"))?;
             let b = model.tensor_bytes(&linear.weight.graph, tensor)?;
-            Activation::weight(linear.dtype, &dims, &b)
+            Activation::from_le_bytes(linear.dtype, &dims, &b)
         }
     }
 }

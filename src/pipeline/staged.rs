@@ -1,6 +1,7 @@
 //! Token windows flowing through a partitioned decoder one stage at a time: the prefix, then each
 //! block on every window, its outputs kept for the stages that read them.
 
+use super::carry::{Carried, CarryStore, Loaded, SpillPolicy};
 use crate::error::{Error, Result};
 use crate::graph::{Linear, Partition, Stage, StageProbe};
 use crate::onnx::proto::TypeProto;
@@ -17,7 +18,9 @@ pub struct StagedRun<'a> {
     runtime: &'a Runtime,
     /// Per window: every tensor a later stage still reads (shared with [`Checkpoint`]s; stages
     /// only ever add new tensors).
-    carry: Vec<HashMap<String, Rc<Activation>>>,
+    carry: Vec<HashMap<String, Rc<Carried>>>,
+    /// Where new carried tensors go: memory, or the spill file beyond its policy's limit.
+    store: CarryStore,
     /// ONNX types of carried tensors, for declaring stage inputs.
     types: HashMap<String, TypeProto>,
     /// Index of the next stage to run.
@@ -28,7 +31,7 @@ pub struct StagedRun<'a> {
 #[derive(Clone)]
 pub struct Checkpoint {
     next: usize,
-    carry: Vec<HashMap<String, Rc<Activation>>>,
+    carry: Vec<HashMap<String, Rc<Carried>>>,
 }
 
 impl Checkpoint {
@@ -53,18 +56,26 @@ impl<'a> StagedRun<'a> {
                 Ok(feeds
                     .values(w)?
                     .into_iter()
-                    .map(|(name, value)| (name, Rc::new(value)))
+                    .map(|(name, value)| (name, Rc::new(Carried::Resident(value))))
                     .collect())
             })
-            .collect::<Result<Vec<HashMap<String, Rc<Activation>>>>>()?;
+            .collect::<Result<Vec<HashMap<String, Rc<Carried>>>>>()?;
         Ok(Self {
             model,
             partition,
             runtime,
             carry,
+            store: CarryStore::new(None),
             types: HashMap::new(),
             next: 0,
         })
+    }
+
+    /// Writes the tensors that stages produce from now on to a spill file once those held in
+    /// memory reach the policy's limit (`None`: everything stays in memory).
+    pub(crate) fn spill_beyond(mut self, policy: Option<SpillPolicy>) -> Self {
+        self.store = CarryStore::new(policy);
+        self
     }
 
     /// The stage that runs next.
@@ -109,6 +120,7 @@ impl<'a> StagedRun<'a> {
             partition,
             runtime,
             carry: checkpoint.carry[..windows.min(checkpoint.carry.len())].to_vec(),
+            store: CarryStore::new(None),
             types: HashMap::new(),
             next: checkpoint.next,
         }
@@ -164,22 +176,31 @@ impl<'a> StagedRun<'a> {
         outputs: &[String],
     ) -> Result<Vec<Activation>> {
         let carry = &self.carry[window];
-        let mut inputs: Vec<(&str, &Activation)> =
-            Vec::with_capacity(self.stage().inputs.len() + weights.len());
-        for name in &self.stage().inputs {
-            let value = carry.get(name).ok_or_else(|| {
-                Error::internal(format!(
-                    "stage input '{name}' was not produced by an earlier stage"
-                ))
-            })?;
-            inputs.push((name.as_str(), value.as_ref()));
+        let names = &self.stage().inputs;
+        let loaded = names
+            .iter()
+            .map(|name| {
+                carry
+                    .get(name)
+                    .ok_or_else(|| {
+                        Error::internal(format!(
+                            "stage input '{name}' was not produced by an earlier stage"
+                        ))
+                    })?
+                    .load()
+            })
+            .collect::<Result<Vec<Loaded>>>()?;
+        let mut inputs: Vec<(&str, &Activation)> = Vec::with_capacity(names.len() + weights.len());
+        for (name, value) in names.iter().zip(&loaded) {
+            inputs.push((name.as_str(), value.get()));
         }
         inputs.extend_from_slice(weights);
         session.run(&inputs, outputs)
     }
 
     /// Runs the next stage on every window, keeps its outputs for later stages (handing the
-    /// `captures` of each window to `on_capture`), drops what no later stage reads, and moves on.
+    /// `captures` of each window to `on_capture`), drops what no later stage reads as soon as
+    /// the window has run, and moves on.
     pub fn advance(
         &mut self,
         session: &mut ModelSession,
@@ -190,22 +211,33 @@ impl<'a> StagedRun<'a> {
         let mut outputs = self.stage().outputs.clone();
         let own = outputs.len();
         outputs.extend_from_slice(captures);
+        let partition = self.partition;
+        let still_read: HashSet<&str> = partition.stages[self.next + 1..]
+            .iter()
+            .flat_map(|s| s.inputs.iter().map(String::as_str))
+            .collect();
         for w in 0..self.carry.len() {
             let mut produced = self.run(session, w, weights, &outputs)?;
             let captured = produced.split_off(own);
+            // What no later stage reads goes now, before this window's new tensors are kept,
+            // so that a spilled hidden state's slot is free for its successor.
+            let store = &mut self.store;
+            self.carry[w].retain(|name, value| {
+                let keep = still_read.contains(name.as_str());
+                if !keep {
+                    store.forget(value);
+                }
+                keep
+            });
             for (name, value) in outputs.iter().zip(produced) {
-                self.carry[w].insert(name.clone(), Rc::new(value));
+                if still_read.contains(name.as_str()) {
+                    let kept = self.store.keep(value)?;
+                    self.carry[w].insert(name.clone(), Rc::new(kept));
+                }
             }
             on_capture(w, captured)?;
         }
         self.next += 1;
-        let still_read: HashSet<&str> = self.partition.stages[self.next..]
-            .iter()
-            .flat_map(|s| s.inputs.iter().map(String::as_str))
-            .collect();
-        for carry in &mut self.carry {
-            carry.retain(|name, _| still_read.contains(name.as_str()));
-        }
         Ok(())
     }
 }

@@ -77,6 +77,7 @@ pub(super) fn report(
         },
         calibration: prepared.calibration.as_ref().map(|c| CalibrationInfo {
             activation_sums: pruned.sums_site.map(|s| s.name().to_string()),
+            spilled_mib: pruned.spilled_bytes as f64 / (1u64 << 20) as f64,
             ..c.info.clone()
         }),
         search: pruned.search,

@@ -4,6 +4,7 @@
 //! the methods that need no data.
 
 use super::allocation;
+use super::carry::SpillPolicy;
 use super::evo;
 use super::outputs::PrunedWeights;
 use super::prepare::{Loaded, Prepared};
@@ -30,6 +31,9 @@ pub(super) struct Pruned {
     pub search: Option<SearchReport>,
     /// What OWL or AlphaPruning measured.
     pub allocation: Option<AllocationDetail>,
+    /// The most bytes of hidden states any pass wrote to disk (beyond its share of the memory
+    /// budget).
+    pub spilled_bytes: u64,
 }
 
 /// Decides the plan and prunes every matrix into a new output owned by `job`, returned with
@@ -76,6 +80,7 @@ pub(super) fn prune<'m>(
             sums_site: None,
             search: None,
             allocation: None,
+            spilled_bytes: 0,
         },
     };
     pruned.allocation = pruned.allocation.or(alpha);
@@ -98,9 +103,11 @@ fn calibrated(
     let config = &loaded.config;
     let (model, discovery) = (&loaded.model, &loaded.discovery);
     let dsnot = config.top_up == TopUp::Dsnot;
+    let spill = SpillPolicy::for_job(config);
     let mut pruner = SequentialPruner::new(model, discovery, rt, config.method, dsnot)?
         .with_masker(&prepared.masker)
-        .reconstruct(config.reconstruct);
+        .reconstruct(config.reconstruct)
+        .spill_beyond(spill.clone());
     let (mut allocation, mut search) = (None, None);
     // The measured allocations decide the plan before the final pass.
     match config.top_up {
@@ -109,7 +116,7 @@ fn calibrated(
                 TopUp::Owl => allocation::owl,
                 _ => allocation::dlp,
             };
-            let (chosen, detail) = measure(model, discovery, rt, windows, config)?;
+            let (chosen, detail) = measure(model, discovery, rt, windows, config, spill.as_ref())?;
             plan = chosen;
             allocation = Some(detail);
         }
@@ -121,6 +128,7 @@ fn calibrated(
                 &prepared.masker,
                 windows,
                 config,
+                spill.as_ref(),
                 progress,
             )?;
             timings.insert("search".to_string(), report.seconds);
@@ -135,6 +143,7 @@ fn calibrated(
                 &prepared.masker,
                 windows,
                 config,
+                spill.as_ref(),
                 progress,
             )?;
             timings.insert("search".to_string(), searched.seconds);
@@ -153,6 +162,7 @@ fn calibrated(
         sums_site: pruner.sums_site(),
         search,
         allocation,
+        spilled_bytes: spill.map_or(0, |s| s.spilled_peak()),
     })
 }
 

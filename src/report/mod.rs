@@ -282,6 +282,12 @@ pub struct CalibrationInfo {
     /// NEUROAL_ONNX_SUMS=model|host chooses. Both give the same sums in the same order on the CPU.
     #[schemars(extend("enum" = ["model", "host"]))]
     pub activation_sums: Option<String>,
+    /// MiB of hidden states written to disk because the windows' hidden states did not fit their
+    /// share of the memory budget (a quarter of memory_budget, split between the passes running
+    /// at once): the largest spill file of any pass. 0 when they all stayed in memory. Spill files
+    /// are made in the output's folder and unlinked at once.
+    #[schemars(range(min = 0.0))]
+    pub spilled_mib: f64,
     /// How self_generated windows were sampled (--calib-temperature, --calib-top-p); null for every
     /// other source.
     pub sampling: Option<crate::calib::Sampling>,

@@ -137,7 +137,7 @@ impl GraphFeeds {
                     } => match past.remove(name) {
                         Some(cached) => Ok(cached),
                         None if past_len == 0 => {
-                            Activation::weight(*dtype, &[batch, *heads, 0, *head_dim], &[])
+                            Activation::from_le_bytes(*dtype, &[batch, *heads, 0, *head_dim], &[])
                         }
                         None => Err(Error::internal(format!("no cached value for '{name}'"))),
                     },

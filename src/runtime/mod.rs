@@ -7,7 +7,7 @@ mod session;
 
 pub use feeds::GraphFeeds;
 pub use lm::{logits_output, whole_model_bytes, CausalLm};
-pub use session::{Activation, ModelSession};
+pub use session::{symbolic_type, Activation, ModelSession};
 
 pub use crate::device::Device;
 

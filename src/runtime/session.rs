@@ -32,8 +32,9 @@ impl Activation {
         ))
     }
 
-    /// A weight tensor of shape `dims` from little-endian `bytes` of type `dtype`.
-    pub fn weight(dtype: WeightDtype, dims: &[usize], bytes: &[u8]) -> Result<Self> {
+    /// A float tensor of shape `dims` from little-endian `bytes` of type `dtype` (a weight fed as
+    /// an input, or a hidden state read back from disk).
+    pub fn from_le_bytes(dtype: WeightDtype, dims: &[usize], bytes: &[u8]) -> Result<Self> {
         let shape = IxDyn(dims);
         let bad = |e: ndarray::ShapeError| Error::internal(e.to_string());
         match dtype {
@@ -119,24 +120,70 @@ impl Activation {
         let ValueType::Tensor { ty, shape, .. } = self.0.dtype() else {
             return Err(Error::internal("a stage passed on a non-tensor value"));
         };
-        let dims = (0..shape.len())
-            .map(|i| Dimension {
-                value: Some(dimension::Value::DimParam(format!("{name}::d{i}"))),
-                ..Default::default()
-            })
-            .collect();
-        Ok(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(onnx_element_type(*ty)?),
-                shape: Some(TensorShapeProto { dim: dims }),
-            })),
-            ..Default::default()
-        })
+        Ok(symbolic_type(onnx_element_type(*ty)?, shape.len(), name))
+    }
+
+    /// The element type and byte length of a float32, float16 or bfloat16 tensor; `None` for
+    /// any other tensor.
+    pub fn float_size(&self) -> Option<(WeightDtype, usize)> {
+        let ValueType::Tensor { ty, shape, .. } = self.0.dtype() else {
+            return None;
+        };
+        let dtype = match ty {
+            TensorElementType::Float32 => WeightDtype::Float32,
+            TensorElementType::Float16 => WeightDtype::Float16,
+            TensorElementType::Bfloat16 => WeightDtype::Bfloat16,
+            _ => return None,
+        };
+        let numel: usize = shape.iter().map(|&d| d.max(0) as usize).product();
+        Some((dtype, numel * dtype.size()))
+    }
+
+    /// A float tensor's values as little-endian bytes of its own element type (the inverse of
+    /// [`Activation::from_le_bytes`]); `None` for any other tensor.
+    pub fn float_le_bytes(&self) -> Result<Option<(WeightDtype, Vec<u8>)>> {
+        let Some((dtype, len)) = self.float_size() else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::with_capacity(len);
+        match dtype {
+            WeightDtype::Float32 => self
+                .values::<f32>("float32")?
+                .iter()
+                .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
+            WeightDtype::Float16 => self
+                .values::<half::f16>("float16")?
+                .iter()
+                .for_each(|v| bytes.extend_from_slice(&v.to_bits().to_le_bytes())),
+            WeightDtype::Bfloat16 => self
+                .values::<half::bf16>("bfloat16")?
+                .iter()
+                .for_each(|v| bytes.extend_from_slice(&v.to_bits().to_le_bytes())),
+        }
+        Ok(Some((dtype, bytes)))
     }
 
     /// Borrowed as a session input.
     pub(crate) fn input(&self) -> SessionInputValue<'_> {
         SessionInputValue::from(&self.0)
+    }
+}
+
+/// The ONNX type of a model input `name` with element type `elem_type` (`TensorProto.DataType`)
+/// and rank `rank`, every dimension symbolic and named after the input ([`Activation::onnx_type`]).
+pub fn symbolic_type(elem_type: i32, rank: usize, name: &str) -> TypeProto {
+    let dims = (0..rank)
+        .map(|i| Dimension {
+            value: Some(dimension::Value::DimParam(format!("{name}::d{i}"))),
+            ..Default::default()
+        })
+        .collect();
+    TypeProto {
+        value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+            elem_type: Some(elem_type),
+            shape: Some(TensorShapeProto { dim: dims }),
+        })),
+        ..Default::default()
     }
 }
 

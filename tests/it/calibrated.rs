@@ -329,6 +329,68 @@ fn every_calibrated_method_prunes_every_convention_deterministically_wherever_th
 }
 
 #[test]
+fn hidden_states_beyond_the_memory_budget_go_to_disk_and_change_no_output_byte() {
+    let dir = scratch();
+    let (calib, _) = token_documents(dir.path());
+    // Each passes its hidden states through a different pass: NeuroAL's search jobs side by
+    // side and the final pass, OWL's and DLP's dense pass, fp16 hidden states, a merged decoder.
+    for (name, method, top_up) in [
+        ("llama", "wanda", "neuroal --search-jobs 2"),
+        ("llama-fp16", "sparsegpt", "owl"),
+        ("gemma3", "wanda", "dlp"),
+        ("llama-merged", "multiflow", "uniform"),
+    ] {
+        let fx = fixture(&format!("tiny/{name}"));
+        // 8 GiB keeps every hidden state in memory; a quarter of 64 KiB holds two windows of
+        // these models' at most, so the rest go to disk.
+        let [(roomy_dir, roomy), (tight_dir, tight)] = ["8G", "64K"].map(|budget| {
+            let sub = dir.path().join(format!("{name}-{budget}"));
+            std::fs::create_dir(&sub).unwrap();
+            let flags = format!(
+                "--sparsity 0.6 --prune-method {method} --top-up {top_up} --calib {} --nsamples 4 --seqlen 32 --memory-budget {budget} --quiet",
+                calib.display()
+            );
+            let out = sub.join("out.onnx");
+            let flags: Vec<&str> = flags.split_whitespace().collect();
+            let stdout = run(job(&fx.model, &out, &flags)).ok().stdout;
+            let report: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.with_extension("report.json")).unwrap(),
+            )
+            .unwrap();
+            // The summary sets the peak against the budget, and says what went to disk.
+            let peak = report["peak_rss_mib"].as_f64().unwrap();
+            let within = peak <= report["memory_budget"]["mib"].as_f64().unwrap();
+            let line = stdout.lines().find(|l| l.starts_with("memory: peak")).unwrap();
+            assert_eq!(line.contains("within the --memory-budget"), within, "{line}");
+            assert_eq!(line.contains("over the --memory-budget"), !within, "{line}");
+            assert_eq!(line.contains("hidden states went to disk"), budget == "64K", "{line}");
+            (sub, report)
+        });
+        let what = format!("{name} {method} {top_up}");
+        assert_eq!(roomy["calibration"]["spilled_mib"], 0.0, "{what}");
+        let spilled = tight["calibration"]["spilled_mib"].as_f64().unwrap();
+        assert!(spilled > 0.0, "{what}: nothing was spilled under 64K");
+        let data = |d: &PathBuf| std::fs::read(d.join("out.onnx.data")).unwrap();
+        assert!(
+            data(&roomy_dir) == data(&tight_dir),
+            "{what}: spilling changed the pruned weights"
+        );
+        assert_eq!(roomy["sparsity"], tight["sparsity"], "{what}");
+        assert_eq!(
+            snapshot(&tight_dir).into_keys().collect::<Vec<_>>(),
+            [
+                "out.onnx",
+                "out.onnx.data",
+                "out.report.html",
+                "out.report.json"
+            ],
+            "{what}: the spill file is left behind"
+        );
+        crate::harness::assert_loads_from_another_folder(&tight_dir.join("out.onnx"));
+    }
+}
+
+#[test]
 fn n_of_m_sparsity_prunes_two_of_every_four_inputs() {
     let fx = fixture("tiny/llama");
     let dir = scratch();
