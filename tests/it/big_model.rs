@@ -1,7 +1,9 @@
-//! A model with more than 4 GiB of fp16 weights (`fixtures/gen/big.py`: LLaMA-style, hidden 4096,
-//! MLP 11008, 12 blocks, 4.5 GiB in one `model.onnx_data`), generated into a scratch folder under
-//! `target/tmp`, pruned by magnitude without calibration, and loaded back in ONNX Runtime. The
-//! scratch folder (about 9.7 GB: input and output) is removed at the end, pass or fail.
+//! Big models' paths. A model with more than 4 GiB of fp16 weights (`fixtures/gen/big.py`:
+//! LLaMA-style, hidden 4096, MLP 11008, 12 blocks, 4.5 GiB in one `model.onnx_data`), generated into
+//! a scratch folder under `target/tmp`, pruned by magnitude without calibration, and loaded back in
+//! ONNX Runtime (`make test-big`; the scratch folder, about 9.7 GB, is removed at the end, pass or
+//! fail). And the whole 7B job of `scripts/bench-7b.sh` on that generator path scaled down, in
+//! `make test`.
 
 use crate::harness::prune_ok;
 use neuroal_onnx::onnx::OnnxModel;
@@ -165,4 +167,84 @@ fn a_model_over_4_gib_is_pruned_with_bounded_memory_and_loads_in_onnx_runtime() 
         100.0 * peak_mib / weight_mib,
         100.0 * MAX_RSS_SHARE
     );
+}
+
+/// The job of `scripts/bench-7b.sh` (Wanda with NeuroAL, token-id calibration, evaluation one stage
+/// at a time on *Persuasion*) on the same generator path scaled down (`fixtures/gen/llama7b_small.py`:
+/// LLaMA-2-7B's vocabulary and layout, 4 blocks of hidden 256), under a memory budget small enough
+/// that the hidden states go to disk. The output is read back one matrix at a time, as a 7B model's
+/// would be: every row of every matrix holds the same number of zeros, the block's searched share.
+#[test]
+fn the_7b_job_runs_end_to_end_on_its_scaled_down_model_under_a_memory_budget() {
+    let dir = crate::harness::fixtures().join("llama7b-small");
+    let model = dir.join("model.onnx");
+    let scratch = crate::harness::scratch();
+    let ids = scratch.path().join("ids.json");
+    let mut rng = neuroal_onnx::calib::Rng::new(0);
+    let tokens: Vec<u64> = (0..1024).map(|_| rng.below(32000)).collect();
+    std::fs::write(&ids, serde_json::to_string(&tokens).unwrap()).unwrap();
+    let out = scratch.path().join("pruned.onnx");
+    let report = prune_ok(
+        &model,
+        &out,
+        &format!(
+            "--sparsity 0.7 --prune-method wanda --top-up neuroal --neuroal-step block --calib {} \
+             --nsamples 4 --seqlen 128 --eval-text {} --eval-windows 2 --eval-seqlen 128 \
+             --memory-budget 1M --quiet",
+            ids.display(),
+            crate::harness::austen("persuasion").display()
+        ),
+    );
+    assert!(
+        report["calibration"]["spilled_mib"].as_f64().unwrap() > 0.0,
+        "a 1 MiB budget should send hidden states to disk"
+    );
+    let candidates = report["search"]["block"].as_array().map_or(0, Vec::len);
+    assert!(
+        candidates > 1,
+        "NeuroAL's block step ran {candidates} candidates"
+    );
+    let evaluation = &report["evaluation"][0];
+    for side in ["dense", "pruned"] {
+        assert_eq!(evaluation[side]["windows"], 2, "{side}");
+        let ppl = evaluation[side]["perplexity"].as_f64().unwrap();
+        assert!(ppl.is_finite() && ppl > 1.0, "{side} perplexity {ppl}");
+    }
+    let measured = report["sparsity"]["measured"].as_f64().unwrap();
+    assert!(
+        (measured - 0.7).abs() < 0.01,
+        "measured sparsity {measured}"
+    );
+
+    let (pruned_model, pruned) = inspect(&out).expect("output discovery");
+    let targets = report["sparsity"]["per_matrix"].as_array().unwrap();
+    assert_eq!(targets.len(), pruned.linears.len());
+    let block_share: Vec<f64> = targets
+        .iter()
+        .map(|m| m["target"].as_f64().unwrap())
+        .collect();
+    assert!(
+        block_share.iter().any(|&s| (s - 0.7).abs() > 1e-3),
+        "NeuroAL's block step should move some block off the uniform 0.7: {block_share:?}"
+    );
+    for (linear, target) in pruned.linears.iter().zip(&block_share) {
+        let weights = linear.read_out_in(&pruned_model).expect("output weights");
+        let cols = linear.in_features;
+        let zeros: Vec<usize> = weights
+            .chunks_exact(cols)
+            .map(|row| row.iter().filter(|v| **v == 0.0).count())
+            .collect();
+        let first = zeros[0];
+        assert!(
+            zeros.iter().all(|&z| z == first),
+            "{}: rows hold different numbers of zeros",
+            linear.weight.name
+        );
+        assert!(
+            (first as f64 - cols as f64 * target).abs() < 1.0,
+            "{}: {first} zeros per row of {cols}, target {target}",
+            linear.weight.name
+        );
+    }
+    crate::harness::assert_loads_from_another_folder(&out);
 }
