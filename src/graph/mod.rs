@@ -8,4 +8,4 @@ mod weights;
 
 pub use discover::{discover, Discovery, Exclusion, ExclusionReason, Layout, Linear, LinearNode};
 pub use naming::{module_path, ModulePath};
-pub use partition::{Partition, Stage, StageKind, StageProbe};
+pub use partition::{Partition, Stage, StageKind, StageModel, StageProbe, FED_BYTES};

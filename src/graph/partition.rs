@@ -12,7 +12,7 @@ use crate::onnx::proto::{
     GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto, TypeProto,
     ValueInfoProto,
 };
-use crate::onnx::{subgraphs, OnnxModel, TensorKey};
+use crate::onnx::{subgraphs, OnnxModel, TensorKey, WeightDtype};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Nodes appended to a stage model (for example statistics taken inside it), with the
@@ -180,8 +180,9 @@ impl Partition {
 
     /// A self-contained model of `stage`: its nodes, every initializer they read (inline), inputs
     /// typed by `input_types` (graph inputs keep their declared types), the weights of `weights`
-    /// turned into inputs, and besides its own outputs, the activations `extra_outputs` whole and
-    /// the outputs of `probes`, whose nodes run after the stage's.
+    /// and every float initializer of [`FED_BYTES`] or more turned into inputs, and besides its
+    /// own outputs, the activations `extra_outputs` whole and the outputs of `probes`, whose nodes
+    /// run after the stage's.
     pub fn stage_model(
         &self,
         model: &OnnxModel,
@@ -190,8 +191,9 @@ impl Partition {
         weights: &[&Linear],
         extra_outputs: &[String],
         probes: &[StageProbe],
-    ) -> Result<ModelProto> {
+    ) -> Result<StageModel> {
         let weight_names: HashSet<&str> = weights.iter().map(|l| l.weight.name.as_str()).collect();
+        let mut fed = Vec::new();
         let mut nodes: Vec<NodeProto> =
             stage.nodes.iter().map(|&i| self.nodes[i].clone()).collect();
         let mut read: BTreeSet<String> = BTreeSet::new();
@@ -226,12 +228,22 @@ impl Partition {
             let tensor = model
                 .initializer(key)
                 .ok_or_else(|| Error::tensor(name, "initializer vanished"))?;
-            if weight_names.contains(name.as_str()) {
+            let large = WeightDtype::from_onnx(tensor.data_type()).is_some_and(|d| {
+                let numel = tensor
+                    .dims
+                    .iter()
+                    .try_fold(1u64, |n, &d| n.checked_mul(d.max(0) as u64));
+                numel.is_some_and(|n| n.saturating_mul(d.size() as u64) >= FED_BYTES as u64)
+            });
+            if weight_names.contains(name.as_str()) || large {
                 input.push(ValueInfoProto {
                     name: Some(name.clone()),
                     r#type: Some(tensor_type(tensor)),
                     ..Default::default()
                 });
+                if !weight_names.contains(name.as_str()) {
+                    fed.push(key.clone());
+                }
             } else {
                 initializer.push(inline(model, key, tensor)?);
             }
@@ -261,11 +273,28 @@ impl Partition {
             output,
             ..Default::default()
         };
-        Ok(ModelProto {
-            graph: Some(graph),
-            ..self.template.clone()
+        Ok(StageModel {
+            proto: ModelProto {
+                graph: Some(graph),
+                ..self.template.clone()
+            },
+            fed,
         })
     }
+}
+
+/// Float initializers of at least this many bytes (an embedding, a tied LM head) are inputs of
+/// the stage models that read them, fed at every run, rather than copied into the model: ONNX
+/// Runtime then keeps no copy of its own, and opening the session copies nothing large
+/// (docs/big-models.md, "Evaluation").
+pub const FED_BYTES: usize = 16 << 20;
+
+/// A stage's model ([`Partition::stage_model`]).
+pub struct StageModel {
+    /// The model.
+    pub proto: ModelProto,
+    /// Initializers of [`FED_BYTES`] or more it takes as inputs, besides the given weights.
+    pub fed: Vec<TensorKey>,
 }
 
 /// The graph as the stages see it.

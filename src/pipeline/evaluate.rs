@@ -1,13 +1,14 @@
 //! The evaluation stage: the dense and the pruned model side by side on every held-out text
 //! (perplexity of each, and their agreement window by window) and on every zero-shot task file.
 
+use super::sequential::weight_value;
 use super::staged::StagedRun;
 use super::PruneConfig;
 use crate::calib::TextTokenizer;
 use crate::error::{Error, Result};
 use crate::eval::zero_shot::{self, EncodedQuestion};
 use crate::eval::{check_token_ids, compare_window, eval_windows, AgreementTally, PerplexityTally};
-use crate::graph::{discover, Partition};
+use crate::graph::{discover, Discovery, Linear, Partition, StageKind};
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
 use crate::report::{TaskEvaluation, TextEvaluation};
@@ -176,6 +177,7 @@ const HIDDEN_BUDGET: usize = 256 << 20;
 struct StagedLm<'a> {
     runtime: &'a Runtime,
     model: &'a OnnxModel,
+    discovery: Discovery,
     partition: Partition,
     logits: String,
     /// Width of the residual stream (the first linear's inputs).
@@ -193,6 +195,7 @@ impl<'a> StagedLm<'a> {
         Ok(Self {
             runtime,
             model,
+            discovery,
             partition,
             logits,
             hidden,
@@ -210,7 +213,10 @@ impl<'a> StagedLm<'a> {
         (HIDDEN_BUDGET / (2 * seqlen * self.hidden * 4).max(1)).max(1)
     }
 
-    /// Runs `windows` through every stage but the suffix; `step(1)` after each stage.
+    /// Runs `windows` through every stage but the suffix; `step(1)` after each stage. A block's
+    /// linear weights are fed as inputs, as in the pruning pass, rather than built into its
+    /// session: the session then holds no copy of them, and ONNX Runtime casts a 16-bit weight
+    /// to float32 only while the stage runs.
     fn to_suffix(
         &self,
         windows: &[Vec<i64>],
@@ -218,8 +224,21 @@ impl<'a> StagedLm<'a> {
     ) -> Result<StagedRun<'_>> {
         let mut run = StagedRun::new(self.model, &self.partition, self.runtime, windows)?;
         while !run.at_suffix() {
-            let mut session = run.open(&[], &[], &[])?;
-            run.advance(&mut session, &[], &[], |_, _| Ok(()))?;
+            let linears: Vec<&Linear> = match run.stage().kind {
+                StageKind::Block(block) => self.discovery.block(block).collect(),
+                _ => Vec::new(),
+            };
+            let mut session = run.open(&linears, &[], &[])?;
+            let values = linears
+                .iter()
+                .map(|l| weight_value(self.model, l, None))
+                .collect::<Result<Vec<Activation>>>()?;
+            let feeds: Vec<(&str, &Activation)> = linears
+                .iter()
+                .map(|l| l.weight.name.as_str())
+                .zip(&values)
+                .collect();
+            run.advance(&mut session, &feeds, &[], |_, _| Ok(()))?;
             step(1);
         }
         Ok(run)

@@ -3,9 +3,9 @@
 
 use super::carry::{Carried, CarryStore, Loaded, SpillPolicy};
 use crate::error::{Error, Result};
-use crate::graph::{Linear, Partition, Stage, StageProbe};
+use crate::graph::{Linear, Partition, Stage, StageModel, StageProbe};
 use crate::onnx::proto::TypeProto;
-use crate::onnx::OnnxModel;
+use crate::onnx::{OnnxModel, WeightDtype};
 use crate::prune::ChannelSums;
 use crate::runtime::{Activation, GraphFeeds, ModelSession, Runtime};
 use std::collections::{HashMap, HashSet};
@@ -128,8 +128,9 @@ impl<'a> StagedRun<'a> {
 
     /// Opens a session on the next stage, with the weights of `weights` as inputs (fed on every
     /// run), and as extra outputs the activations `captures` and the [`ChannelSums::outputs`] of
-    /// `sums`. Stage models do not depend on the windows, so a session can serve every later
-    /// run of the same stage.
+    /// `sums`. The stage's large initializers ([`StageModel::fed`]) are read once and fed by the
+    /// session itself. Stage models do not depend on the windows, so a session can serve every
+    /// later run of the same stage.
     pub fn open(
         &mut self,
         weights: &[&Linear],
@@ -156,7 +157,7 @@ impl<'a> StagedRun<'a> {
                 }
             })
             .collect();
-        let proto = self.partition.stage_model(
+        let StageModel { proto, fed } = self.partition.stage_model(
             self.model,
             stage,
             &self.types,
@@ -164,7 +165,25 @@ impl<'a> StagedRun<'a> {
             captures,
             &probes,
         )?;
-        ModelSession::open(self.runtime, &proto, &format!("{:?}", stage.kind))
+        let session = ModelSession::open(self.runtime, proto, &format!("{:?}", stage.kind))?;
+        let values = fed
+            .iter()
+            .map(|key| {
+                let tensor = self
+                    .model
+                    .initializer(key)
+                    .ok_or_else(|| Error::tensor(&key.name, "is no longer in the model"))?;
+                let dtype = WeightDtype::from_onnx(tensor.data_type())
+                    .ok_or_else(|| Error::internal("a fed initializer is not a float tensor"))?;
+                let dims: Vec<usize> = tensor.dims.iter().map(|&d| d.max(0) as usize).collect();
+                let bytes = self.model.tensor_bytes(&key.graph, tensor)?;
+                Ok((
+                    key.name.clone(),
+                    Activation::from_le_bytes(dtype, &dims, &bytes)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(session.feeding(values))
     }
 
     /// Runs the next stage on window `window` with `weights` fed as inputs, returning `outputs`.

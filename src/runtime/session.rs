@@ -216,20 +216,36 @@ fn onnx_element_type(ty: TensorElementType) -> Result<i32> {
 /// A session run with named inputs and selected outputs.
 pub struct ModelSession {
     session: Session,
+    /// Inputs it feeds itself at every run ([`ModelSession::feeding`]).
+    own_inputs: Vec<(String, Activation)>,
 }
 
 impl ModelSession {
-    /// Opens a model built in memory (a stage of a partition); `label` names it in errors.
-    pub fn open(runtime: &Runtime, model: &ModelProto, label: &str) -> Result<Self> {
+    /// Opens a model built in memory (a stage of a partition); `label` names it in errors. The
+    /// model is dropped once encoded, so that its inlined weights are not held twice while ONNX
+    /// Runtime reads them.
+    pub fn open(runtime: &Runtime, model: ModelProto, label: &str) -> Result<Self> {
         let bytes = model.encode_to_vec();
+        drop(model);
         let session = runtime.session_from_memory(&bytes, Path::new(label))?;
-        Ok(Self { session })
+        Ok(Self {
+            session,
+            own_inputs: Vec::new(),
+        })
+    }
+
+    /// Feeds `inputs` (name, value) at every run besides the caller's: a stage's large
+    /// initializers, held once here rather than copied into ONNX Runtime's session.
+    pub fn feeding(mut self, inputs: Vec<(String, Activation)>) -> Self {
+        self.own_inputs = inputs;
+        self
     }
 
     /// Opens the model file at `path` (its external data next to it).
     pub fn open_file(runtime: &Runtime, path: &Path) -> Result<Self> {
         Ok(Self {
             session: runtime.session(path)?,
+            own_inputs: Vec::new(),
         })
     }
 
@@ -239,9 +255,12 @@ impl ModelSession {
         inputs: &[(&str, &Activation)],
         outputs: &[String],
     ) -> Result<Vec<Activation>> {
+        let own = self.own_inputs.iter().map(|(n, v)| (n.as_str(), v));
         let values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = inputs
             .iter()
-            .map(|(name, value)| (Cow::Borrowed(*name), value.input()))
+            .map(|(name, value)| (*name, *value))
+            .chain(own)
+            .map(|(name, value)| (Cow::Borrowed(name), value.input()))
             .collect();
         let mut selector = ort::session::OutputSelector::no_default();
         for o in outputs {
