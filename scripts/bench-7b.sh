@@ -4,8 +4,9 @@
 # Wanda at 70%, calibrated on 4 windows of 128 random token ids, evaluated on 2 windows of 128 tokens of
 # Persuasion, one stage at a time. FLAGS replace the allocation (default `--top-up uniform`). Prints a
 # Markdown table of the wall time, the report's stage times, the peak RSS (the report's peak_rss_mib, the
-# kernel's VmHWM) against the weights, and the anonymous and file-backed resident memory sampled every
-# 0.5 s. Needs about 28 GB of free disk (the output goes under target/tmp). Run after `make setup build`.
+# kernel's VmHWM) against the weights, each stage's peak (stage_peak_rss_mib), and the anonymous and
+# file-backed resident memory sampled every 0.5 s. Needs about 28 GB of free disk (the output goes under
+# target/tmp). Run after `make setup build`.
 #   scripts/bench-7b.sh [FLAGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,6 +49,8 @@ print(f"| **wall** | **{t1 - t0:.0f} s** |")
 for stage, seconds in r["timings_s"].items():
     print(f"| `timings_s.{stage}` | {seconds:.1f} s |")
 print(f"| **peak RSS (`peak_rss_mib`)** | **{peak:,.0f} MiB ({100 * peak / mib:.0f}% of the weights)** |")
+for stage, stage_peak in r["stage_peak_rss_mib"].items():
+    print(f"| peak RSS in `{stage}` (`stage_peak_rss_mib`) | {stage_peak:,.0f} MiB ({100 * stage_peak / mib:.0f}%) |")
 print(f"| peak anonymous memory (RssAnon, sampled) | {anon:,.0f} MiB ({100 * anon / mib:.0f}%) |")
 print(f"| peak file-backed memory (RssFile, sampled) | {file:,.0f} MiB ({100 * file / mib:.0f}%) |")
 print(f"| measured sparsity | {r['sparsity']['measured']:.4f} |")

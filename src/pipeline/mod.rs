@@ -28,7 +28,8 @@ use crate::graph::{discover, Discovery};
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
 use crate::report::{
-    deployment_info, html_report_path, report_path, Report, TaskEvaluation, TextEvaluation,
+    deployment_info, html_report_path, report_path, Report, StagePeaks, TaskEvaluation,
+    TextEvaluation,
 };
 use prepare::{Loaded, Prepared};
 use std::collections::BTreeMap;
@@ -47,23 +48,31 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     config.validate()?;
     config::preflight(config)?;
     let mut timings = BTreeMap::new();
+    let mut peaks = StagePeaks::start();
     let (loaded, given) = prepare::load(config, progress, &mut timings)?;
     let prepared = prepare::prepare(&loaded, given, progress, &mut timings)?;
+    peaks.end("prepare");
 
     // Every file the job commits is removed again if it fails or is interrupted before the end.
     let job = Job::start();
     let stage = progress.stage("prune");
     let (pruned, output) = weights::prune(&loaded, &prepared, &job, progress, &mut timings)?;
     timings.insert("prune".to_string(), stage.finish());
+    peaks.end("prune");
     let companions = &loaded.companions;
     let saved = outputs::write_model(output, companions, &job, progress, &mut timings)?;
+    peaks.end("write");
 
     let stage = progress.stage("measure the files");
     let deployment = deployment_info(&pruned.weights.compressed, loaded.config.nm);
     let (input_files, output_files) = outputs::digests(&loaded.model, &saved, companions)?;
     timings.insert("measure_files".to_string(), stage.finish());
+    peaks.end("measure_files");
 
     let (evaluations, zero_shot) = evaluate(&loaded, &prepared, progress, &mut timings)?;
+    if !(evaluations.is_empty() && zero_shot.is_empty()) {
+        peaks.end("evaluate");
+    }
     let measured = Measured {
         deployment,
         input_files,
@@ -71,6 +80,7 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
         evaluations,
         zero_shot,
         timings,
+        peaks: peaks.finish(),
     };
     let report = summary::report(&loaded, &prepared, pruned, &saved, measured);
     report.write_json(&report_path(&config.output), &job)?;

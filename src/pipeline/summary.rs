@@ -28,6 +28,8 @@ pub(super) struct Measured {
     pub evaluations: Vec<TextEvaluation>,
     /// Zero-shot accuracy per task file.
     pub zero_shot: Vec<TaskEvaluation>,
+    /// Each stage's peak resident memory and the job's ([`crate::report::StagePeaks::finish`]).
+    pub peaks: (BTreeMap<String, f64>, Option<f64>),
     /// Wall time of each stage.
     pub timings: BTreeMap<String, f64>,
 }
@@ -87,7 +89,8 @@ pub(super) fn report(
         zero_shot: measured.zero_shot,
         deployment: measured.deployment,
         timings_s: measured.timings,
-        peak_rss_mib: crate::report::peak_rss_mib(),
+        peak_rss_mib: measured.peaks.1,
+        stage_peak_rss_mib: measured.peaks.0,
         memory_budget: config.memory_budget,
     }
 }

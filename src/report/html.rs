@@ -534,6 +534,7 @@ mod tests {
             },
             timings_s: BTreeMap::new(),
             peak_rss_mib: None,
+            stage_peak_rss_mib: BTreeMap::new(),
             memory_budget: None,
         }
     }

@@ -85,10 +85,16 @@ pub struct Report {
     /// Wall time of each stage that ran, in seconds, keyed by stage name. The stages are sequential
     /// except the prune_* entries and search, which are parts of prune.
     pub timings_s: BTreeMap<String, f64>,
-    /// Peak resident memory of the process (Linux VmHWM) when the report was assembled, in MiB;
-    /// null where /proc/self/status cannot be read (outside Linux).
+    /// Peak resident memory of the process (Linux VmHWM) over the whole job, in MiB: the largest
+    /// of stage_peak_rss_mib and the peak since the last stage ended; null where
+    /// /proc/self/status cannot be read (outside Linux).
     #[schemars(range(min = 0.0))]
     pub peak_rss_mib: Option<f64>,
+    /// Peak resident memory of each stage, in MiB, keyed by stage: prepare (loading, calibration
+    /// windows), prune, write, measure_files and evaluate (when it ran). The kernel's high-water
+    /// mark (VmHWM) is read at the end of each stage and reset for the next
+    /// (/proc/self/clear_refs); empty where it cannot be reset.
+    pub stage_peak_rss_mib: BTreeMap<String, f64>,
     /// The memory budget the job sized itself by and checked whole-model work against
     /// (--memory-budget, else the memory available when it started); null where neither is
     /// known (outside Linux).
@@ -416,6 +422,49 @@ impl Report {
     pub fn write_html(&self, path: &Path, job: &Job) -> Result<()> {
         job.write(path, render_html(self).as_bytes())
     }
+}
+
+/// Peak resident memory per stage of a job: the kernel's high-water mark read at the end of each
+/// stage and reset for the next one (Linux's `/proc/self/clear_refs`).
+pub struct StagePeaks {
+    peaks: BTreeMap<String, f64>,
+    /// Whether the mark was reset when the stage now running began.
+    reset: bool,
+}
+
+impl StagePeaks {
+    /// Resets the mark: the next stage starts now. Records nothing where it cannot be reset.
+    pub fn start() -> Self {
+        Self {
+            peaks: BTreeMap::new(),
+            reset: reset_peak_rss(),
+        }
+    }
+
+    /// Records the peak since the last stage ended as `stage`'s, and resets the mark.
+    pub fn end(&mut self, stage: &str) {
+        if let (true, Some(peak)) = (self.reset, peak_rss_mib()) {
+            self.peaks.insert(stage.to_string(), peak);
+        }
+        self.reset = reset_peak_rss();
+    }
+
+    /// Every stage's peak, and the job's: the largest of them and of the mark now.
+    pub fn finish(self) -> (BTreeMap<String, f64>, Option<f64>) {
+        let overall = self
+            .peaks
+            .values()
+            .copied()
+            .chain(peak_rss_mib())
+            .reduce(f64::max);
+        (self.peaks, overall)
+    }
+}
+
+/// Resets the process's peak resident set size to its current size; false where that is not
+/// possible (outside Linux).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// The process's peak resident set size in MiB, from `/proc/self/status` (Linux only).
