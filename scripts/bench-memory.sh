@@ -4,9 +4,9 @@
 # on the first 32 windows of 512 tokens of Persuasion, with one ONNX Runtime thread. Then Wanda with
 # uniform allocation on 128 x 512 calibration windows, without evaluation, with the default memory
 # budget and with `--memory-budget 256M` (a quarter of it, 64 MiB, for the windows' hidden states:
-# the rest go to disk). Prints each job's peak RSS (the report's `peak_rss_mib`), the hidden states
-# it spilled and its stage times as a Markdown table. About 30 minutes on 2 cores; run after
-# `make setup build`.
+# the rest go to disk). Prints each job's peak RSS (the report's `peak_rss_mib`, and
+# `stage_peak_rss_mib` of pruning and evaluation), the hidden states it spilled and its stage times
+# as a Markdown table. About 30 minutes on 2 cores; run after `make setup build`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="$(mktemp -d)"
@@ -24,8 +24,8 @@ for budget in default 256M; do
 done
 python3 - "$out" <<'PY'
 import json, os, sys
-print("| job | peak RSS (MiB) | hidden states on disk (MiB) | prune (s) | evaluate (s) |")
-print("|---|---|---|---|---|")
+print("| job | peak RSS (MiB) | in prune | in evaluate | hidden states on disk (MiB) | prune (s) | evaluate (s) |")
+print("|---|---|---|---|---|---|---|")
 jobs = [("uniform", "Wanda + uniform, 32 x 512, evaluated"), ("neuroal", "Wanda + NeuroAL, 32 x 512, evaluated"),
         ("many-default", "Wanda + uniform, 128 x 512, default budget"),
         ("many-256M", "Wanda + uniform, 128 x 512, --memory-budget 256M")]
@@ -33,5 +33,7 @@ for name, label in jobs:
     r = json.load(open(os.path.join(sys.argv[1], f"{name}.report.json")))
     t = r["timings_s"]
     spilled = r["calibration"]["spilled_mib"]
-    print(f"| {label} | {r['peak_rss_mib']:.0f} | {spilled:.0f} | {t['prune']:.0f} | {t.get('evaluate', 0):.0f} |")
+    stage = {k: f"{v:.0f}" for k, v in r["stage_peak_rss_mib"].items()}
+    print(f"| {label} | {r['peak_rss_mib']:.0f} | {stage.get('prune', '–')} | {stage.get('evaluate', '–')} "
+          f"| {spilled:.0f} | {t['prune']:.0f} | {t.get('evaluate', 0):.0f} |")
 PY
