@@ -737,6 +737,7 @@ fn normalized(mut report: Value, dir: &Path) -> Value {
                 for key in [
                     "timings_s",
                     "peak_rss_mib",
+                    "stage_peak_rss_mib",
                     "memory_budget",
                     "command_line",
                     "seconds",
