@@ -165,7 +165,7 @@ impl<'a> StagedRun<'a> {
             captures,
             &probes,
         )?;
-        let session = ModelSession::open(self.runtime, proto, &format!("{:?}", stage.kind))?;
+        let session = ModelSession::open(self.runtime, &proto, &format!("{:?}", stage.kind))?;
         let values = fed
             .iter()
             .map(|key| {

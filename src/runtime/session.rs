@@ -221,12 +221,9 @@ pub struct ModelSession {
 }
 
 impl ModelSession {
-    /// Opens a model built in memory (a stage of a partition); `label` names it in errors. The
-    /// model is dropped once encoded, so that its inlined weights are not held twice while ONNX
-    /// Runtime reads them.
-    pub fn open(runtime: &Runtime, model: ModelProto, label: &str) -> Result<Self> {
+    /// Opens a model built in memory (a stage of a partition); `label` names it in errors.
+    pub fn open(runtime: &Runtime, model: &ModelProto, label: &str) -> Result<Self> {
         let bytes = model.encode_to_vec();
-        drop(model);
         let session = runtime.session_from_memory(&bytes, Path::new(label))?;
         Ok(Self {
             session,

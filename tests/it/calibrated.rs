@@ -57,7 +57,7 @@ fn run_whole(
         }
     }
     let inputs: Vec<ValueInfoProto> = graph.input.clone();
-    let mut session = ModelSession::open(&rt, proto, "full model").unwrap();
+    let mut session = ModelSession::open(&rt, &proto, "full model").unwrap();
     let feeds = GraphFeeds::new(model, &inputs).unwrap();
     for w in windows {
         let ids: Vec<i64> = w.iter().map(|&t| t as i64).collect();

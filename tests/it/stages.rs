@@ -191,7 +191,7 @@ fn channel_sums_taken_by_onnx_runtime_equal_the_host_sums_under_either_reduce_su
             .map(|_| ((uniform() - 0.5) * 2f64.powi((uniform() * 40.0) as i32 - 20)) as f32)
             .collect();
         let proto = channel_sums_model(&sums, &shape, opset);
-        let mut session = ModelSession::open(&rt, proto, "sums").unwrap();
+        let mut session = ModelSession::open(&rt, &proto, "sums").unwrap();
         let input =
             Activation::from_array(ArrayD::from_shape_vec(IxDyn(&shape), x.clone()).unwrap())
                 .unwrap();
