@@ -95,11 +95,14 @@ impl Carried {
 
 /// A carried tensor ready to feed a session.
 pub(super) enum Loaded<'a> {
+    /// A resident tensor, not copied.
     Borrowed(&'a Activation),
+    /// A spilled tensor, read back for this run.
     Owned(Activation),
 }
 
 impl Loaded<'_> {
+    /// The tensor, wherever it came from.
     pub fn get(&self) -> &Activation {
         match self {
             Loaded::Borrowed(a) => a,
