@@ -215,23 +215,13 @@ fn the_7b_job_runs_end_to_end_on_its_scaled_down_model_under_a_memory_budget() {
         (measured - 0.7).abs() < 0.01,
         "measured sparsity {measured}"
     );
-    // Each stage's own peak: the mark is reset between stages, so hashing the files peaks below
-    // the pruning pass (a mark never reset would give it the pass's peak or more).
+    // Stage peaks wherever the kernel lets a process reset its mark, as the tool does.
     let stages = report["stage_peak_rss_mib"].as_object().unwrap();
-    assert_eq!(
-        stages.keys().collect::<Vec<_>>(),
-        ["evaluate", "measure_files", "prepare", "prune", "write"]
-    );
-    let stage = |name: &str| stages[name].as_f64().unwrap();
-    let peak = report["peak_rss_mib"].as_f64().unwrap();
-    assert!(
-        stages.keys().all(|s| stage(s) > 0.0 && stage(s) <= peak),
-        "{stages:?} against the job's {peak}"
-    );
-    assert!(
-        stage("measure_files") < stage("prune"),
-        "stage peaks not reset between stages: {stages:?}"
-    );
+    if std::fs::write("/proc/self/clear_refs", "5").is_err() {
+        assert!(stages.is_empty(), "stage peaks without a reset: {stages:?}");
+    } else {
+        check_stage_peaks(&report);
+    }
 
     let (pruned_model, pruned) = inspect(&out).expect("output discovery");
     let targets = report["sparsity"]["per_matrix"].as_array().unwrap();
@@ -264,4 +254,24 @@ fn the_7b_job_runs_end_to_end_on_its_scaled_down_model_under_a_memory_budget() {
         );
     }
     crate::harness::assert_loads_from_another_folder(&out);
+}
+
+/// Each stage's own peak: the mark is reset between stages, so hashing the files peaks below the
+/// pruning pass (a mark never reset would give it the pass's peak or more).
+fn check_stage_peaks(report: &Value) {
+    let stages = report["stage_peak_rss_mib"].as_object().unwrap();
+    assert_eq!(
+        stages.keys().collect::<Vec<_>>(),
+        ["evaluate", "measure_files", "prepare", "prune", "write"]
+    );
+    let stage = |name: &str| stages[name].as_f64().unwrap();
+    let peak = report["peak_rss_mib"].as_f64().unwrap();
+    assert!(
+        stages.keys().all(|s| stage(s) > 0.0 && stage(s) <= peak),
+        "{stages:?} against the job's {peak}"
+    );
+    assert!(
+        stage("measure_files") < stage("prune"),
+        "stage peaks not reset between stages: {stages:?}"
+    );
 }
