@@ -6,7 +6,7 @@
 
 use super::carry::SpillPolicy;
 use super::outputs::PrunedWeights;
-use super::staged::StagedRun;
+use super::staged::{initializer_value, StagedRun};
 use crate::allocate::SparsityPlan;
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -486,12 +486,6 @@ pub(super) fn weight_value(
     };
     match bytes {
         Some(b) => Activation::from_le_bytes(linear.dtype, &dims, b),
-        None => {
-            let tensor = model
-                .initializer(&linear.weight)
-                .ok_or_else(|| Error::tensor(&linear.weight.name, "is no longer in the model"))?;
-            let b = model.tensor_bytes(&linear.weight.graph, tensor)?;
-            Activation::from_le_bytes(linear.dtype, &dims, &b)
-        }
+        None => initializer_value(model, &linear.weight),
     }
 }

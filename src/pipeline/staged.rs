@@ -5,7 +5,7 @@ use super::carry::{Carried, CarryStore, Loaded, SpillPolicy};
 use crate::error::{Error, Result};
 use crate::graph::{Linear, Partition, Stage, StageModel, StageProbe};
 use crate::onnx::proto::TypeProto;
-use crate::onnx::{OnnxModel, WeightDtype};
+use crate::onnx::{OnnxModel, TensorKey, WeightDtype};
 use crate::prune::ChannelSums;
 use crate::runtime::{Activation, GraphFeeds, ModelSession, Runtime};
 use std::collections::{HashMap, HashSet};
@@ -168,20 +168,7 @@ impl<'a> StagedRun<'a> {
         let session = ModelSession::open(self.runtime, &proto, &format!("{:?}", stage.kind))?;
         let values = fed
             .iter()
-            .map(|key| {
-                let tensor = self
-                    .model
-                    .initializer(key)
-                    .ok_or_else(|| Error::tensor(&key.name, "is no longer in the model"))?;
-                let dtype = WeightDtype::from_onnx(tensor.data_type())
-                    .ok_or_else(|| Error::internal("a fed initializer is not a float tensor"))?;
-                let dims: Vec<usize> = tensor.dims.iter().map(|&d| d.max(0) as usize).collect();
-                let bytes = self.model.tensor_bytes(&key.graph, tensor)?;
-                Ok((
-                    key.name.clone(),
-                    Activation::from_le_bytes(dtype, &dims, &bytes)?,
-                ))
-            })
+            .map(|key| Ok((key.name.clone(), initializer_value(self.model, key)?)))
             .collect::<Result<Vec<_>>>()?;
         Ok(session.feeding(values))
     }
@@ -259,4 +246,17 @@ impl<'a> StagedRun<'a> {
         self.next += 1;
         Ok(())
     }
+}
+
+/// The float initializer `key` of `model` as a tensor in its stored type and shape, for feeding a
+/// stage session: a linear's weight, or a large initializer ([`StageModel::fed`]).
+pub(super) fn initializer_value(model: &OnnxModel, key: &TensorKey) -> Result<Activation> {
+    let tensor = model
+        .initializer(key)
+        .ok_or_else(|| Error::tensor(&key.name, "is no longer in the model"))?;
+    let dtype = WeightDtype::from_onnx(tensor.data_type())
+        .ok_or_else(|| Error::tensor(&key.name, "is not a float tensor"))?;
+    let dims: Vec<usize> = tensor.dims.iter().map(|&d| d.max(0) as usize).collect();
+    let bytes = model.tensor_bytes(&key.graph, tensor)?;
+    Activation::from_le_bytes(dtype, &dims, &bytes)
 }
