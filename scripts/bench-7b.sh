@@ -5,9 +5,14 @@
 # Persuasion, one stage at a time. FLAGS replace the allocation (default `--top-up uniform`). Prints a
 # Markdown table of the wall time, the report's stage times, the peak RSS (the report's peak_rss_mib, the
 # kernel's VmHWM) against the weights, each stage's peak (stage_peak_rss_mib), and the anonymous and
-# file-backed resident memory sampled every 0.5 s. Needs about 28 GB of free disk (the output goes under
-# target/tmp). Run after `make setup build`.
-#   scripts/bench-7b.sh [FLAGS...]
+# file-backed resident memory sampled every 0.5 s. Then checks the output (scripts/verify-pruned.py):
+# every matrix read back one at a time against the input (kept weights unchanged, each row's zeros;
+# exactly the target's count per row with the default allocation), and the whole output opened in ONNX
+# Runtime from another folder and run on one window. Needs about 28 GB of free disk (the output goes
+# under target/tmp). Run after `make setup build`.
+# FIXTURE names another streamed fixture to run the same job on, e.g. big-fp32 (fixtures/gen/big_fp32.py:
+# 12 blocks of the same sizes with float32 weights, 9.7 GB; the output then needs about 20 GB of disk).
+#   [FIXTURE=llama7b] scripts/bench-7b.sh [FLAGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/peak-rss.sh
@@ -16,16 +21,19 @@ python=.cache/venv/bin/python
 fx=.cache/fixtures
 [ -x "$bin" ] || { echo "error: $bin missing: run \`make build\`" >&2; exit 1; }
 [ -x "$python" ] || { echo "error: $python missing: run \`make setup\`" >&2; exit 1; }
-"$python" fixtures/generate.py $fx --only llama7b # kept when up to date
+fixture=${FIXTURE:-llama7b}
+"$python" fixtures/generate.py $fx --only "$fixture" # kept when up to date
+model=$fx/$fixture/model.onnx
 flags=("$@")
-[ ${#flags[@]} -gt 0 ] || flags=(--top-up uniform)
+exact_rows=()
+[ ${#flags[@]} -gt 0 ] || { flags=(--top-up uniform); exact_rows=(--exact-rows); }
 mkdir -p target/tmp
 out="$(mktemp -d target/tmp/bench-7b.XXXXXX)"
 trap 'rm -rf "$out"' EXIT
-"$python" -c "import json, random; random.seed(0); json.dump([random.randrange(32000) for _ in range(1024)], open('$out/ids.json', 'w'))"
+"$python" -c "import json, random; random.seed(0); json.dump([random.randrange(json.load(open('$fx/$fixture/fixture.json'))['vocab']) for _ in range(1024)], open('$out/ids.json', 'w'))"
 
 t0=$(date +%s.%N)
-"$bin" $fx/llama7b/model.onnx "$out/pruned.onnx" --sparsity 0.7 --prune-method wanda "${flags[@]}" \
+"$bin" "$model" "$out/pruned.onnx" --sparsity 0.7 --prune-method wanda "${flags[@]}" \
   --calib "$out/ids.json" --nsamples 4 --seqlen 128 \
   --eval-text $fx/austen/persuasion.txt --eval-windows 2 --eval-seqlen 128 --quiet >/dev/null &
 pid=$!
@@ -33,7 +41,7 @@ peak_rss "$pid"
 wait "$pid"
 t1=$(date +%s.%N)
 
-"$python" - "$out" "$fx/llama7b/model.onnx_data" "$t0" "$t1" "$anon" "$file" "${flags[*]}" <<'PY'
+"$python" - "$out" "$fx/$fixture/model.onnx_data" "$t0" "$t1" "$anon" "$file" "${flags[*]}" <<'PY'
 import json, os, sys
 out, weights_file, t0, t1, anon, file, flags = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:7]), sys.argv[7]
 r = json.load(open(os.path.join(out, "pruned.report.json")))
@@ -56,3 +64,8 @@ print(f"| peak file-backed memory (RssFile, sampled) | {file:,.0f} MiB ({100 * f
 print(f"| measured sparsity | {r['sparsity']['measured']:.4f} |")
 print(f"| perplexity dense / pruned (random weights) | {e['dense']['perplexity']:.4g} / {e['pruned']['perplexity']:.4g} |")
 PY
+
+echo
+echo "Output check (scripts/verify-pruned.py):"
+"$python" scripts/verify-pruned.py "$model" "$out/pruned.onnx" "$out/pruned.report.json" \
+  "${exact_rows[@]}" --run --allow-nonfinite

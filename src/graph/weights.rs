@@ -4,6 +4,7 @@
 use super::discover::{Layout, Linear};
 use crate::error::{Error, Result};
 use crate::onnx::OnnxModel;
+use rayon::prelude::*;
 
 impl Linear {
     /// The weight as row-major `[out_features, in_features]` fp32. A weight holding NaN or ±Inf
@@ -30,7 +31,7 @@ impl Linear {
         let mut stored = vec![0.0f32; n];
         self.dtype.decode(&bytes, &mut stored);
         // Scores, masks and the allocation searches are meaningless on NaN or infinite weights.
-        let non_finite = stored.iter().filter(|v| !v.is_finite()).count();
+        let non_finite = stored.par_iter().filter(|v| !v.is_finite()).count();
         if non_finite > 0 {
             return Err(Error::tensor(
                 &self.weight.name,
@@ -61,19 +62,27 @@ impl Linear {
 
 /// Transposes a row-major `[rows, cols]` matrix, in square tiles so that both the reads and the
 /// writes stay within a few cache lines (an element-by-element walk misses the cache on every write
-/// of a large matrix).
+/// of a large matrix), one band of `TILE` output rows per task.
 fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const TILE: usize = 32;
     let mut t = vec![0.0f32; m.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    t[c * rows + r] = m[r * cols + c];
+    if rows == 0 {
+        return t;
+    }
+    t.par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(band, out)| {
+            let c0 = band * TILE;
+            let width = out.len() / rows; // TILE, or what is left in the last band
+            for r0 in (0..rows).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    let row = &m[r * cols + c0..r * cols + c0 + width];
+                    for (c, &v) in row.iter().enumerate() {
+                        out[c * rows + r] = v;
+                    }
                 }
             }
-        }
-    }
+        });
     t
 }
 

@@ -2,6 +2,7 @@
 
 use super::proto::tensor_proto::DataType;
 use half::{bf16, f16};
+use rayon::prelude::*;
 use serde::Serialize;
 
 /// The floating-point element types a prunable weight may be stored in.
@@ -44,45 +45,54 @@ impl WeightDtype {
         }
     }
 
-    /// Decodes little-endian `bytes` into `out` (`out.len() * size() == bytes.len()`).
+    /// Decodes little-endian `bytes` into `out` (`out.len() * size() == bytes.len()`), in
+    /// parallel chunks.
     pub fn decode(self, bytes: &[u8], out: &mut [f32]) {
         debug_assert_eq!(bytes.len(), out.len() * self.size());
+        let size = self.size();
+        out.par_chunks_mut(CHUNK)
+            .zip(bytes.par_chunks(CHUNK * size))
+            .for_each(|(out, bytes)| {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(size)) {
+                    *o = self.decode_one(b);
+                }
+            });
+    }
+
+    /// Encodes `values` as little-endian bytes of this type (round to nearest even), in parallel
+    /// chunks.
+    pub fn encode(self, values: &[f32]) -> Vec<u8> {
+        let size = self.size();
+        let mut out = vec![0u8; values.len() * size];
+        out.par_chunks_mut(CHUNK * size)
+            .zip(values.par_chunks(CHUNK))
+            .for_each(|(out, values)| {
+                for (b, &v) in out.chunks_exact_mut(size).zip(values) {
+                    self.encode_one(v, b);
+                }
+            });
+        out
+    }
+
+    fn decode_one(self, b: &[u8]) -> f32 {
         match self {
-            Self::Float32 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                }
-            }
-            Self::Float16 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-                }
-            }
-            Self::Bfloat16 => {
-                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                    *o = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
-                }
-            }
+            Self::Float32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            Self::Float16 => f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+            Self::Bfloat16 => bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
         }
     }
 
-    /// Encodes `values` as little-endian bytes of this type (round to nearest even).
-    pub fn encode(self, values: &[f32]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(values.len() * self.size());
+    fn encode_one(self, v: f32, out: &mut [u8]) {
         match self {
-            Self::Float32 => values
-                .iter()
-                .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-            Self::Float16 => values
-                .iter()
-                .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes())),
-            Self::Bfloat16 => values
-                .iter()
-                .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_bits().to_le_bytes())),
+            Self::Float32 => out.copy_from_slice(&v.to_le_bytes()),
+            Self::Float16 => out.copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes()),
+            Self::Bfloat16 => out.copy_from_slice(&bf16::from_f32(v).to_bits().to_le_bytes()),
         }
-        out
     }
 }
+
+/// Elements per parallel task of [`WeightDtype::decode`] and [`WeightDtype::encode`].
+const CHUNK: usize = 1 << 16;
 
 /// The ONNX name of a `data_type` value (`"DOUBLE"`, `"INT8"`, ...), for messages.
 pub fn data_type_name(data_type: i32) -> String {

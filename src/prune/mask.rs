@@ -62,11 +62,15 @@ pub struct RowMask {
 impl RowMask {
     /// Zeroes the pruned entries of a row-major `[rows, cols]` matrix.
     pub fn apply(&self, weights: &mut [f32]) {
-        for (w, &p) in weights.iter_mut().zip(&self.pruned) {
-            if p {
-                *w = 0.0;
-            }
-        }
+        const CHUNK: usize = 1 << 16;
+        weights
+            .par_chunks_mut(CHUNK)
+            .zip(self.pruned.par_chunks(CHUNK))
+            .for_each(|(w, pruned)| {
+                for (w, &p) in w.iter_mut().zip(pruned) {
+                    *w = if p { 0.0 } else { *w }; // no branch: the flags are random
+                }
+            });
     }
 
     /// Number of pruned entries.

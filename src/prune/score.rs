@@ -1,16 +1,18 @@
 //! Base scores: higher means more important (kept first). Matrices are row-major `[out, in]`.
 
+use rayon::prelude::*;
+
 /// Magnitude score |W_ij| of every weight.
 pub fn magnitude(weights: &[f32]) -> Vec<f32> {
-    weights.iter().map(|w| w.abs()).collect()
+    weights.par_iter().map(|w| w.abs()).collect()
 }
 
 /// Wanda's score `|W_ij| · a_j` with `a` the input-channel norms (docs/methods.md §2.2).
 pub fn wanda(weights: &[f32], norms: &[f32]) -> Vec<f32> {
     let cols = norms.len();
     weights
-        .chunks_exact(cols)
-        .flat_map(|row| row.iter().zip(norms).map(|(w, a)| w.abs() * a))
+        .par_chunks_exact(cols)
+        .flat_map_iter(|row| row.iter().zip(norms).map(|(w, a)| w.abs() * a))
         .collect()
 }
 

@@ -254,6 +254,34 @@ fn the_7b_job_runs_end_to_end_on_its_scaled_down_model_under_a_memory_budget() {
         );
     }
     crate::harness::assert_loads_from_another_folder(&out);
+
+    // The check `scripts/bench-7b.sh` runs on the 7B-shaped output passes here, and fails on a
+    // weight that the output changed.
+    let verify = || {
+        crate::harness::run_command(
+            Command::new(crate::harness::python())
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/verify-pruned.py"))
+                .args([&model, &out, &out.with_extension("report.json")])
+                .args(["--exact-rows", "--run", "--allow-nonfinite"]),
+        )
+    };
+    let run = verify();
+    assert_eq!(run.code, 0, "verify-pruned.py: {}", run.stderr);
+    let checked: Value = serde_json::from_str(&run.stdout).expect("one JSON object");
+    assert_eq!(checked["matrices"], targets.len());
+    assert_eq!(checked["onnx_runtime"]["logits"][2], 32000);
+    // The pruned matrices come first in the data file: its first non-zero byte is a kept weight's.
+    let data_file = out.with_extension("onnx.data");
+    let mut data = std::fs::read(&data_file).unwrap();
+    let kept = data.iter().position(|&b| b != 0).unwrap();
+    data[kept] ^= 0x01;
+    std::fs::write(&data_file, &data).unwrap();
+    let run = verify();
+    assert_eq!(
+        run.code, 1,
+        "a changed weight went unnoticed: {}",
+        run.stdout
+    );
 }
 
 /// Each stage's own peak: the mark is reset between stages, so hashing the files peaks below the
