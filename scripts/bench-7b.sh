@@ -62,6 +62,10 @@ for stage, stage_peak in r["stage_peak_rss_mib"].items():
 print(f"| peak anonymous memory (RssAnon, sampled) | {anon:,.0f} MiB ({100 * anon / mib:.0f}%) |")
 print(f"| peak file-backed memory (RssFile, sampled) | {file:,.0f} MiB ({100 * file / mib:.0f}%) |")
 print(f"| measured sparsity | {r['sparsity']['measured']:.4f} |")
+search = r.get("search")
+if search:
+    print(f"| NeuroAL: λ block / row, candidates, search jobs | {search['block_lambda']} / {search['row_lambda']}, "
+          f"{len(search['block'])} + {len(search['row'])}, {search['jobs']} |")
 print(f"| perplexity dense / pruned (random weights) | {e['dense']['perplexity']:.4g} / {e['pruned']['perplexity']:.4g} |")
 PY
 
