@@ -11,7 +11,7 @@
 # Runtime from another folder and run on one window. Needs about 28 GB of free disk (the output goes
 # under target/tmp). Run after `make setup build`.
 # FIXTURE names another streamed fixture to run the same job on, e.g. big-fp32 (fixtures/gen/big_fp32.py:
-# 12 blocks of the same sizes with float32 weights, 9.7 GB; the output then needs about 20 GB of disk).
+# 12 blocks of the same sizes with float32 weights, 9.7 GB; about 20 GB of disk for it and its output).
 #   [FIXTURE=llama7b] scripts/bench-7b.sh [FLAGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
