@@ -6,6 +6,8 @@ matrix at a time and compared:
 - every weight the output keeps (non-zero) holds the input's exact bits;
 - per output row, the zeros are at least the target's count `floor(in * target)` and at most that
   count plus the zeros the input row already held (a weight that was zero already scores lowest);
+- a matrix stored with its inputs reordered (the report's `input_order`, RIA with `--nm`) is compared
+  with the input's matrix in that order;
 - with `--exact-rows` (an allocation that gives every row of a matrix one sparsity: uniform, OWL,
   AlphaPruning, DLP, evo, or NeuroAL's block step alone), rows of an input without zeros hold
   exactly that count.
@@ -54,6 +56,18 @@ class Weights:
         self.tensors = {t.name: t for t in self.model.graph.initializer}
         self.maps = {}
 
+    def indices(self, name):
+        """An int64 initializer (an input order), read whole."""
+        t = self.tensors.get(name)
+        if t is None or t.data_type != onnx.TensorProto.INT64:
+            fail(f"{name}: no int64 initializer of that name")
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            return numpy_helper.to_array(t)
+        info = {e.key: e.value for e in t.external_data}
+        raw = np.fromfile(os.path.join(self.folder, info["location"]), dtype=np.uint8,
+                          count=int(info["length"]), offset=int(info.get("offset", 0)))
+        return raw.view(np.int64)
+
     def array(self, name):
         t = self.tensors.get(name)
         if t is None:
@@ -98,6 +112,11 @@ def check_matrices(dense, pruned, report, exact_rows):
             d, p = d.reshape(out_f, in_f), p.reshape(out_f, in_f)
         else:
             d, p = d.reshape(in_f, out_f).T, p.reshape(in_f, out_f).T
+        if m.get("input_order"):
+            order = pruned.indices(m["input_order"])
+            if sorted(order.tolist()) != list(range(in_f)):
+                fail(f"{m['input_order']}: not a permutation of the {in_f} inputs of {name}")
+            d = d[:, order]  # the input's matrix in the stored input order
         bits = {2: np.uint16, 4: np.uint32}[d.dtype.itemsize]
         d_bits, p_bits = d.view(bits), p.view(bits)
         zero_bits = np.array(0, dtype=bits)

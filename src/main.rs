@@ -135,12 +135,25 @@ fn summary(report: &Report) -> String {
         None => format!("wrote {}\n", output.model.display()),
     };
     s += &format!(
-        "sparsity: target {:.4}, measured {:.4} over {} prunable weights in {} linears\n\n",
+        "sparsity: target {:.4}, measured {:.4} over {} prunable weights in {} linears\n",
         report.sparsity.target,
         report.sparsity.measured,
         report.input.prunable_params,
         report.input.prunable_linears
     );
+    let reordered = report
+        .sparsity
+        .per_matrix
+        .iter()
+        .filter(|m| m.input_order.is_some())
+        .count();
+    if reordered > 0 {
+        s += &format!(
+            "inputs reordered: {reordered} of {} linears are stored in their N:M channel order, each behind a Gather\n",
+            report.sparsity.per_matrix.len()
+        );
+    }
+    s += "\n";
     let row = |what: &str, dense: String, pruned: String, note: String| {
         format!("{what:<34} {dense:>12} {pruned:>12}  {note}\n")
             .trim_end()

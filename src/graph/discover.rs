@@ -5,7 +5,7 @@
 use super::naming::{module_path, ModulePath};
 use crate::error::{Error, Result};
 use crate::onnx::proto::{GraphProto, NodeProto, TensorProto};
-use crate::onnx::{data_type_name, subgraphs, OnnxModel, TensorKey, WeightDtype};
+use crate::onnx::{data_type_name, subgraphs, NodeAt, OnnxModel, TensorKey, WeightDtype};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -30,6 +30,21 @@ pub struct LinearNode {
     pub op_type: String,
     /// The activation the weight multiplies (the node's first input).
     pub input: String,
+    /// The value the node reads as its weight (the node's second input: the initializer, or the
+    /// end of its `Transpose`/`Cast`/`Identity` chain).
+    pub operand: String,
+}
+
+impl LinearNode {
+    /// Where the writer finds this node in the output's graph.
+    pub fn at(&self) -> NodeAt {
+        NodeAt {
+            graph: self.graph.clone(),
+            name: self.name.clone(),
+            input: self.input.clone(),
+            operand: self.operand.clone(),
+        }
+    }
 }
 
 /// A prunable linear layer inside a decoder block.
@@ -434,6 +449,7 @@ fn judge(
             name: u.node.name().to_string(),
             op_type: u.node.op_type().to_string(),
             input: u.node.input.first().cloned().unwrap_or_default(),
+            operand: u.node.input.get(1).cloned().unwrap_or_default(),
         })
         .collect();
     Ok(Ok(Linear {

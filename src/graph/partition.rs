@@ -12,7 +12,7 @@ use crate::onnx::proto::{
     GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto, TypeProto,
     ValueInfoProto,
 };
-use crate::onnx::{subgraphs, OnnxModel, TensorKey, WeightDtype};
+use crate::onnx::{default_opset, subgraphs, OnnxModel, TensorKey, WeightDtype};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Nodes appended to a stage model (for example statistics taken inside it), with the
@@ -104,12 +104,7 @@ impl Partition {
     /// The version of the default ONNX domain the model imports (1 when it names none), which
     /// nodes added to its stages must follow.
     pub fn opset(&self) -> i64 {
-        self.template
-            .opset_import
-            .iter()
-            .find(|o| matches!(o.domain.as_deref(), None | Some("" | "ai.onnx")))
-            .and_then(|o| o.version)
-            .unwrap_or(1)
+        default_opset(&self.template)
     }
 
     /// The block stages, in order.

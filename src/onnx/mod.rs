@@ -15,6 +15,6 @@ mod walk;
 
 pub use companions::{companions, Companion, GENAI_CONFIG};
 pub use dtype::{data_type_name, WeightDtype};
-pub use model::{OnnxModel, TensorBytes, TensorKey};
-pub use save::{check_not_an_input, data_file_for, ModelWriter, SaveOptions, SavedModel};
+pub use model::{default_opset, OnnxModel, TensorBytes, TensorKey};
+pub use save::{check_not_an_input, data_file_for, ModelWriter, NodeAt, SaveOptions, SavedModel};
 pub use walk::{subgraphs, visit_graphs, visit_graphs_mut, MAX_GRAPH_DEPTH};

@@ -118,6 +118,11 @@ impl OnnxModel {
         })
     }
 
+    /// The version of the default ONNX domain the model imports (1 when it names none).
+    pub fn default_opset(&self) -> i64 {
+        default_opset(&self.proto)
+    }
+
     /// The main graph (present: checked by [`Self::load`]).
     pub fn graph(&self) -> &GraphProto {
         self.proto.graph.as_ref().expect("checked at load")
@@ -226,6 +231,16 @@ fn inline_external(
 }
 
 /// Removes every form of stored data from a tensor, keeping its name, type and shape.
+/// The version of the default ONNX domain `proto` imports (1 when it names none).
+pub fn default_opset(proto: &ModelProto) -> i64 {
+    proto
+        .opset_import
+        .iter()
+        .find(|o| matches!(o.domain.as_deref(), None | Some("" | "ai.onnx")))
+        .and_then(|o| o.version)
+        .unwrap_or(1)
+}
+
 pub(crate) fn clear_data(t: &mut TensorProto) {
     t.raw_data = None;
     t.float_data.clear();

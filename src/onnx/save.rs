@@ -3,14 +3,17 @@
 //! into place only when complete.
 
 use super::model::{clear_data, OnnxModel, TensorKey};
+use super::proto::attribute_proto::AttributeType;
 use super::proto::tensor_proto::{DataLocation, DataType};
-use super::proto::{ModelProto, StringStringEntryProto, TensorProto};
+use super::proto::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto,
+};
 use super::walk::{try_visit_attribute_tensors_mut, visit_graphs_mut};
 use crate::atomic::{AtomicFile, Job};
 use crate::error::{Error, Result};
 use prost::bytes::Bytes;
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -63,6 +66,31 @@ enum Placed {
     Inline(Bytes),
 }
 
+/// A node that applies a weight, as found in the written graph: the graph holding it (its path),
+/// its name, and its first two inputs (the activation and the weight operand), which identify it
+/// even where an exporter left names empty.
+#[derive(Clone, Debug)]
+pub struct NodeAt {
+    /// Path of the graph holding the node (`""` for the main graph).
+    pub graph: String,
+    /// The node's name.
+    pub name: String,
+    /// Its first input, the one reordered.
+    pub input: String,
+    /// Its second input.
+    pub operand: String,
+}
+
+/// A weight whose nodes read their first input through a `Gather` that reorders its last axis.
+struct Reordered {
+    weight: TensorKey,
+    /// The int64 initializer holding the order, beside the weight.
+    order_name: String,
+    order: Vec<u32>,
+    /// Each node, and the name of the reordered value it reads instead of its first input.
+    nodes: Vec<(NodeAt, String)>,
+}
+
 /// The output model being written: the same graph with some initializers replaced, large tensors
 /// in one external data file.
 ///
@@ -84,6 +112,7 @@ pub struct ModelWriter<'m> {
     /// Bytes written to the data file so far, padding included.
     offset: u64,
     placed: HashMap<TensorKey, Placed>,
+    reordered: Vec<Reordered>,
 }
 
 impl<'m> ModelWriter<'m> {
@@ -125,6 +154,7 @@ impl<'m> ModelWriter<'m> {
             writer: BufWriter::with_capacity(1 << 20, file),
             offset: 0,
             placed: HashMap::new(),
+            reordered: Vec::new(),
         })
     }
 
@@ -158,10 +188,94 @@ impl<'m> ModelWriter<'m> {
         Ok(())
     }
 
+    /// Makes each of `nodes` (the nodes applying `weight`) read its first input with the last
+    /// axis in `order` (position `q` takes element `order[q]`): a `Gather` on axis −1 before each
+    /// node, its indices an int64 initializer beside the weight. Returns that initializer's name.
+    /// The nodes are found when the model is written; one that is not there fails the write.
+    pub fn reorder_input(
+        &mut self,
+        weight: &TensorKey,
+        nodes: &[NodeAt],
+        order: &[u32],
+    ) -> Result<String> {
+        if self.reordered.iter().any(|r| r.weight == *weight) {
+            return Err(Error::internal(format!(
+                "the input of '{}' was reordered twice in one output",
+                weight.name
+            )));
+        }
+        let order_name = format!("{}/input_order", weight.name);
+        let nodes = nodes
+            .iter()
+            .enumerate()
+            .map(|(k, n)| (n.clone(), format!("{}/reordered_input_{k}", weight.name)))
+            .collect();
+        self.reordered.push(Reordered {
+            weight: weight.clone(),
+            order_name: order_name.clone(),
+            order: order.to_vec(),
+            nodes,
+        });
+        Ok(order_name)
+    }
+
+    /// Adds every reordering's initializer and `Gather` nodes to `proto`, after checking that the
+    /// names they bring are free in every graph (ONNX forbids a subgraph to shadow a name).
+    fn add_reorderings(&self, proto: &mut ModelProto) -> Result<()> {
+        if self.reordered.is_empty() {
+            return Ok(());
+        }
+        let graph = proto.graph.as_mut().expect("checked at load");
+        let mut taken: HashSet<String> = HashSet::new();
+        visit_graphs_mut(graph, &mut |_, g| {
+            let outputs = g.node.iter().flat_map(|n| n.output.iter());
+            let values = g.initializer.iter().map(|t| t.name());
+            let inputs = g.input.iter().map(|i| i.name());
+            taken.extend(
+                outputs
+                    .map(String::as_str)
+                    .chain(values)
+                    .chain(inputs)
+                    .map(str::to_string),
+            );
+        });
+        for r in &self.reordered {
+            let new = std::iter::once(&r.order_name).chain(r.nodes.iter().map(|(_, v)| v));
+            if let Some(name) = new.into_iter().find(|n| taken.contains(*n)) {
+                return Err(Error::graph(
+                    &self.out,
+                    format!("cannot reorder the input of '{}': the model already has a value named '{name}'", r.weight.name),
+                ));
+            }
+        }
+        let mut failure: Option<Error> = None;
+        visit_graphs_mut(graph, &mut |path, g| {
+            for r in &self.reordered {
+                if failure.is_some() {
+                    return;
+                }
+                if r.weight.graph == path {
+                    g.initializer.push(order_tensor(&r.order_name, &r.order));
+                }
+                for (node, value) in r.nodes.iter().filter(|(n, _)| n.graph == path) {
+                    if let Err(e) = insert_gather(g, node, &r.order_name, value) {
+                        failure = Some(Error::graph(
+                            &self.out,
+                            format!("cannot reorder the input of '{}': {e}", r.weight.name),
+                        ));
+                        return;
+                    }
+                }
+            }
+        });
+        failure.map_or(Ok(()), Err)
+    }
+
     /// Copies every initializer not replaced from the input, writes the model file, and renames
     /// both files into place.
     pub fn finish(mut self) -> Result<SavedModel> {
         let mut proto = self.model.proto.clone();
+        self.add_reorderings(&mut proto)?;
         let mut external_tensors = 0usize;
         let mut replaced = 0usize;
         let mut failure: Option<Error> = None;
@@ -299,6 +413,73 @@ impl<'m> ModelWriter<'m> {
         drop(data);
         Ok(self.point_at(tensor, &placed))
     }
+}
+
+/// An int64 `[len]` initializer holding `order`.
+fn order_tensor(name: &str, order: &[u32]) -> TensorProto {
+    let raw: Vec<u8> = order
+        .iter()
+        .flat_map(|&i| i64::from(i).to_le_bytes())
+        .collect();
+    TensorProto {
+        name: Some(name.to_string()),
+        data_type: Some(DataType::Int64 as i32),
+        dims: vec![order.len() as i64],
+        raw_data: Some(Bytes::from(raw)),
+        ..Default::default()
+    }
+}
+
+/// Puts `Gather(input, order, axis=-1) → value` before the node `node` names in `graph` and
+/// makes the node read `value` instead of its first input.
+fn insert_gather(
+    graph: &mut GraphProto,
+    node: &NodeAt,
+    order: &str,
+    value: &str,
+) -> std::result::Result<(), String> {
+    let found: Vec<usize> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            n.name() == node.name
+                && n.input.first().map(String::as_str) == Some(&node.input)
+                && n.input.get(1).map(String::as_str) == Some(&node.operand)
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let [at] = found[..] else {
+        return Err(format!(
+            "{} nodes named '{}' read '{}' and '{}' in graph '{}'; expected one",
+            found.len(),
+            node.name,
+            node.input,
+            node.operand,
+            node.graph
+        ));
+    };
+    let name = if node.name.is_empty() {
+        format!("{value}/Gather")
+    } else {
+        format!("{}/ReorderInput", node.name)
+    };
+    let gather = NodeProto {
+        name: Some(name),
+        op_type: Some("Gather".to_string()),
+        input: vec![node.input.clone(), order.to_string()],
+        output: vec![value.to_string()],
+        attribute: vec![AttributeProto {
+            name: Some("axis".to_string()),
+            r#type: Some(AttributeType::Int as i32),
+            i: Some(-1),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    graph.node[at].input[0] = value.to_string();
+    graph.node.insert(at, gather);
+    Ok(())
 }
 
 fn entry(key: &str, value: &str) -> StringStringEntryProto {

@@ -128,12 +128,6 @@ impl PruneConfig {
                 ));
             }
         }
-        if self.nm.is_some() && self.method == PruneMethod::Ria {
-            return Err(Error::invalid(
-                "--nm",
-                "RIA's N:M pattern comes with its channel permutation, which is not built; use --prune-method wanda or sparsegpt for N:M",
-            ));
-        }
         if self.nsamples == 0 {
             return Err(Error::invalid("--nsamples", "must be at least 1"));
         }

@@ -64,7 +64,8 @@ pub fn prune(config: &PruneConfig, progress: &Progress) -> Result<Report> {
     peaks.end("write");
 
     let stage = progress.stage("measure the files");
-    let deployment = deployment_info(&pruned.weights.compressed, loaded.config.nm);
+    let reordered = pruned.weights.reordered();
+    let deployment = deployment_info(&pruned.weights.compressed, loaded.config.nm, reordered);
     let (input_files, output_files) = outputs::digests(&loaded.model, &saved, companions)?;
     timings.insert("measure_files".to_string(), stage.finish());
     peaks.end("measure_files");

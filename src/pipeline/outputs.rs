@@ -5,9 +5,10 @@
 
 use crate::atomic::Job;
 use crate::error::{Error, Result};
-use crate::graph::Linear;
-use crate::onnx::{Companion, ModelWriter, OnnxModel, SavedModel};
+use crate::graph::{Linear, LinearNode};
+use crate::onnx::{Companion, ModelWriter, NodeAt, OnnxModel, SavedModel};
 use crate::progress::Progress;
+use crate::prune::permute_columns;
 use crate::report::{
     file_digests, html_report_path, report_path, CompressedSizes, FileDigest, MatrixSparsity,
 };
@@ -37,7 +38,16 @@ impl PrunedWeights {
             shape: [linear.out_features, linear.in_features],
             target,
             measured: zeros as f64 / linear.numel() as f64,
+            input_order: None,
         });
+    }
+
+    /// How many matrices are stored with their inputs reordered.
+    pub(crate) fn reordered(&self) -> usize {
+        self.per_matrix
+            .iter()
+            .filter(|m| m.input_order.is_some())
+            .count()
     }
 
     /// Hands a matrix's new stored bytes to `output` (`None`: unchanged, nothing to write) and
@@ -63,6 +73,40 @@ impl PrunedWeights {
             output.put(&linear.weight, bytes)?;
         }
         self.write_seconds += clock.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// Hands a pruned matrix to `output`: `weights` (`[out, in]`, the stored input order) encoded
+    /// as `bytes`, or, when its N:M groups follow the input channel order `order`, stored with its
+    /// inputs in that order and its nodes reading their input reordered to match
+    /// (docs/onnx-layouts.md, "Input permutations").
+    pub(crate) fn write_pruned(
+        &mut self,
+        model: &OnnxModel,
+        linear: &Linear,
+        (weights, bytes): (&[f32], &[u8]),
+        order: Option<&[u32]>,
+        output: &mut ModelWriter<'_>,
+    ) -> Result<()> {
+        let Some(order) = order else {
+            return self.write(model, linear, Some(bytes), output);
+        };
+        let reordered = permute_columns(weights, linear.out_features, linear.in_features, order);
+        self.write(
+            model,
+            linear,
+            Some(&linear.encode_out_in(&reordered)),
+            output,
+        )?;
+        let nodes: Vec<NodeAt> = linear.nodes.iter().map(LinearNode::at).collect();
+        let order_name = output.reorder_input(&linear.weight, &nodes, order)?;
+        let matrix = self
+            .per_matrix
+            .iter_mut()
+            .rev()
+            .find(|m| m.weight == linear.weight.name)
+            .ok_or_else(|| Error::internal("a matrix written before its sparsity was recorded"))?;
+        matrix.input_order = Some(order_name);
         Ok(())
     }
 }

@@ -66,6 +66,17 @@ pub(super) fn load(
         discovery.prunable_params() as f64 / 1e6
     ));
     let uniform = allocate::uniform(&discovery, config.sparsity, config.nm)?;
+    // RIA's N:M groups follow a channel permutation, applied by a Gather on the input's last
+    // axis: a negative axis needs opset 11.
+    if config.method == PruneMethod::Ria && config.nm.is_some() && model.default_opset() < 11 {
+        return Err(Error::graph(
+            &model.path,
+            format!(
+                "the model imports ONNX opset {}; RIA with --nm reorders each linear's input with a Gather on axis -1, which needs opset 11 or later (convert the model, or use --prune-method wanda for N:M)",
+                model.default_opset()
+            ),
+        ));
+    }
     let loaded = Loaded {
         config,
         model,

@@ -238,7 +238,7 @@ impl<'a> SequentialPruner<'a> {
                 let rule = &plan.rules[self.index[&l.weight]];
                 let mut weights = l.read_out_in(model)?;
                 let dense_weights = self.reconstruct.then(|| weights.clone());
-                prune_matrix(
+                let order = prune_matrix(
                     method,
                     &l.weight.name,
                     &mut weights,
@@ -267,7 +267,7 @@ impl<'a> SequentialPruner<'a> {
                 pruned.record(l, &weights, rule.mean_sparsity(l.out_features));
                 self.timings.masks += clock.elapsed().as_secs_f64();
                 if let Some(out) = output.as_deref_mut() {
-                    pruned.write(model, l, Some(&bytes), out)?;
+                    pruned.write_pruned(model, l, (&weights, &bytes), order.as_deref(), out)?;
                 }
             }
             let feeds: Vec<(&str, &Activation)> = linears

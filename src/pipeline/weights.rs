@@ -206,7 +206,7 @@ fn prune_without_data(
             pruned.record(linear, &weights, 0.0);
             pruned.write(model, linear, None, output)?;
         } else {
-            prune::prune_matrix(
+            let order = prune::prune_matrix(
                 method,
                 &linear.weight.name,
                 &mut weights,
@@ -218,7 +218,8 @@ fn prune_without_data(
                 masker,
             )?;
             pruned.record(linear, &weights, rule.mean_sparsity(linear.out_features));
-            pruned.write(model, linear, Some(&linear.encode_out_in(&weights)), output)?;
+            let bytes = linear.encode_out_in(&weights);
+            pruned.write_pruned(model, linear, (&weights, &bytes), order.as_deref(), output)?;
         }
     }
     progress.item("matrices", total, total);

@@ -4,6 +4,7 @@ mod channel_sums;
 pub mod cuda;
 pub mod dsnot;
 mod mask;
+mod permute;
 mod reconstruct;
 mod score;
 mod sparsegpt;
@@ -11,6 +12,7 @@ mod stats;
 
 pub use channel_sums::ChannelSums;
 pub use mask::{neuron_prune_count, prune_mask, row_prune_count, MaskRule, RowMask};
+pub use permute::{nm_channel_order, permute_columns};
 pub use reconstruct::reconstruct;
 pub use score::{magnitude, multiflow, ria, wanda};
 pub use sparsegpt::sparsegpt;
@@ -109,6 +111,11 @@ pub fn score_matrix(method: PruneMethod, weights: &[f32], norms: &[f32]) -> Opti
 /// SparseGPT takes the rule's mean sparsity (or its N:M pattern) and ignores per-row budgets, as
 /// the reference does. `masker` computes the magnitude and Wanda masks (without DSnoT); the
 /// other methods stay on the CPU.
+///
+/// Returns the order of input channels whose consecutive groups the N:M pattern follows, when
+/// it is not the stored order: RIA with N:M takes its groups in the channel order of
+/// [`nm_channel_order`], so `weights` (still in the stored order) is N:M only once its columns
+/// are put in that order.
 #[allow(clippy::too_many_arguments)]
 pub fn prune_matrix(
     method: PruneMethod,
@@ -120,7 +127,7 @@ pub fn prune_matrix(
     rule: &MaskRule,
     dsnot: bool,
     masker: &Masker,
-) -> crate::Result<()> {
+) -> crate::Result<Option<Vec<u32>>> {
     let needs_stats = || {
         stats.ok_or_else(|| crate::Error::tensor(name, "no calibration statistics were collected"))
     };
@@ -131,12 +138,12 @@ pub fn prune_matrix(
             PruneMethod::Wanda => Some(needs_stats()?.norms()),
             _ => None,
         };
-        return gpu
-            .prune(weights, rows, cols, norms.as_deref(), rule)
-            .map_err(|e| crate::Error::tensor(name, format!("CUDA mask kernel: {e}")));
+        gpu.prune(weights, rows, cols, norms.as_deref(), rule)
+            .map_err(|e| crate::Error::tensor(name, format!("CUDA mask kernel: {e}")))?;
+        return Ok(None);
     }
     let scores = match method {
-        PruneMethod::Dense => return Ok(()),
+        PruneMethod::Dense => return Ok(None),
         PruneMethod::Magnitude => magnitude(weights),
         PruneMethod::Wanda | PruneMethod::Multiflow | PruneMethod::Ria => {
             score_matrix(method, weights, &needs_stats()?.norms())
@@ -150,7 +157,7 @@ pub fn prune_matrix(
                 MaskRule::NofM { n, m } => Some((*n, *m)),
                 _ => None,
             };
-            return sparsegpt(
+            sparsegpt(
                 name,
                 weights,
                 rows,
@@ -158,20 +165,59 @@ pub fn prune_matrix(
                 &hessian,
                 rule.mean_sparsity(rows),
                 nm,
-            );
+            )?;
+            return Ok(None);
         }
     };
-    let mut mask = prune_mask(&scores, rows, cols, rule);
+    let order = match (method, rule) {
+        (PruneMethod::Ria, MaskRule::NofM { n, m }) => {
+            nm_channel_order(&scores, rows, cols, *n, *m)
+        }
+        _ => None,
+    };
+    let mut mask = match &order {
+        Some(order) => in_channel_order(&scores, rows, cols, rule, order),
+        None => prune_mask(&scores, rows, cols, rule),
+    };
     if dsnot {
         // The initial mask follows the base score; the candidates to prune are ordered by
         // Wanda's score whatever the base method, as in the reference.
         let s = needs_stats()?;
-        let order = match method {
+        let ranking = match method {
             PruneMethod::Wanda => scores,
             _ => wanda(weights, &s.norms()),
         };
-        dsnot::refine(weights, &order, &s.window_mean(), &s.variance(), &mut mask);
+        dsnot::refine(
+            weights,
+            &ranking,
+            &s.window_mean(),
+            &s.variance(),
+            &mut mask,
+        );
     }
     mask.apply(weights);
-    Ok(())
+    Ok(order)
+}
+
+/// The mask of `scores` under `rule` taken with the columns in `order`, in the stored order.
+fn in_channel_order(
+    scores: &[f32],
+    rows: usize,
+    cols: usize,
+    rule: &MaskRule,
+    order: &[u32],
+) -> RowMask {
+    let reordered = prune_mask(
+        &permute_columns(scores, rows, cols, order),
+        rows,
+        cols,
+        rule,
+    );
+    let mut pruned = vec![false; rows * cols];
+    for (to, from) in pruned.chunks_mut(cols).zip(reordered.pruned.chunks(cols)) {
+        for (&j, &p) in order.iter().zip(from) {
+            to[j as usize] = p;
+        }
+    }
+    RowMask { rows, cols, pruned }
 }

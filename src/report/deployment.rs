@@ -42,8 +42,13 @@ impl CompressedSizes {
     }
 }
 
-/// What the zeros of the prunable weights give a deployment, from each matrix's sizes.
-pub fn deployment_info(sizes: &[CompressedSizes], nm: Option<(usize, usize)>) -> DeploymentInfo {
+/// What the zeros of the prunable weights give a deployment, from each matrix's sizes, the N:M
+/// pattern if any, and how many matrices are stored with their inputs reordered.
+pub fn deployment_info(
+    sizes: &[CompressedSizes],
+    nm: Option<(usize, usize)>,
+    reordered: usize,
+) -> DeploymentInfo {
     let total = |f: fn(&CompressedSizes) -> u64| sizes.iter().map(f).sum::<u64>();
     let mut note = "Zeros stored in dense tensors change neither the file size nor the latency by themselves. \
                     They make the weights compress better (see the zstd sizes), and sparse kernels can skip them."
@@ -52,6 +57,11 @@ pub fn deployment_info(sizes: &[CompressedSizes], nm: Option<(usize, usize)>) ->
         Some((2, 4)) => " This model has the 2:4 pattern that sparse tensor cores (NVIDIA Ampere and later) accelerate.",
         _ => " For a speed-up on GPUs, prune with --nm 2:4: sparse tensor cores (NVIDIA Ampere and later) accelerate that pattern.",
     };
+    if reordered > 0 {
+        note += &format!(
+            " {reordered} of the matrices are stored with their inputs reordered (RIA's channel permutation), so that each is N:M in its own layout; a Gather before each of their linears reorders its input to match (sparsity.per_matrix[].input_order)."
+        );
+    }
     DeploymentInfo {
         note,
         prunable_weight_bytes: total(|s| s.stored),

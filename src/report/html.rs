@@ -521,6 +521,7 @@ mod tests {
                     shape: [4, 4],
                     target: 0.5,
                     measured: 0.5,
+                    input_order: None,
                 }],
             },
             evaluation: Vec::new(),

@@ -348,6 +348,10 @@ pub struct MatrixSparsity {
     /// Fraction of the matrix's weights that are zero after pruning.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub measured: f64,
+    /// When the matrix is stored with its inputs reordered (RIA with --nm, whose N:M groups follow
+    /// a channel permutation): the int64 initializer holding the order. A Gather on the last axis
+    /// reorders the linear's input with it, so the stored matrix is N:M in its own layout.
+    pub input_order: Option<String>,
 }
 
 /// Quality on one held-out text.

@@ -5,7 +5,7 @@ use crate::harness::{fixture, job, prune_ok, run, run_command, scratch, snapshot
 use neuroal_onnx::calib::{sample_windows, Rng};
 use neuroal_onnx::graph::Linear;
 use neuroal_onnx::onnx::proto::{ModelProto, ValueInfoProto};
-use neuroal_onnx::onnx::OnnxModel;
+use neuroal_onnx::onnx::{ModelWriter, OnnxModel, SaveOptions};
 use neuroal_onnx::pipeline::inspect;
 use neuroal_onnx::progress::Progress;
 use neuroal_onnx::prune::row_prune_count;
@@ -431,6 +431,168 @@ fn n_of_m_sparsity_prunes_two_of_every_four_inputs() {
             }
         }
     }
+}
+
+/// The int64 values of initializer `name` of `model`'s main graph.
+fn int64_initializer(model: &OnnxModel, name: &str) -> Vec<i64> {
+    let t = model
+        .graph()
+        .initializer
+        .iter()
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("no initializer '{name}'"));
+    let bytes = model.tensor_bytes("", t).unwrap().to_vec();
+    bytes
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// The flags of a RIA 2:4 job calibrated on `calib`.
+fn ria_two_of_four(calib: &Path) -> String {
+    format!(
+        "--sparsity 0.5 --prune-method ria --top-up uniform --nm 2:4 --calib {} --nsamples 4 --seqlen {SEQLEN} --quiet",
+        calib.display()
+    )
+}
+
+/// `flags` split on whitespace.
+fn split(flags: &str) -> Vec<&str> {
+    flags.split_whitespace().collect()
+}
+
+#[test]
+fn ria_n_of_m_stores_every_matrix_two_of_four_with_its_inputs_reordered_to_match() {
+    let dir = scratch();
+    let (calib, docs) = token_documents(dir.path());
+    let windows = sample_windows(&docs, 2, SEQLEN, &[], SEED).unwrap();
+    // MatMul on [in, out] weights, Conv1D-style MatMuls on 2-D inputs, a merged decoder's branches.
+    for name in ["tiny/llama", "tiny/gpt2", "tiny/llama-merged"] {
+        let fx = fixture(name);
+        let out = dir.path().join(format!("{}.onnx", fx.name));
+        let summary = run(job(&fx.model, &out, &split(&ria_two_of_four(&calib))))
+            .ok()
+            .stdout;
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.with_extension("report.json")).unwrap(),
+        )
+        .unwrap();
+        crate::harness::assert_loads_from_another_folder(&out);
+        let (model, discovery) = inspect(&out).unwrap();
+        let input = OnnxModel::load(&fx.model).unwrap();
+        let per_matrix = report["sparsity"]["per_matrix"].as_array().unwrap();
+        assert_eq!(per_matrix.len(), discovery.linears.len(), "{name}");
+        let (mut reordered, mut stored_order_breaks_the_pattern) = (0, false);
+        let mut unpermuted = Vec::new();
+        for (l, m) in discovery.linears.iter().zip(per_matrix) {
+            assert_eq!(m["weight"], l.weight.name.as_str());
+            let w = l.read_out_in(&model).unwrap();
+            // Stored, every 4 consecutive inputs of a row hold exactly 2 zeros (the tiny
+            // fixtures' weights have none of their own).
+            for group in w.chunks_exact(4) {
+                assert_eq!(
+                    group.iter().filter(|v| **v == 0.0).count(),
+                    2,
+                    "{name} {}",
+                    l.module
+                );
+            }
+            let cols = l.in_features;
+            let order: Vec<usize> = match m["input_order"].as_str() {
+                Some(init) => {
+                    reordered += 1;
+                    int64_initializer(&model, init)
+                        .iter()
+                        .map(|&i| i as usize)
+                        .collect()
+                }
+                None => (0..cols).collect(),
+            };
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(
+                sorted,
+                (0..cols).collect::<Vec<_>>(),
+                "{name}: not a permutation"
+            );
+            // Back in the input's channel order: stored column q is input channel order[q].
+            let mut original = vec![0f32; w.len()];
+            for (to, from) in original.chunks_mut(cols).zip(w.chunks(cols)) {
+                for (q, &j) in order.iter().enumerate() {
+                    to[j] = from[q];
+                }
+            }
+            // Put back, every weight is the input's own weight at its place, or zero.
+            let dense = l.read_out_in(&input).unwrap();
+            assert!(
+                original
+                    .iter()
+                    .zip(&dense)
+                    .all(|(o, d)| *o == 0.0 || o.to_bits() == d.to_bits()),
+                "{name} {}: a kept weight is not the input's weight at its place",
+                l.module
+            );
+            stored_order_breaks_the_pattern |= original
+                .chunks_exact(4)
+                .any(|g| g.iter().filter(|v| **v == 0.0).count() != 2);
+            unpermuted.push((l.weight.clone(), l.encode_out_in(&original)));
+        }
+        assert!(reordered > 0, "{name}: no matrix was reordered");
+        let line = format!(
+            "inputs reordered: {reordered} of {} linears",
+            discovery.linears.len()
+        );
+        assert!(summary.contains(&line), "{name}: {summary}");
+        let note = report["deployment"]["note"].as_str().unwrap();
+        assert!(
+            note.contains(&format!(
+                "{reordered} of the matrices are stored with their inputs reordered"
+            )),
+            "{name}: {note}"
+        );
+        assert!(
+            stored_order_breaks_the_pattern,
+            "{name}: every order kept the input's groups"
+        );
+        // The same matrices in the input's own order and graph, with no Gather, compute the
+        // same logits: each Gather feeds its linear the channels its stored columns expect.
+        let reference = dir.path().join(format!("{}-reference.onnx", fx.name));
+        let mut writer = ModelWriter::create(&input, &reference, &SaveOptions::default()).unwrap();
+        for (key, bytes) in &unpermuted {
+            writer.put(key, bytes).unwrap();
+        }
+        writer.finish().unwrap();
+        let (got, want) = (logits_on(&out, &windows), logits_on(&reference, &windows));
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst <= 1e-4 * scale,
+            "{name}: logits differ by {worst} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn ria_n_of_m_is_refused_before_opset_11() {
+    let dir = scratch();
+    let model = crate::harness::edited_llama(dir.path(), |proto| {
+        for o in &mut proto.opset_import {
+            if matches!(o.domain.as_deref(), None | Some("")) {
+                o.version = Some(10);
+            }
+        }
+    });
+    let (calib, _) = token_documents(dir.path());
+    let out = dir.path().join("out.onnx");
+    let r = run(job(&model, &out, &split(&ria_two_of_four(&calib))));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    for needle in ["opset 10", "Gather", "--prune-method wanda"] {
+        assert!(r.stderr.contains(needle), "{needle}: {}", r.stderr);
+    }
+    assert!(!out.exists());
 }
 
 #[test]

@@ -250,14 +250,6 @@ fn reconstruct_is_refused_where_there_is_no_mask_to_refit() {
 }
 
 #[test]
-fn ria_with_n_of_m_is_refused_until_its_channel_permutation_exists() {
-    assert_refused(
-        "--sparsity 0.5 --prune-method ria --top-up uniform --nm 2:4",
-        &["--nm", "permutation"],
-    );
-}
-
-#[test]
 fn evo_is_refused_with_sparsegpt_and_its_flags_and_dlp_s_without_them() {
     assert_refused(
         "--sparsity 0.5 --prune-method sparsegpt --top-up evo",

@@ -337,3 +337,51 @@ fn replacements_streamed_while_pruning_land_in_place_inline_or_external() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn an_input_reordering_that_cannot_be_placed_writes_nothing() {
+    use neuroal_onnx::onnx::{ModelWriter, NodeAt, SaveOptions};
+    let dir = scratch();
+    let fx = crate::harness::fixture("tiny/llama");
+    let (model, discovery) = inspect(&fx.model).unwrap();
+    let linear = &discovery.linears[0];
+    let order: Vec<u32> = (0..linear.in_features as u32).rev().collect();
+    let attempt = |model: &OnnxModel, nodes: &[NodeAt], out: &str| -> String {
+        let out = dir.path().join(out);
+        let mut writer = ModelWriter::create(model, &out, &SaveOptions::default()).unwrap();
+        writer.reorder_input(&linear.weight, nodes, &order).unwrap();
+        let err = writer.finish().unwrap_err().to_string();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(out.file_stem().unwrap().to_str().unwrap()))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        err
+    };
+    // A node the graph does not hold (another first input).
+    let mut stray = linear.nodes[0].at();
+    stray.input.push_str(".elsewhere");
+    let err = attempt(&model, &[stray], "stray.onnx");
+    for needle in [linear.weight.name.as_str(), "0 nodes", ".elsewhere"] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    // A name the model already uses: its own value called `W/input_order`.
+    let taken = format!("{}/input_order", linear.weight.name);
+    let edited = crate::harness::edited_llama(dir.path(), |proto| {
+        let graph = proto.graph.as_mut().unwrap();
+        let node = graph
+            .node
+            .iter_mut()
+            .find(|n| n.op_type() == "Shape")
+            .unwrap();
+        node.output[0] = taken.clone();
+    });
+    let edited = OnnxModel::load(&edited).unwrap();
+    let err = attempt(&edited, &[linear.nodes[0].at()], "taken.onnx");
+    assert!(
+        err.contains(&format!("already has a value named '{taken}'")),
+        "{err}"
+    );
+}
