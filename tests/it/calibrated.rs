@@ -468,7 +468,12 @@ fn ria_n_of_m_stores_every_matrix_two_of_four_with_its_inputs_reordered_to_match
     let windows = sample_windows(&docs, 2, SEQLEN, &[], SEED).unwrap();
     // MatMul on [in, out] weights, Conv1D-style MatMuls on 2-D inputs, a merged decoder's
     // branches, the genai builder's packed q/k/v with grouped-query attention.
-    for name in ["tiny/llama", "tiny/gpt2", "tiny/llama-merged", "tiny/genai-gqa"] {
+    for name in [
+        "tiny/llama",
+        "tiny/gpt2",
+        "tiny/llama-merged",
+        "tiny/genai-gqa",
+    ] {
         let fx = fixture(name);
         let out = dir.path().join(format!("{}.onnx", fx.name));
         let summary = run(job(&fx.model, &out, &split(&ria_two_of_four(&calib))))
