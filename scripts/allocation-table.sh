@@ -10,7 +10,7 @@
 # A configuration is "METHOD TOP_UP STEP", with a fourth word "reconstruct" for --reconstruct.
 # CONFIGS=comparison runs the comparison of base scores and allocations, each with and without
 # --reconstruct where it applies: {magnitude, wanda, sparsegpt, ria} x {uniform, owl, dlp, alpha,
-# neuroal, evo} (about 12 hours per model and sparsity on 2 cores; use EVAL_WINDOWS=32).
+# neuroal, evo} (about 5 hours on SmolLM2 per sparsity on 2 cores; use EVAL_WINDOWS=32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model="${MODEL:-smollm2}"

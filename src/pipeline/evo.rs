@@ -140,22 +140,32 @@ pub(crate) fn evo(
         .collect();
     let forward = RefCell::new(Forward::new(model, discovery, runtime, fitness_windows)?);
     let variants = RefCell::new(Variants::new(model, discovery, config, &norms, &groups));
-    let dense_logits = {
-        let dense = variants.borrow_mut().dense()?;
-        forward
-            .borrow_mut()
-            .logits(settings.final_windows, &dense, false)?
-    };
+    let mut dense_logits = Vec::with_capacity(settings.final_windows);
+    let dense = variants.borrow_mut().dense()?;
+    forward
+        .borrow_mut()
+        .logits(settings.final_windows, &dense, false, |_, logits| {
+            dense_logits.push(logits);
+            Ok(())
+        })?;
+    drop(dense);
+    // A candidate's logits are compared window by window as they come, so that only the dense
+    // model's are held (2 GB for 4 windows of 512 tokens over a 262k vocabulary).
     let fitness = |levels: &[f64], n: usize| -> Result<f64> {
         let weights = variants.borrow_mut().weights(levels)?;
         let keep = n == settings.final_windows;
-        let logits = forward.borrow_mut().logits(n, &weights, keep)?;
         let (mut total, mut tokens) = (0.0, 0usize);
-        for (logits, dense) in logits.iter().zip(&dense_logits) {
-            let (sum, count) = kl_sum(dense, logits)?;
-            total += sum;
-            tokens += count;
-        }
+        forward
+            .borrow_mut()
+            .logits(n, &weights, keep, |window, logits| {
+                let dense = dense_logits.get(window).ok_or_else(|| {
+                    Error::internal("--top-up evo: a window without dense logits")
+                })?;
+                let (sum, count) = kl_sum(dense, &logits)?;
+                total += sum;
+                tokens += count;
+                Ok(())
+            })?;
         Ok(total / tokens.max(1) as f64)
     };
     let total = settings.generations;
@@ -330,14 +340,16 @@ impl<'a> Forward<'a> {
         })
     }
 
-    /// The logits of the first `n` windows with block `k` (in order) running on `weights[k]`;
-    /// `keep` saves the run for later ones to resume from.
+    /// Runs the first `n` windows with block `k` (in order) on `weights[k]` and hands each
+    /// window's logits to `each` (window index, logits) in window order; `keep` saves the run for
+    /// later ones to resume from.
     fn logits(
         &mut self,
         n: usize,
         weights: &[Rc<Vec<Activation>>],
         keep: bool,
-    ) -> Result<Vec<Activation>> {
+        mut each: impl FnMut(usize, Activation) -> Result<()>,
+    ) -> Result<()> {
         // The kept run sharing the most leading blocks (the same weights, not equal ones).
         let shared = |s: &Saved| {
             s.blocks
@@ -397,20 +409,20 @@ impl<'a> Forward<'a> {
         }
         let suffix = session(&mut self.sessions, &mut run, &[], &[], &[])?;
         let wanted = [self.logits.clone()];
-        let logits = (0..run.windows())
-            .map(|w| {
-                run.run(suffix, w, &[], &wanted)?
-                    .pop()
-                    .ok_or_else(|| Error::internal("the suffix gave no logits"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        for w in 0..run.windows() {
+            let logits = run
+                .run(suffix, w, &[], &wanted)?
+                .pop()
+                .ok_or_else(|| Error::internal("the suffix gave no logits"))?;
+            each(w, logits)?;
+        }
         if keep {
             self.saved.push(Saved {
                 blocks: weights.to_vec(),
                 before,
             });
         }
-        Ok(logits)
+        Ok(())
     }
 
     /// Drops every kept run but those of `parent`'s weights.
