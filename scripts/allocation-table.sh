@@ -75,6 +75,8 @@ for path in glob.glob(os.path.join(sys.argv[1], "*.report.json")):
     step = ""
     if m["top_up"] == "neuroal":
         step = " (" + r["command_line"][r["command_line"].index("--neuroal-step") + 1] + ")"
+    elif m["top_up"] == "evo":  # whether NeuroAL's row step followed the search, as it ran
+        step = " (both)" if (r.get("search") or {}).get("row_lambda") is not None else " (block)"
     key = f'{m["prune_method"]} + {m["top_up"]}{step}' + (" + reconstruct" if m.get("reconstruct") else "")
     seed = int(r["command_line"][r["command_line"].index("--seed") + 1]) if "--seed" in r["command_line"] else None
     search = r.get("search") or {}

@@ -1,7 +1,7 @@
 //! The evolutionary allocation search (`--top-up evo`, docs/methods.md §5.2): per-block sparsity
 //! levels mutated by moving sparsity between blocks at a constant parameter-weighted total,
-//! offspring ranked on a small budget of windows and the survivors on a larger one, the parent
-//! kept until an offspring beats it. The fitness (KL divergence of the pruned model's next-token
+//! offspring ranked on a small budget of windows and the survivors of each selection step on a
+//! larger one, the parent kept until an offspring beats it. The fitness (KL divergence of the pruned model's next-token
 //! distributions from the dense model's) is the caller's.
 
 use super::neuroal::CLIP;
@@ -10,18 +10,16 @@ use crate::error::Result;
 use serde::Serialize;
 
 /// How the search runs (docs/methods.md §5.2 gives the defaults and why).
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct EvoSettings {
     /// Generations (--evo-generations).
     pub generations: usize,
-    /// Offspring drawn from the parent per generation, each ranked on `first_windows`.
+    /// Offspring drawn from the parent per generation, all ranked by the first selection step.
     pub offspring: usize,
-    /// Offspring that go on to `final_windows`, where the best of them must beat the parent.
-    pub survivors: usize,
-    /// Windows of the first selection step.
-    pub first_windows: usize,
-    /// Windows of the last selection step (and of the parent's fitness).
-    pub final_windows: usize,
+    /// The selection steps in order, on more windows each: a step scores the candidates the one
+    /// before passed on and passes on its best `survivors`; the best of the last step replaces
+    /// the parent when it scores lower on the last step's windows.
+    pub selection: Vec<Selection>,
     /// Tokens of each window the fitness reads (the first ones).
     pub tokens: usize,
     /// Sparsity one move adds to a block (the block it takes it from loses as many weights).
@@ -32,14 +30,25 @@ pub struct EvoSettings {
     pub seed: u64,
 }
 
+/// One selection step of a generation.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct Selection {
+    /// Calibration windows each candidate is scored on (the first ones).
+    #[schemars(range(min = 1))]
+    pub windows: usize,
+    /// Candidates passed on to the next step (1 in the last step: the one that meets the parent).
+    #[schemars(range(min = 1))]
+    pub survivors: usize,
+}
+
 /// One generation: the parent's fitness after it, and what its offspring scored.
 #[derive(Clone, Debug, Serialize, schemars::JsonSchema)]
 pub struct Generation {
-    /// The parent's fitness on the final windows once the generation chose it (mean KL divergence
+    /// The parent's fitness on the last step's windows once the generation chose it (mean KL divergence
     /// of the next-token distributions, nats per token); never above the previous generation's.
     #[schemars(range(min = 0.0))]
     pub fitness: f64,
-    /// The best offspring's fitness on the final windows (it became the parent when below the
+    /// The best offspring's fitness on the last step's windows (it became the parent when below the
     /// previous parent's fitness); null when no move fitted inside the bounds.
     #[schemars(range(min = 0.0))]
     pub best_offspring: Option<f64>,
@@ -52,7 +61,7 @@ pub struct Generation {
 pub struct EvoOutcome {
     /// The chosen level of every unit.
     pub levels: Vec<f64>,
-    /// The start's fitness on the final windows.
+    /// The start's fitness on the last step's windows.
     pub start_fitness: f64,
     /// One entry per generation.
     pub generations: Vec<Generation>,
@@ -72,42 +81,51 @@ pub fn search(
     mut on_generation: impl FnMut(usize, &Generation, &[f64]) -> Result<()>,
 ) -> Result<EvoOutcome> {
     assert_eq!(start.len(), params.len(), "one parameter count per unit");
+    let steps = &settings.selection;
+    let last = steps.last().expect("at least one selection step");
+    assert!(
+        steps.iter().all(|s| s.windows > 0 && s.survivors > 0)
+            && steps.windows(2).all(|w| w[0].windows < w[1].windows),
+        "selection steps on more windows each, each passing some on: {steps:?}"
+    );
     let mut rng = Rng::new(settings.seed);
-    let (mut first_count, mut final_count) = (0, 0);
+    // Evaluations per step; the parent's count under the last step.
+    let mut counts = vec![0usize; steps.len()];
     let mut parent = start.to_vec();
-    let mut parent_fitness = fitness(&parent, settings.final_windows)?;
-    final_count += 1;
+    let mut parent_fitness = fitness(&parent, last.windows)?;
+    counts[steps.len() - 1] += 1;
     let start_fitness = parent_fitness;
     let mut generations = Vec::with_capacity(settings.generations);
     for g in 0..settings.generations {
-        let mut children: Vec<Vec<f64>> = Vec::with_capacity(settings.offspring);
+        let mut candidates: Vec<Vec<f64>> = Vec::with_capacity(settings.offspring);
         // Bounded: a model with few blocks may have fewer distinct children than asked for.
         for _ in 0..settings.offspring * 64 {
-            if children.len() == settings.offspring {
+            if candidates.len() == settings.offspring {
                 break;
             }
             let Some(child) = mutate(&parent, params, settings, &mut rng) else {
                 break; // no move fits inside the bounds: nothing to search
             };
-            if !children.contains(&child) {
-                children.push(child);
+            if !candidates.contains(&child) {
+                candidates.push(child);
             }
         }
-        let mut ranked = Vec::with_capacity(children.len());
-        for child in children {
-            let f = fitness(&child, settings.first_windows)?;
-            first_count += 1;
-            ranked.push((f, child));
-        }
-        // Stable: equal fitness keeps the order of drawing.
-        ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
         let mut best: Option<(f64, Vec<f64>)> = None;
-        for (_, child) in ranked.into_iter().take(settings.survivors) {
-            let f = fitness(&child, settings.final_windows)?;
-            final_count += 1;
-            if best.as_ref().is_none_or(|(b, _)| f < *b) {
-                best = Some((f, child));
+        for (i, step) in steps.iter().enumerate() {
+            let mut ranked = Vec::with_capacity(candidates.len());
+            for child in candidates {
+                let f = fitness(&child, step.windows)?;
+                counts[i] += 1;
+                ranked.push((f, child));
             }
+            // Stable: equal fitness keeps the order of drawing.
+            ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+            ranked.truncate(step.survivors);
+            if i + 1 == steps.len() {
+                best = ranked.into_iter().next();
+                break;
+            }
+            candidates = ranked.into_iter().map(|(_, child)| child).collect();
         }
         let (best_offspring, improved) = match best {
             Some((f, child)) if f < parent_fitness => {
@@ -126,17 +144,11 @@ pub fn search(
         on_generation(g, &generation, &parent)?;
         generations.push(generation);
     }
-    let mut evaluations = vec![(settings.final_windows, final_count)];
-    if settings.first_windows == settings.final_windows {
-        evaluations[0].1 += first_count;
-    } else {
-        evaluations.insert(0, (settings.first_windows, first_count));
-    }
     Ok(EvoOutcome {
         levels: parent,
         start_fitness,
         generations,
-        evaluations,
+        evaluations: steps.iter().map(|s| s.windows).zip(counts).collect(),
     })
 }
 
@@ -177,14 +189,22 @@ fn mutate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
 
     fn settings(generations: usize) -> EvoSettings {
         EvoSettings {
             generations,
             offspring: 8,
-            survivors: 2,
-            first_windows: 1,
-            final_windows: 4,
+            selection: vec![
+                Selection {
+                    windows: 1,
+                    survivors: 2,
+                },
+                Selection {
+                    windows: 4,
+                    survivors: 1,
+                },
+            ],
             tokens: 64,
             step: 0.02,
             max_moves: 3,
@@ -266,6 +286,58 @@ mod tests {
         assert_eq!(outcome.start_fitness, from);
         // 1 start + 2 survivors per generation on the final windows, 8 per generation on the first.
         assert_eq!(outcome.evaluations, vec![(1, 1600), (4, 401)]);
+    }
+
+    /// Each step scores exactly what the step before passed on, and only the last step's best
+    /// meets the parent, on the last step's windows.
+    #[test]
+    fn each_selection_step_scores_the_best_of_the_step_before() {
+        let mut three = settings(6);
+        three.selection.push(Selection {
+            windows: 16,
+            survivors: 1,
+        });
+        // The window count changes the ranking, so a step that re-used an earlier score shows.
+        let score = |x: &[f64], w: usize| -> f64 {
+            x.iter()
+                .enumerate()
+                .map(|(i, v)| (v - 0.6 - 0.01 * i as f64).powi(2) * (1.0 + ((i * w) % 5) as f64))
+                .sum()
+        };
+        let calls = RefCell::new(Vec::new());
+        let outcome = search(
+            &[0.7; 6],
+            &[1.0, 2.0, 1.0, 3.0, 1.0, 2.0],
+            &three,
+            |x, w| {
+                calls.borrow_mut().push((x.to_vec(), w, score(x, w)));
+                Ok(score(x, w))
+            },
+            |_, generation, parent| {
+                assert_eq!(generation.fitness, score(parent, 16));
+                Ok(())
+            },
+        )
+        .unwrap();
+        let calls = calls.into_inner();
+        assert_eq!(
+            calls[0].1, 16,
+            "the start is scored on the last step's windows"
+        );
+        let best = |scored: &[(Vec<f64>, usize, f64)], n: usize| -> Vec<Vec<f64>> {
+            let mut s = scored.to_vec();
+            s.sort_by(|a, b| a.2.total_cmp(&b.2));
+            s.into_iter().take(n).map(|c| c.0).collect()
+        };
+        for generation in calls[1..].chunks(8 + 2 + 1) {
+            let windows: Vec<usize> = generation.iter().map(|c| c.1).collect();
+            assert_eq!(windows, [[1; 8].as_slice(), &[4, 4], &[16]].concat());
+            let second: Vec<Vec<f64>> = generation[8..10].iter().map(|c| c.0.clone()).collect();
+            assert_eq!(second, best(&generation[..8], 2));
+            assert_eq!(vec![generation[10].0.clone()], best(&generation[8..10], 1));
+        }
+        assert_eq!(outcome.evaluations, vec![(1, 48), (4, 12), (16, 7)]);
+        assert!(outcome.generations.last().unwrap().fitness < outcome.start_fitness);
     }
 
     #[test]

@@ -168,6 +168,12 @@ impl PruneConfig {
                 "evo builds every block's masks at any level from one score; SparseGPT's masks come from its own weight updates. Use wanda, multiflow, ria or magnitude (with --reconstruct to re-fit the kept weights)",
             ));
         }
+        if self.top_up == TopUp::Evo && self.neuroal_step == NeuroalStep::Row {
+            return Err(Error::invalid(
+                "--neuroal-step",
+                "evo searches the block levels that `row` leaves uniform; use both (the search, then NeuroAL's row step) or block (the search alone)",
+            ));
+        }
         self.validate_fixed_lambdas()?;
         if !self.needs_calibration() && (!self.calib.is_empty() || self.calib_windows.is_some()) {
             return Err(Error::invalid(

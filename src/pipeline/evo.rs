@@ -11,7 +11,7 @@ use super::search;
 use super::sequential::{session, weight_value};
 use super::staged::{Checkpoint, StagedRun};
 use super::PruneConfig;
-use crate::allocate::evo::{search as evolve, EvoSettings};
+use crate::allocate::evo::{search as evolve, EvoSettings, Selection};
 use crate::allocate::{EvoStart, NeuroalStep, SparsityPlan};
 use crate::error::{Error, Result};
 use crate::eval::kl_divergence;
@@ -27,14 +27,18 @@ use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 use std::time::Instant;
 
-/// Offspring per generation, ranked on [`FIRST_WINDOWS`].
+/// Offspring per generation, all ranked by the first selection step.
 const OFFSPRING: usize = 8;
-/// Offspring that go on to [`FINAL_WINDOWS`].
-const SURVIVORS: usize = 2;
-/// Windows of the first selection step.
-const FIRST_WINDOWS: usize = 1;
-/// Windows of the last selection step, at most.
-const FINAL_WINDOWS: usize = 4;
+/// The selection steps, as (windows, survivors): 8 offspring on one window, the best 2 on four
+/// against the parent (a third step, the best of those on sixteen, did worse on held-out
+/// calibration text: docs/methods.md §5.2). Window counts are capped by the calibration windows
+/// and by [`DENSE_LOGITS_BYTES`].
+const SELECTION: [(usize, usize); 2] = [(1, 2), (4, 1)];
+/// Memory the dense model's logits may take; they are held for every window of the last step.
+const DENSE_LOGITS_BYTES: usize = 2 << 30;
+/// The vocabulary assumed when the embedding was not found: the largest among supported exports
+/// (Gemma 3), so that the cap errs on the small side.
+const LARGEST_VOCAB: usize = 262_144;
 /// Tokens of each window the fitness reads, at most.
 const TOKENS: usize = 512;
 /// Sparsity one move adds to a block.
@@ -42,20 +46,42 @@ const STEP: f64 = 0.02;
 /// Most moves per mutation.
 const MAX_MOVES: usize = 3;
 
-/// The search's settings for `config`.
-fn settings(config: &PruneConfig) -> EvoSettings {
-    let final_windows = FINAL_WINDOWS.min(config.nsamples).max(1);
+/// The search's settings for `config` on a model whose logits have `vocab` entries.
+fn settings(config: &PruneConfig, vocab: usize) -> EvoSettings {
+    let tokens = TOKENS.min(config.seqlen);
     EvoSettings {
         generations: config.evo_generations,
         offspring: OFFSPRING,
-        survivors: SURVIVORS,
-        first_windows: FIRST_WINDOWS.min(final_windows),
-        final_windows,
-        tokens: TOKENS.min(config.seqlen),
+        selection: selection(&SELECTION, config.nsamples, tokens, vocab),
+        tokens,
         step: STEP,
         max_moves: MAX_MOVES,
         seed: config.seed,
     }
+}
+
+/// The `steps` (windows, survivors) with their windows capped by the `nsamples` calibration
+/// windows and by [`DENSE_LOGITS_BYTES`] of dense logits (`tokens × vocab` floats per window); a
+/// capped step on as many windows as the one before merges into it, with its survivors.
+fn selection(
+    steps: &[(usize, usize)],
+    nsamples: usize,
+    tokens: usize,
+    vocab: usize,
+) -> Vec<Selection> {
+    let window_bytes = tokens * vocab * std::mem::size_of::<f32>();
+    let most = (DENSE_LOGITS_BYTES / window_bytes.max(1))
+        .min(nsamples)
+        .max(1);
+    let mut selection: Vec<Selection> = Vec::with_capacity(steps.len());
+    for &(windows, survivors) in steps {
+        let windows = windows.min(most);
+        match selection.last_mut() {
+            Some(before) if before.windows == windows => before.survivors = survivors,
+            _ => selection.push(Selection { windows, survivors }),
+        }
+    }
+    selection
 }
 
 /// What the evolutionary search chose and did.
@@ -64,14 +90,16 @@ pub(crate) struct Searched {
     pub plan: SparsityPlan,
     /// The search's start, generations and choice, for the report.
     pub detail: AllocationDetail,
-    /// NeuroAL's block step, when it was the start.
+    /// NeuroAL's block step, when it was the start, and its row step on the chosen blocks, when
+    /// it ran.
     pub neuroal: Option<SearchReport>,
-    /// Wall time of the whole search, NeuroAL's block step included, seconds.
+    /// Wall time of the whole search, NeuroAL's steps included, seconds.
     pub seconds: f64,
 }
 
 /// Searches per-block sparsity levels from the start `config.evo_start` names (NeuroAL's block
-/// step, or uniform).
+/// step, or uniform); with `--neuroal-step both`, NeuroAL's row step then spreads each matrix's
+/// level over its rows.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn evo(
     model: &OnnxModel,
@@ -110,7 +138,8 @@ pub(crate) fn evo(
         }
     };
     let clock = Instant::now();
-    let settings = settings(config);
+    let settings = settings(config, discovery.vocab.unwrap_or(LARGEST_VOCAB));
+    let last_windows = settings.selection.last().map_or(1, |s| s.windows);
     let params: Vec<f64> = groups
         .values()
         .map(|idx| {
@@ -119,41 +148,51 @@ pub(crate) fn evo(
                 .sum()
         })
         .collect();
+    let steps: Vec<String> = settings
+        .selection
+        .iter()
+        .map(|s| format!("{} window(s)", s.windows))
+        .collect();
+    let passes: usize = settings
+        .selection
+        .iter()
+        .scan(settings.offspring, |candidates, s| {
+            let scored = *candidates * s.windows;
+            *candidates = s.survivors;
+            Some(scored)
+        })
+        .sum();
     progress.note(&format!(
-        "  evo: a dense pass over {} windows for the masks, then {} generations of {} offspring on {} window(s) and {} on {}, {} tokens each: {} window passes through the whole model",
+        "  evo: a dense pass over {} windows for the masks, then {} generations of {} offspring selected on {} of {} tokens each: {} window passes through the whole model",
         windows.len(),
         settings.generations,
         settings.offspring,
-        settings.first_windows,
-        settings.survivors,
-        settings.final_windows,
+        steps.join(", then "),
         settings.tokens,
-        settings.final_windows
-            + settings.generations
-                * (settings.offspring * settings.first_windows
-                    + settings.survivors * settings.final_windows)
+        last_windows + settings.generations * passes
     ));
     let norms = dense_norms(model, discovery, runtime, windows, spill)?;
-    let fitness_windows: Vec<Vec<i64>> = windows[..settings.final_windows]
+    let fitness_windows: Vec<Vec<i64>> = windows[..last_windows]
         .iter()
         .map(|w| w[..w.len().min(settings.tokens)].to_vec())
         .collect();
     let forward = RefCell::new(Forward::new(model, discovery, runtime, fitness_windows)?);
     let variants = RefCell::new(Variants::new(model, discovery, config, &norms, &groups));
-    let mut dense_logits = Vec::with_capacity(settings.final_windows);
+    let mut dense_logits = Vec::with_capacity(last_windows);
     let dense = variants.borrow_mut().dense()?;
     forward
         .borrow_mut()
-        .logits(settings.final_windows, &dense, false, |_, logits| {
+        .logits(last_windows, &dense, false, |_, logits| {
             dense_logits.push(logits);
             Ok(())
         })?;
     drop(dense);
     // A candidate's logits are compared window by window as they come, so that only the dense
-    // model's are held (2 GB for 4 windows of 512 tokens over a 262k vocabulary).
+    // model's are held (at most DENSE_LOGITS_BYTES). Runs on the last step's windows are kept
+    // for later candidates to resume from.
     let fitness = |levels: &[f64], n: usize| -> Result<f64> {
         let weights = variants.borrow_mut().weights(levels)?;
-        let keep = n == settings.final_windows;
+        let keep = n == last_windows;
         let (mut total, mut tokens) = (0.0, 0usize);
         forward
             .borrow_mut()
@@ -204,8 +243,36 @@ pub(crate) fn evo(
             .collect(),
         seconds: clock.elapsed().as_secs_f64(),
     };
+    // The candidates' weights, runs and the dense logits are no longer needed.
+    drop((forward, variants, dense_logits));
+    let (plan, neuroal) = if config.neuroal_step == NeuroalStep::Both {
+        let (plan, rows) = search::neuroal_rows(
+            model,
+            discovery,
+            runtime,
+            masker,
+            windows,
+            config,
+            spill,
+            &outcome.levels,
+            progress,
+        )?;
+        let report = match neuroal {
+            Some(mut block) => {
+                block.row = rows.row;
+                block.row_lambda = rows.row_lambda;
+                block.seconds += rows.seconds;
+                block.timings_s.add(&rows.timings_s);
+                block
+            }
+            None => rows,
+        };
+        (plan, Some(report))
+    } else {
+        (plan_from_blocks(discovery, &outcome.levels), neuroal)
+    };
     Ok(Searched {
-        plan: plan_from_blocks(discovery, &outcome.levels),
+        plan,
         detail,
         neuroal,
         seconds: started.elapsed().as_secs_f64(),
@@ -458,4 +525,38 @@ fn kl_sum(dense: &Activation, pruned: &Activation) -> Result<(f64, usize)> {
         .map(|(p, q)| kl_divergence(p, q))
         .collect();
     Ok((kls.iter().sum(), p.len() / vocab))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn steps(selection: &[Selection]) -> Vec<(usize, usize)> {
+        selection.iter().map(|s| (s.windows, s.survivors)).collect()
+    }
+
+    #[test]
+    fn selection_windows_are_capped_by_the_calibration_and_the_dense_logits_memory() {
+        let three = [(1, 2), (4, 1), (16, 1)];
+        // SmolLM2: 512 × 49,152 floats a window, 21 windows in 2 GiB.
+        assert_eq!(
+            steps(&selection(&three, 32, 512, 49_152)),
+            [(1, 2), (4, 1), (16, 1)]
+        );
+        // Fewer calibration windows than a step asks for.
+        assert_eq!(
+            steps(&selection(&three, 10, 512, 49_152)),
+            [(1, 2), (4, 1), (10, 1)]
+        );
+        assert_eq!(steps(&selection(&three, 4, 512, 49_152)), [(1, 2), (4, 1)]);
+        assert_eq!(steps(&selection(&three, 1, 512, 49_152)), [(1, 1)]);
+        // Gemma 3's 262,144 entries: exactly 4 windows of 512 tokens fit.
+        assert_eq!(
+            steps(&selection(&three, 32, 512, 262_144)),
+            [(1, 2), (4, 1)]
+        );
+        // A vocabulary that leaves room for one window still searches, on one window.
+        assert_eq!(steps(&selection(&three, 32, 512, 1 << 20)), [(1, 1)]);
+        assert_eq!(steps(&selection(&SELECTION, 32, 512, 49_152)), SELECTION);
+    }
 }

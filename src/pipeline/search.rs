@@ -15,7 +15,7 @@ use crate::graph::{Discovery, Partition, StageKind};
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
 use crate::prune::{MaskRule, Masker, PruneMethod};
-use crate::report::{Candidate, SearchReport, SequentialTimings};
+use crate::report::{Candidate, SearchReport};
 use crate::runtime::Runtime;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -49,9 +49,92 @@ pub(crate) fn neuroal(
     spill: Option<&SpillPolicy>,
     progress: &Progress,
 ) -> Result<(SparsityPlan, SearchReport)> {
+    with_pruners(
+        model,
+        discovery,
+        runtime,
+        masker,
+        config,
+        spill,
+        progress,
+        |pruners| steps(pruners, discovery, windows, config, progress),
+    )
+}
+
+/// NeuroAL's row step (§1.5) on blocks at the given levels (one per block, in order) instead
+/// of its block step's ramp: `--top-up evo` with `--neuroal-step both`. The report holds the
+/// row candidates and the one pass that measured the alignment at those levels.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn neuroal_rows(
+    model: &OnnxModel,
+    discovery: &Discovery,
+    runtime: &Runtime,
+    masker: &Masker,
+    windows: &[Vec<i64>],
+    config: &PruneConfig,
+    spill: Option<&SpillPolicy>,
+    block_levels: &[f64],
+    progress: &Progress,
+) -> Result<(SparsityPlan, SearchReport)> {
+    let windows = &windows[..windows.len().min(SEARCH_WINDOWS)];
+    let per_linear = per_block_levels(discovery, block_levels);
+    let plan = SparsityPlan {
+        rules: per_linear.iter().map(|&s| MaskRule::Row(s)).collect(),
+    };
+    with_pruners(
+        model,
+        discovery,
+        runtime,
+        masker,
+        config,
+        spill,
+        progress,
+        |pruners| {
+            let (_, alignment) = evaluate(&mut pruners[0], windows, &plan, &Progress::silent())?;
+            let report = SearchReport::new(windows.len());
+            row_step(
+                pruners,
+                discovery,
+                windows,
+                config,
+                &per_linear,
+                &alignment,
+                report,
+                progress,
+            )
+        },
+    )
+}
+
+/// Every linear's level from its block's (one level per block, in order).
+fn per_block_levels(discovery: &Discovery, block_levels: &[f64]) -> Vec<f64> {
+    let mut blocks: Vec<usize> = discovery.linears.iter().map(|l| l.block).collect();
+    blocks.dedup();
+    let position: BTreeMap<usize, usize> =
+        blocks.iter().enumerate().map(|(i, b)| (*b, i)).collect();
+    discovery
+        .linears
+        .iter()
+        .map(|l| block_levels[position[&l.block]])
+        .collect()
+}
+
+/// Runs `search` with [`search_jobs`] pruners, each on its own runtime sharing the cores (a
+/// single job uses the run's own runtime), and completes its report with the wall time, the jobs
+/// and their summed timings.
+#[allow(clippy::too_many_arguments)]
+fn with_pruners(
+    model: &OnnxModel,
+    discovery: &Discovery,
+    runtime: &Runtime,
+    masker: &Masker,
+    config: &PruneConfig,
+    spill: Option<&SpillPolicy>,
+    progress: &Progress,
+    search: impl FnOnce(&mut [SequentialPruner]) -> Result<(SparsityPlan, SearchReport)>,
+) -> Result<(SparsityPlan, SearchReport)> {
     let clock = Instant::now();
     let jobs = search_jobs(config, masker, discovery);
-    // One runtime per job, sharing the cores; a single job uses the run's own runtime.
     let job_runtimes = if jobs > 1 {
         let cores = match config.threads {
             0 => available_cores(),
@@ -80,13 +163,11 @@ pub(crate) fn neuroal(
             )
         })
         .collect::<Result<Vec<_>>>()?;
-    let (plan, mut report) = steps(&mut pruners, discovery, windows, config, progress)?;
+    let (plan, mut report) = search(&mut pruners)?;
     report.seconds = clock.elapsed().as_secs_f64();
     report.jobs = pruners.len();
     for pruner in &pruners {
-        report.timings_s.forward += pruner.timings.forward;
-        report.timings_s.statistics += pruner.timings.statistics;
-        report.timings_s.masks += pruner.timings.masks;
+        report.timings_s.add(&pruner.timings);
     }
     Ok((plan, report))
 }
@@ -149,36 +230,19 @@ fn steps(
         config.method,
     );
     let windows = &windows[..windows.len().min(SEARCH_WINDOWS)];
-    let blocks: Vec<usize> = {
+    let n_blocks = {
         let mut b: Vec<usize> = discovery.linears.iter().map(|l| l.block).collect();
         b.dedup();
-        b
+        b.len()
     };
-    let position: BTreeMap<usize, usize> =
-        blocks.iter().enumerate().map(|(i, b)| (*b, i)).collect();
     let block_plan = |lambda: f64| -> (Vec<f64>, SparsityPlan) {
-        let ramp = block_ramp(sparsity, lambda, blocks.len());
-        let per_linear: Vec<f64> = discovery
-            .linears
-            .iter()
-            .map(|l| ramp[position[&l.block]])
-            .collect();
+        let per_linear = per_block_levels(discovery, &block_ramp(sparsity, lambda, n_blocks));
         let rules = per_linear.iter().map(|&s| MaskRule::Row(s)).collect();
         (per_linear, SparsityPlan { rules })
     };
 
     // Block step: the λ ramp over blocks; with the row step alone, one uniform run at λ = 0.
-    let mut report = SearchReport {
-        block: Vec::new(),
-        block_lambda: None,
-        row: Vec::new(),
-        row_lambda: None,
-        row_skipped: None,
-        windows: windows.len(),
-        jobs: 1,
-        seconds: 0.0,
-        timings_s: SequentialTimings::default(),
-    };
+    let mut report = SearchReport::new(windows.len());
     let row_wanted = matches!(step, NeuroalStep::Row | NeuroalStep::Both);
     let row_runs = row_wanted && method != PruneMethod::Sparsegpt;
     let (block_sparsity, block_rules, alignment) = if step == NeuroalStep::Row {
@@ -224,13 +288,38 @@ fn steps(
         return Ok((block_rules, report));
     }
 
-    // Row step: each producer's rows follow its consumer's alignment difference.
-    let signals = row_signals(pruners[0].partition(), discovery, &alignment);
+    row_step(
+        pruners,
+        discovery,
+        windows,
+        config,
+        &block_sparsity,
+        &alignment,
+        report,
+        progress,
+    )
+}
+
+/// The row step (§1.5) on blocks pruned at `block_sparsity` (per linear), whose run measured
+/// `alignment`: each producer's rows follow its consumer's alignment difference, with the row λ
+/// given or searched; the row candidates go into `report`.
+#[allow(clippy::too_many_arguments)]
+fn row_step(
+    pruners: &mut [SequentialPruner],
+    discovery: &Discovery,
+    windows: &[Vec<i64>],
+    config: &PruneConfig,
+    block_sparsity: &[f64],
+    alignment: &[Alignment],
+    mut report: SearchReport,
+    progress: &Progress,
+) -> Result<(SparsityPlan, SearchReport)> {
+    let signals = row_signals(pruners[0].partition(), discovery, alignment);
     let row_plan = |lambda: f64| SparsityPlan {
         rules: discovery
             .linears
             .iter()
-            .zip(&block_sparsity)
+            .zip(block_sparsity)
             .zip(&signals)
             .map(|((l, &s), g)| {
                 let rows = g
@@ -241,7 +330,7 @@ fn steps(
             })
             .collect(),
     };
-    if let Some(lambda) = fixed.row {
+    if let Some(lambda) = config.neuroal_lambdas.row {
         report.row_lambda = Some(lambda);
         return Ok((row_plan(lambda), report));
     }

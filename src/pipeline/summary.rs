@@ -119,6 +119,7 @@ fn top_up_parameters(config: &PruneConfig) -> Option<TopUpParameters> {
             start: config.evo_start,
             generations: config.evo_generations,
             search_windows: search::SEARCH_WINDOWS.min(config.nsamples),
+            step: config.neuroal_step,
         }),
         TopUp::Dsnot => Some(TopUpParameters::Dsnot {
             max_cycles: prune::dsnot::MAX_CYCLES,

@@ -116,7 +116,8 @@ pub struct SearchReport {
     #[schemars(range(min = 0.0))]
     pub block_lambda: Option<f64>,
     /// Row-step candidates in grid order (λ from 0 to 0.25); empty when the row step did not run or
-    /// --neuroal-row-lambda fixed its λ.
+    /// --neuroal-row-lambda fixed its λ. With --top-up evo, the row step runs on the blocks at
+    /// the levels the evolutionary search chose.
     pub row: Vec<Candidate>,
     /// The chosen row λ: the first candidate with the lowest score, or --neuroal-row-lambda; null
     /// when the row step did not run (--neuroal-step block, or see row_skipped).
@@ -141,6 +142,23 @@ pub struct SearchReport {
     pub timings_s: SequentialTimings,
 }
 
+impl SearchReport {
+    /// A search on `windows` windows that has tried nothing yet.
+    pub fn new(windows: usize) -> Self {
+        Self {
+            block: Vec::new(),
+            block_lambda: None,
+            row: Vec::new(),
+            row_lambda: None,
+            row_skipped: None,
+            windows,
+            jobs: 1,
+            seconds: 0.0,
+            timings_s: SequentialTimings::default(),
+        }
+    }
+}
+
 /// Where the time of sequential passes went, in seconds.
 #[derive(Clone, Debug, Default, Serialize, schemars::JsonSchema)]
 pub struct SequentialTimings {
@@ -154,4 +172,13 @@ pub struct SequentialTimings {
     /// Reading the dense weights, scores, masks and weight updates.
     #[schemars(range(min = 0.0))]
     pub masks: f64,
+}
+
+impl SequentialTimings {
+    /// Adds `other`'s times to these.
+    pub fn add(&mut self, other: &SequentialTimings) {
+        self.forward += other.forward;
+        self.statistics += other.statistics;
+        self.masks += other.masks;
+    }
 }

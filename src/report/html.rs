@@ -323,17 +323,23 @@ fn evo_search(r: &Report, detail: &AllocationDetail) -> String {
         "sparsity",
         Some((r.sparsity.target, "global target")),
     );
+    // "8 offspring on 1 window(s), the best 2 on 4, the best 1 on 16"
+    let mut selection = format!("{} offspring", settings.offspring);
+    let mut entering = settings.offspring;
+    for (i, step) in settings.selection.iter().enumerate() {
+        selection += &match i {
+            0 => format!(" on {} window(s)", step.windows),
+            _ => format!(", the best {entering} on {}", step.windows),
+        };
+        entering = step.survivors;
+    }
     let mut h = format!(
-        "<p class=\"note\">Evolutionary search from {} ({} generations of {} offspring on {} \
-         window(s), the best {} on {}, the first {} tokens of each; {} s). Fitness is KL(dense ‖ pruned) of the next-token \
+        "<p class=\"note\">Evolutionary search from {} ({} generations of {selection}, the \
+         first {} tokens of each window; {} s). Fitness is KL(dense ‖ pruned) of the next-token \
          distributions, nats per token, lower is better: {} at the start, {} chosen. Bars: the \
          start's block sparsity (green) and the chosen one.</p>\n{chart}",
         start.as_str(),
         settings.generations,
-        settings.offspring,
-        settings.first_windows,
-        settings.survivors,
-        settings.final_windows,
         settings.tokens,
         fixed(*seconds, 1),
         fixed(*start_fitness, 5),

@@ -230,8 +230,11 @@ pub enum TopUpParameters {
         /// Generations (--evo-generations), as allocation.settings.generations.
         generations: usize,
         /// Number of calibration windows NeuroAL's block step scores its candidates on, when it
-        /// is the start: min(--nsamples, 8).
+        /// is the start, and its row step after the search: min(--nsamples, 8).
         search_windows: usize,
+        /// What follows the search (--neuroal-step): both (NeuroAL's row step on the chosen
+        /// blocks, search.row) or block (nothing: every row at its block's level).
+        step: crate::allocate::NeuroalStep,
     },
     /// OWL: outlier threshold `M` and spread `λ`.
     Owl {

@@ -445,12 +445,13 @@ fn evo_starts_from_the_block_step_keeps_the_total_and_never_worsens_its_fitness(
     let (report, out) = tiny_run(
         dir.path(),
         "evo",
-        "--prune-method wanda --top-up evo --evo-generations 6",
+        "--prune-method wanda --top-up evo --neuroal-step block --evo-generations 6",
     );
     let detail = &report["allocation"];
     assert_eq!(detail["top_up"], "evo");
     assert_eq!(detail["start"], "neuroal");
-    // The start is NeuroAL's block step (no row step): the ramp of the chosen block λ.
+    // The start is NeuroAL's block step, and --neuroal-step block runs no row step after the
+    // search: the ramp of the chosen block λ.
     let search = &report["search"];
     assert!(search["row"].as_array().unwrap().is_empty());
     let lambda = search["block_lambda"].as_f64().unwrap();
@@ -486,37 +487,88 @@ fn evo_starts_from_the_block_step_keeps_the_total_and_never_worsens_its_fitness(
         }
         last = f;
     }
-    // 8 offspring on 1 window and 2 on 4 per generation, plus the start on 4.
-    let evaluations = &detail["evaluations"];
-    assert_eq!(evaluations[0]["windows"], 1);
-    assert!(evaluations[0]["count"].as_u64().unwrap() <= 48);
-    assert_eq!(evaluations[1]["windows"], 4);
-    assert!(evaluations[1]["count"].as_u64().unwrap() <= 13);
+    // 8 offspring on 1 window and the best 2 on 4 per generation, plus the start on 4.
+    let evaluations: Vec<(u64, u64)> = detail["evaluations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["windows"].as_u64().unwrap(), e["count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(evaluations.iter().map(|e| e.0).collect::<Vec<_>>(), [1, 4]);
+    assert!(evaluations[0].1 <= 48 && evaluations[1].1 <= 13);
+    let steps = &detail["settings"]["selection"];
+    assert_eq!(steps[1]["survivors"], 1, "{steps}");
     crate::harness::assert_loads_from_another_folder(&out);
 }
 
+/// Without generations the search's choice is its start, so NeuroAL's row step after it (the
+/// default `--neuroal-step both`) gives NeuroAL's own `both` (from its block step) or `row`
+/// (from uniform blocks), and `--neuroal-step block` gives the start itself.
 #[test]
 fn evo_without_generations_writes_its_start() {
     let dir = scratch();
     let data = |p: &Path| std::fs::read(p.with_extension("onnx.data")).unwrap();
-    for (start, same_as) in [
-        ("neuroal", "--top-up neuroal --neuroal-step block"),
-        ("uniform", "--top-up uniform"),
+    for (start, step, same_as) in [
+        ("neuroal", "block", "--top-up neuroal --neuroal-step block"),
+        ("uniform", "block", "--top-up uniform"),
+        ("neuroal", "both", "--top-up neuroal --neuroal-step both"),
+        ("uniform", "both", "--top-up neuroal --neuroal-step row"),
     ] {
-        let (_, evo) = tiny_run(
+        let (report, evo) = tiny_run(
             dir.path(),
-            &format!("evo-{start}"),
-            &format!("--top-up evo --evo-start {start} --evo-generations 0"),
+            &format!("evo-{start}-{step}"),
+            &format!("--top-up evo --evo-start {start} --neuroal-step {step} --evo-generations 0"),
         );
-        let (_, other) = tiny_run(dir.path(), &format!("other-{start}"), same_as);
-        assert!(data(&evo) == data(&other), "{start}: not the same weights");
+        let (other_report, other) = tiny_run(dir.path(), &format!("other-{start}-{step}"), same_as);
+        assert!(
+            data(&evo) == data(&other),
+            "{start}, {step}: not the same weights as {same_as}"
+        );
+        if step == "both" {
+            assert_eq!(report["search"]["row"], other_report["search"]["row"]);
+            assert_eq!(
+                report["search"]["row_lambda"],
+                other_report["search"]["row_lambda"]
+            );
+        }
     }
+}
+
+/// After the search, NeuroAL's row step spreads each matrix's chosen level over its rows: its λ
+/// is the first argmin of its candidates and every matrix keeps its block's level on average
+/// (that its rows then differ is `both_steps_...`'s to check, on NeuroAL's own blocks).
+#[test]
+fn evo_with_the_row_step_keeps_the_chosen_levels_per_matrix() {
+    let dir = scratch();
+    let (report, out) = tiny_run(
+        dir.path(),
+        "evo-rows",
+        "--prune-method wanda --top-up evo --neuroal-step both --evo-generations 3",
+    );
+    let search = &report["search"];
+    assert_eq!(search["row"].as_array().unwrap().len(), 15);
+    assert_eq!(
+        search["row_lambda"].as_f64().unwrap(),
+        first_argmin(&search["row"])
+    );
+    assert_eq!(
+        search["block_lambda"].as_f64().unwrap(),
+        first_argmin(&search["block"])
+    );
+    let chosen = floats(&report["allocation"]["sparsity"]);
+    let targets = per_block_targets(&report);
+    assert_eq!(targets.len(), chosen.len());
+    for (t, c) in targets.iter().zip(&chosen) {
+        assert!((t - c).abs() < 1e-9, "{targets:?} against {chosen:?}");
+    }
+    crate::harness::assert_loads_from_another_folder(&out);
 }
 
 /// With magnitude masks (no statistics), the model the search scores is the model written: the
 /// fitness of the levels it chose (the last generation's, reached by runs resumed from their
 /// parent's blocks) must be the KL divergence of the written model from the dense one on the
-/// first four calibration windows, computed here from both models' logits in ONNX Runtime.
+/// last selection step's 4 calibration windows (of 5), computed here from both models' logits in
+/// ONNX Runtime.
 #[test]
 fn evo_fitness_is_the_kl_divergence_of_the_model_it_scores() {
     use neuroal_onnx::progress::Progress;
@@ -530,7 +582,7 @@ fn evo_fitness_is_the_kl_divergence_of_the_model_it_scores() {
     std::fs::write(&file, serde_json::to_string(&windows).unwrap()).unwrap();
     let out = dir.path().join("evo.onnx");
     let flags = format!(
-        "--sparsity 0.6 --prune-method magnitude --top-up evo --evo-start uniform --evo-generations 4 --calib-windows {} --quiet",
+        "--sparsity 0.6 --prune-method magnitude --top-up evo --evo-start uniform --neuroal-step block --evo-generations 4 --calib-windows {} --quiet",
         file.display()
     );
     let report = prune_ok(&fx.model, &out, &flags);
@@ -549,8 +601,11 @@ fn evo_fitness_is_the_kl_divergence_of_the_model_it_scores() {
         CausalLm::open(&rt, &dense).unwrap(),
         CausalLm::open(&rt, &pruned).unwrap(),
     );
+    let steps = detail["settings"]["selection"].as_array().unwrap();
+    let last = steps.last().unwrap()["windows"].as_u64().unwrap() as usize;
+    assert_eq!(last, 4, "{steps:?}");
     let (mut total, mut tokens) = (0.0f64, 0usize);
-    for ids in &windows[..4] {
+    for ids in &windows[..last] {
         let (p, q) = (dense.logits(ids).unwrap(), pruned.logits(ids).unwrap());
         for (p, q) in p.rows().into_iter().zip(q.rows()) {
             let log_softmax = |x: &[f32]| -> Vec<f64> {

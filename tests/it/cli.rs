@@ -255,6 +255,10 @@ fn evo_is_refused_with_sparsegpt_and_its_flags_and_dlp_s_without_them() {
         "--sparsity 0.5 --prune-method sparsegpt --top-up evo",
         &["--top-up", "evo", "SparseGPT"],
     );
+    assert_refused(
+        "--sparsity 0.5 --prune-method wanda --top-up evo --neuroal-step row",
+        &["--neuroal-step", "evo", "both", "block"],
+    );
     for (flag, owner) in [
         ("--evo-generations 3", "evo"),
         ("--evo-start uniform", "evo"),

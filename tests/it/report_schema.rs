@@ -145,7 +145,10 @@ fn an_evo_run_validates() {
     assert_valid(&validator(), &report, "evo");
     assert_eq!(report["allocation"]["top_up"], "evo");
     assert_eq!(report["method"]["top_up_parameters"]["top_up"], "evo");
+    // NeuroAL's block step as the start, its row step after the search (--neuroal-step both).
     assert!(report["search"]["block_lambda"].is_f64());
+    assert!(report["search"]["row_lambda"].is_f64());
+    assert_eq!(report["method"]["top_up_parameters"]["step"], "both");
     assert_eq!(
         report["allocation"]["generations"].as_array().map(Vec::len),
         Some(2)
@@ -154,12 +157,12 @@ fn an_evo_run_validates() {
         dir.path(),
         "evo-uniform",
         &format!(
-            "--sparsity 0.6 --prune-method magnitude --top-up evo --evo-start uniform --evo-generations 1 {}",
+            "--sparsity 0.6 --prune-method magnitude --top-up evo --evo-start uniform --neuroal-step block --evo-generations 1 {}",
             calib()
         ),
     );
     assert_valid(&validator(), &uniform, "evo from uniform");
-    assert!(uniform["search"].is_null());
+    assert!(uniform["search"].is_null(), "no NeuroAL step ran");
 }
 
 #[test]
