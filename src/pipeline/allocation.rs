@@ -26,17 +26,21 @@ pub(super) fn blocks(discovery: &Discovery) -> BTreeMap<usize, Vec<usize>> {
     out
 }
 
-/// Every linear at its block's sparsity (`per_block` in block order), every row alike.
-pub(super) fn plan_from_blocks(discovery: &Discovery, per_block: &[f64]) -> SparsityPlan {
+/// Every linear's level from its block's (`per_block` in block order).
+pub(super) fn per_linear_levels(discovery: &Discovery, per_block: &[f64]) -> Vec<f64> {
     let level: BTreeMap<usize, f64> = blocks(discovery)
         .into_keys()
         .zip(per_block.iter().copied())
         .collect();
+    discovery.linears.iter().map(|l| level[&l.block]).collect()
+}
+
+/// Every linear at its block's sparsity (`per_block` in block order), every row alike.
+pub(super) fn plan_from_blocks(discovery: &Discovery, per_block: &[f64]) -> SparsityPlan {
     SparsityPlan {
-        rules: discovery
-            .linears
-            .iter()
-            .map(|l| MaskRule::Row(level[&l.block]))
+        rules: per_linear_levels(discovery, per_block)
+            .into_iter()
+            .map(MaskRule::Row)
             .collect(),
     }
 }

@@ -2,6 +2,7 @@
 //! first calibration windows from the dense weights and scored by neuron alignment; the block-wise
 //! λ first, then the row-wise λ from the best block run's alignment differences.
 
+use super::allocation::{blocks, per_linear_levels, plan_from_blocks};
 use super::carry::SpillPolicy;
 use super::sequential::{Alignment, SequentialPruner};
 use super::PruneConfig;
@@ -77,10 +78,8 @@ pub(crate) fn neuroal_rows(
     progress: &Progress,
 ) -> Result<(SparsityPlan, SearchReport)> {
     let windows = &windows[..windows.len().min(SEARCH_WINDOWS)];
-    let per_linear = per_block_levels(discovery, block_levels);
-    let plan = SparsityPlan {
-        rules: per_linear.iter().map(|&s| MaskRule::Row(s)).collect(),
-    };
+    let per_linear = per_linear_levels(discovery, block_levels);
+    let plan = plan_from_blocks(discovery, block_levels);
     with_pruners(
         model,
         discovery,
@@ -106,19 +105,6 @@ pub(crate) fn neuroal_rows(
     )
 }
 
-/// Every linear's level from its block's (one level per block, in order).
-fn per_block_levels(discovery: &Discovery, block_levels: &[f64]) -> Vec<f64> {
-    let mut blocks: Vec<usize> = discovery.linears.iter().map(|l| l.block).collect();
-    blocks.dedup();
-    let position: BTreeMap<usize, usize> =
-        blocks.iter().enumerate().map(|(i, b)| (*b, i)).collect();
-    discovery
-        .linears
-        .iter()
-        .map(|l| block_levels[position[&l.block]])
-        .collect()
-}
-
 /// Runs `search` with [`search_jobs`] pruners, each on its own runtime sharing the cores (a
 /// single job uses the run's own runtime), and completes its report with the wall time, the jobs
 /// and their summed timings.
@@ -135,6 +121,7 @@ fn with_pruners(
 ) -> Result<(SparsityPlan, SearchReport)> {
     let clock = Instant::now();
     let jobs = search_jobs(config, masker, discovery);
+    // One runtime per job, sharing the cores; a single job uses the run's own runtime.
     let job_runtimes = if jobs > 1 {
         let cores = match config.threads {
             0 => available_cores(),
@@ -230,15 +217,13 @@ fn steps(
         config.method,
     );
     let windows = &windows[..windows.len().min(SEARCH_WINDOWS)];
-    let n_blocks = {
-        let mut b: Vec<usize> = discovery.linears.iter().map(|l| l.block).collect();
-        b.dedup();
-        b.len()
-    };
+    let n_blocks = blocks(discovery).len();
     let block_plan = |lambda: f64| -> (Vec<f64>, SparsityPlan) {
-        let per_linear = per_block_levels(discovery, &block_ramp(sparsity, lambda, n_blocks));
-        let rules = per_linear.iter().map(|&s| MaskRule::Row(s)).collect();
-        (per_linear, SparsityPlan { rules })
+        let ramp = block_ramp(sparsity, lambda, n_blocks);
+        (
+            per_linear_levels(discovery, &ramp),
+            plan_from_blocks(discovery, &ramp),
+        )
     };
 
     // Block step: the λ ramp over blocks; with the row step alone, one uniform run at λ = 0.
