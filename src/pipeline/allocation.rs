@@ -12,10 +12,25 @@ use crate::error::{Error, Result};
 use crate::graph::Discovery;
 use crate::onnx::OnnxModel;
 use crate::progress::Progress;
-use crate::prune::{wanda, MaskRule, PruneMethod};
+use crate::prune::{wanda, MaskRule, Masker, PruneMethod};
 use crate::report::AllocationDetail;
 use crate::runtime::Runtime;
 use std::collections::BTreeMap;
+
+/// What a measured allocation (OWL, DLP, NeuroAL, evo) runs on: the model and its linears, the
+/// job's runtime and masker, the calibration windows, the job's settings, where hidden states
+/// spill beyond the memory budget, and where progress goes.
+#[derive(Clone, Copy)]
+pub(super) struct AllocationInputs<'a> {
+    pub model: &'a OnnxModel,
+    pub discovery: &'a Discovery,
+    pub runtime: &'a Runtime,
+    pub masker: &'a Masker,
+    pub windows: &'a [Vec<i64>],
+    pub config: &'a PruneConfig,
+    pub spill: Option<&'a SpillPolicy>,
+    pub progress: &'a Progress,
+}
 
 /// Blocks in order, each with the indices of its linears.
 pub(super) fn blocks(discovery: &Discovery) -> BTreeMap<usize, Vec<usize>> {
@@ -46,16 +61,13 @@ pub(super) fn plan_from_blocks(discovery: &Discovery, per_block: &[f64]) -> Spar
 }
 
 /// One value per block, in block order: `reduce` of the Wanda scores of the block's matrices (one
-/// vector per matrix) on the norms of a dense pass over `windows`.
+/// vector per matrix) on the norms of a dense pass over the calibration windows.
 fn per_block_wanda(
-    model: &OnnxModel,
-    discovery: &Discovery,
-    runtime: &Runtime,
-    windows: &[Vec<i64>],
-    spill: Option<&SpillPolicy>,
+    inputs: &AllocationInputs,
     reduce: impl Fn(&[Vec<f32>]) -> f64,
 ) -> Result<Vec<f64>> {
-    let norms = dense_norms(model, discovery, runtime, windows, spill)?;
+    let (model, discovery) = (inputs.model, inputs.discovery);
+    let norms = dense_norms(inputs)?;
     blocks(discovery)
         .values()
         .map(|indices| {
@@ -68,40 +80,30 @@ fn per_block_wanda(
         .collect()
 }
 
-/// The input-channel norms `‖X_j‖` of every linear (in discovery order) in a dense pass over
-/// `windows`, dense outputs fed forward, hidden states spilled under `spill`.
-pub(super) fn dense_norms(
-    model: &OnnxModel,
-    discovery: &Discovery,
-    runtime: &Runtime,
-    windows: &[Vec<i64>],
-    spill: Option<&SpillPolicy>,
-) -> Result<Vec<Vec<f32>>> {
-    let mut dense = SequentialPruner::new(model, discovery, runtime, PruneMethod::Dense, false)?
-        .spill_beyond(spill.cloned());
+/// The input-channel norms `‖X_j‖` of every linear (in discovery order) in a dense pass over the
+/// calibration windows, dense outputs fed forward.
+pub(super) fn dense_norms(inputs: &AllocationInputs) -> Result<Vec<Vec<f32>>> {
+    let (model, discovery) = (inputs.model, inputs.discovery);
+    let mut dense =
+        SequentialPruner::new(model, discovery, inputs.runtime, PruneMethod::Dense, false)?
+            .spill_beyond(inputs.spill.cloned());
     let nothing = SparsityPlan {
         rules: vec![MaskRule::Row(0.0); discovery.linears.len()],
     };
-    let pass = dense.run(windows, &nothing, None, true, &Progress::silent())?;
+    let pass = dense.run(inputs.windows, &nothing, None, true, &Progress::silent())?;
     Ok(pass.alignment.into_iter().map(|a| a.dense).collect())
 }
 
 /// OWL (docs/methods.md §3.2): a dense pass over the calibration windows (dense outputs fed forward), the
 /// outlier ratio of every block's Wanda scores, and per-block sparsity from the ratios.
-pub(crate) fn owl(
-    model: &OnnxModel,
-    discovery: &Discovery,
-    runtime: &Runtime,
-    windows: &[Vec<i64>],
-    config: &PruneConfig,
-    spill: Option<&SpillPolicy>,
-) -> Result<(SparsityPlan, AllocationDetail)> {
-    let ratios = per_block_wanda(model, discovery, runtime, windows, spill, |scores| {
+pub(super) fn owl(inputs: &AllocationInputs) -> Result<(SparsityPlan, AllocationDetail)> {
+    let config = inputs.config;
+    let ratios = per_block_wanda(inputs, |scores| {
         outlier_ratio(&scores.concat(), config.owl_m)
     })?;
     let sparsity = owl_sparsities(&ratios, config.sparsity, config.owl_lambda);
     Ok((
-        plan_from_blocks(discovery, &sparsity),
+        plan_from_blocks(inputs.discovery, &sparsity),
         AllocationDetail::Owl {
             m: config.owl_m,
             lambda: config.owl_lambda,
@@ -113,15 +115,9 @@ pub(crate) fn owl(
 
 /// DLP (docs/methods.md §3.5): a dense pass over the calibration windows, the mean Wanda score of
 /// every block's weights, and per-block sparsity from them.
-pub(crate) fn dlp(
-    model: &OnnxModel,
-    discovery: &Discovery,
-    runtime: &Runtime,
-    windows: &[Vec<i64>],
-    config: &PruneConfig,
-    spill: Option<&SpillPolicy>,
-) -> Result<(SparsityPlan, AllocationDetail)> {
-    let mean_score = per_block_wanda(model, discovery, runtime, windows, spill, |scores| {
+pub(super) fn dlp(inputs: &AllocationInputs) -> Result<(SparsityPlan, AllocationDetail)> {
+    let config = inputs.config;
+    let mean_score = per_block_wanda(inputs, |scores| {
         let (mut sum, mut count) = (0.0f64, 0usize);
         for matrix in scores {
             sum += matrix.iter().map(|&s| s as f64).sum::<f64>();
@@ -131,7 +127,7 @@ pub(crate) fn dlp(
     })?;
     let sparsity = dlp_sparsities(&mean_score, config.sparsity, config.dlp_alpha);
     Ok((
-        plan_from_blocks(discovery, &sparsity),
+        plan_from_blocks(inputs.discovery, &sparsity),
         AllocationDetail::Dlp {
             alpha: config.dlp_alpha,
             mean_score,

@@ -5,8 +5,7 @@
 //! parent's run is kept); the final pass then prunes sequentially at the chosen levels, as for
 //! every other allocation.
 
-use super::allocation::{blocks, dense_norms, plan_from_blocks};
-use super::carry::SpillPolicy;
+use super::allocation::{blocks, dense_norms, plan_from_blocks, AllocationInputs};
 use super::search;
 use super::sequential::{session, weight_value};
 use super::staged::{Checkpoint, StagedRun};
@@ -17,8 +16,7 @@ use crate::error::{Error, Result};
 use crate::eval::kl_divergence;
 use crate::graph::{Discovery, Linear, Partition, StageKind};
 use crate::onnx::OnnxModel;
-use crate::progress::Progress;
-use crate::prune::{prune_mask, score_matrix, MaskRule, Masker};
+use crate::prune::{prune_mask, score_matrix, MaskRule};
 use crate::report::{AllocationDetail, EvoEvaluations, SearchReport};
 use crate::runtime::{logits_output, Activation, ModelSession, Runtime};
 use rayon::prelude::*;
@@ -100,17 +98,16 @@ pub(crate) struct Searched {
 /// Searches per-block sparsity levels from the start `config.evo_start` names (NeuroAL's block
 /// step, or uniform); with `--neuroal-step both`, NeuroAL's row step then spreads each matrix's
 /// level over its rows.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn evo(
-    model: &OnnxModel,
-    discovery: &Discovery,
-    runtime: &Runtime,
-    masker: &Masker,
-    windows: &[Vec<i64>],
-    config: &PruneConfig,
-    spill: Option<&SpillPolicy>,
-    progress: &Progress,
-) -> Result<Searched> {
+pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
+    let AllocationInputs {
+        model,
+        discovery,
+        runtime,
+        windows,
+        config,
+        progress,
+        ..
+    } = *inputs;
     let started = Instant::now();
     let groups = blocks(discovery);
     let (start, neuroal) = match config.evo_start {
@@ -120,16 +117,10 @@ pub(crate) fn evo(
                 neuroal_step: NeuroalStep::Block,
                 ..config.clone()
             };
-            let (plan, report) = search::neuroal(
-                model,
-                discovery,
-                runtime,
-                masker,
-                windows,
-                &block_only,
-                spill,
-                progress,
-            )?;
+            let (plan, report) = search::neuroal(&AllocationInputs {
+                config: &block_only,
+                ..*inputs
+            })?;
             let levels = groups
                 .values()
                 .map(|linears| plan.rules[linears[0]].mean_sparsity(1))
@@ -171,7 +162,7 @@ pub(crate) fn evo(
         settings.tokens,
         last_windows + settings.generations * passes
     ));
-    let norms = dense_norms(model, discovery, runtime, windows, spill)?;
+    let norms = dense_norms(inputs)?;
     let fitness_windows: Vec<Vec<i64>> = windows[..last_windows]
         .iter()
         .map(|w| w[..w.len().min(settings.tokens)].to_vec())
@@ -246,17 +237,7 @@ pub(crate) fn evo(
     // The candidates' weights, runs and the dense logits are no longer needed.
     drop((forward, variants, dense_logits));
     let (plan, neuroal) = if config.neuroal_step == NeuroalStep::Both {
-        let (plan, rows) = search::neuroal_rows(
-            model,
-            discovery,
-            runtime,
-            masker,
-            windows,
-            config,
-            spill,
-            &outcome.levels,
-            progress,
-        )?;
+        let (plan, rows) = search::neuroal_rows(inputs, &outcome.levels)?;
         let report = match neuroal {
             Some(mut block) => {
                 block.row = rows.row;

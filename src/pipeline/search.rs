@@ -2,8 +2,7 @@
 //! first calibration windows from the dense weights and scored by neuron alignment; the block-wise
 //! λ first, then the row-wise λ from the best block run's alignment differences.
 
-use super::allocation::{blocks, per_linear_levels, plan_from_blocks};
-use super::carry::SpillPolicy;
+use super::allocation::{blocks, per_linear_levels, plan_from_blocks, AllocationInputs};
 use super::sequential::{Alignment, SequentialPruner};
 use super::PruneConfig;
 use crate::allocate::neuroal::{
@@ -13,7 +12,6 @@ use crate::allocate::{NeuroalStep, SparsityPlan};
 use crate::device::Device;
 use crate::error::Result;
 use crate::graph::{Discovery, Partition, StageKind};
-use crate::onnx::OnnxModel;
 use crate::progress::Progress;
 use crate::prune::{MaskRule, Masker, PruneMethod};
 use crate::report::{Candidate, SearchReport};
@@ -39,48 +37,53 @@ pub struct FixedLambdas {
 ///
 /// Candidates run [`search_jobs`] at a time, each job with its own stage sessions and a share of
 /// the cores; the result does not depend on how many run at once.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn neuroal(
-    model: &OnnxModel,
-    discovery: &Discovery,
-    runtime: &Runtime,
-    masker: &Masker,
-    windows: &[Vec<i64>],
-    config: &PruneConfig,
-    spill: Option<&SpillPolicy>,
-    progress: &Progress,
-) -> Result<(SparsityPlan, SearchReport)> {
-    with_pruners(
-        model,
-        discovery,
-        runtime,
-        masker,
-        config,
-        spill,
-        progress,
-        |pruners| steps(pruners, discovery, windows, config, progress),
-    )
+pub(super) fn neuroal(inputs: &AllocationInputs) -> Result<(SparsityPlan, SearchReport)> {
+    with_pruners(inputs, |pruners| {
+        steps(
+            pruners,
+            inputs.discovery,
+            inputs.windows,
+            inputs.config,
+            inputs.progress,
+        )
+    })
 }
 
 /// NeuroAL's row step (§1.5) on blocks at the given levels (one per block, in order) instead
 /// of its block step's ramp: `--top-up evo` with `--neuroal-step both`. The report holds the
 /// row candidates and the one pass that measured the alignment at those levels.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn neuroal_rows(
-    model: &OnnxModel,
-    discovery: &Discovery,
-    runtime: &Runtime,
-    masker: &Masker,
-    windows: &[Vec<i64>],
-    config: &PruneConfig,
-    spill: Option<&SpillPolicy>,
+pub(super) fn neuroal_rows(
+    inputs: &AllocationInputs,
     block_levels: &[f64],
-    progress: &Progress,
 ) -> Result<(SparsityPlan, SearchReport)> {
-    let windows = &windows[..windows.len().min(SEARCH_WINDOWS)];
+    let discovery = inputs.discovery;
+    let windows = &inputs.windows[..inputs.windows.len().min(SEARCH_WINDOWS)];
     let per_linear = per_linear_levels(discovery, block_levels);
     let plan = plan_from_blocks(discovery, block_levels);
-    with_pruners(
+    with_pruners(inputs, |pruners| {
+        let (_, alignment) = evaluate(&mut pruners[0], windows, &plan, &Progress::silent())?;
+        let report = SearchReport::new(windows.len());
+        row_step(
+            pruners,
+            discovery,
+            windows,
+            inputs.config,
+            &per_linear,
+            &alignment,
+            report,
+            inputs.progress,
+        )
+    })
+}
+
+/// Runs `search` with [`search_jobs`] pruners, each on its own runtime sharing the cores (a
+/// single job uses the run's own runtime), and completes its report with the wall time, the jobs
+/// and their summed timings.
+fn with_pruners(
+    inputs: &AllocationInputs,
+    search: impl FnOnce(&mut [SequentialPruner]) -> Result<(SparsityPlan, SearchReport)>,
+) -> Result<(SparsityPlan, SearchReport)> {
+    let AllocationInputs {
         model,
         discovery,
         runtime,
@@ -88,37 +91,8 @@ pub(crate) fn neuroal_rows(
         config,
         spill,
         progress,
-        |pruners| {
-            let (_, alignment) = evaluate(&mut pruners[0], windows, &plan, &Progress::silent())?;
-            let report = SearchReport::new(windows.len());
-            row_step(
-                pruners,
-                discovery,
-                windows,
-                config,
-                &per_linear,
-                &alignment,
-                report,
-                progress,
-            )
-        },
-    )
-}
-
-/// Runs `search` with [`search_jobs`] pruners, each on its own runtime sharing the cores (a
-/// single job uses the run's own runtime), and completes its report with the wall time, the jobs
-/// and their summed timings.
-#[allow(clippy::too_many_arguments)]
-fn with_pruners(
-    model: &OnnxModel,
-    discovery: &Discovery,
-    runtime: &Runtime,
-    masker: &Masker,
-    config: &PruneConfig,
-    spill: Option<&SpillPolicy>,
-    progress: &Progress,
-    search: impl FnOnce(&mut [SequentialPruner]) -> Result<(SparsityPlan, SearchReport)>,
-) -> Result<(SparsityPlan, SearchReport)> {
+        ..
+    } = *inputs;
     let clock = Instant::now();
     let jobs = search_jobs(config, masker, discovery);
     // One runtime per job, sharing the cores; a single job uses the run's own runtime.

@@ -3,7 +3,7 @@
 //! output as soon as it is pruned: sequentially on calibration windows, or matrix by matrix for
 //! the methods that need no data.
 
-use super::allocation;
+use super::allocation::{self, AllocationInputs};
 use super::carry::SpillPolicy;
 use super::evo;
 use super::outputs::PrunedWeights;
@@ -109,6 +109,16 @@ fn calibrated(
         .reconstruct(config.reconstruct)
         .spill_beyond(spill.clone());
     let (mut allocation, mut search) = (None, None);
+    let inputs = AllocationInputs {
+        model,
+        discovery,
+        runtime: rt,
+        masker: &prepared.masker,
+        windows,
+        config,
+        spill: spill.as_ref(),
+        progress,
+    };
     // The measured allocations decide the plan before the final pass.
     match config.top_up {
         TopUp::Owl | TopUp::Dlp => {
@@ -116,36 +126,18 @@ fn calibrated(
                 TopUp::Owl => allocation::owl,
                 _ => allocation::dlp,
             };
-            let (chosen, detail) = measure(model, discovery, rt, windows, config, spill.as_ref())?;
+            let (chosen, detail) = measure(&inputs)?;
             plan = chosen;
             allocation = Some(detail);
         }
         TopUp::Neuroal => {
-            let (chosen, report) = search::neuroal(
-                model,
-                discovery,
-                rt,
-                &prepared.masker,
-                windows,
-                config,
-                spill.as_ref(),
-                progress,
-            )?;
+            let (chosen, report) = search::neuroal(&inputs)?;
             timings.insert("search".to_string(), report.seconds);
             plan = chosen;
             search = Some(report);
         }
         TopUp::Evo => {
-            let searched = evo::evo(
-                model,
-                discovery,
-                rt,
-                &prepared.masker,
-                windows,
-                config,
-                spill.as_ref(),
-                progress,
-            )?;
+            let searched = evo::evo(&inputs)?;
             timings.insert("search".to_string(), searched.seconds);
             plan = searched.plan;
             allocation = Some(searched.detail);
