@@ -1,7 +1,7 @@
 //! Command-line flags, kept apart from the validated [`PruneConfig`] the library receives.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use neuroal_onnx::allocate::{EvoStart, NeuroalStep, TopUp};
+use neuroal_onnx::allocate::{EvoStart, EvoUnits, NeuroalStep, TopUp};
 use neuroal_onnx::calib::Sampling;
 use neuroal_onnx::device::{parse_size, Device, MemoryBudget};
 use neuroal_onnx::pipeline::{
@@ -166,6 +166,10 @@ pub struct PruneArgs {
     /// Where the evolutionary search starts, only with --top-up evo [default: neuroal].
     #[arg(long, value_enum, value_name = "START")]
     pub evo_start: Option<EvoStartArg>,
+    /// What the evolutionary search gives a level of its own, only with --top-up evo [default:
+    /// block].
+    #[arg(long, value_enum, value_name = "UNITS")]
+    pub evo_units: Option<EvoUnitsArg>,
     /// Evaluation tasks: language modelling, zero-shot, both or none (a comma-separated list).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "lm")]
     pub tasks: Vec<Task>,
@@ -270,6 +274,24 @@ impl From<EvoStartArg> for EvoStart {
         match arg {
             EvoStartArg::Neuroal => EvoStart::Neuroal,
             EvoStartArg::Uniform => EvoStart::Uniform,
+        }
+    }
+}
+
+/// `--evo-units`: the values of [`EvoUnits`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EvoUnitsArg {
+    /// Each block: all its matrices at one level.
+    Block,
+    /// Each block's attention matrices, and its MLP's, apart.
+    Group,
+}
+
+impl From<EvoUnitsArg> for EvoUnits {
+    fn from(arg: EvoUnitsArg) -> Self {
+        match arg {
+            EvoUnitsArg::Block => EvoUnits::Block,
+            EvoUnitsArg::Group => EvoUnits::Group,
         }
     }
 }
@@ -405,9 +427,14 @@ impl PruneArgs {
         let alpha_given = self.alpha_epsilon.is_some();
         only_with(alpha_given, "--alpha-epsilon", TopUp::Alpha, top_up)?;
         only_with(self.dlp_alpha.is_some(), "--dlp-alpha", TopUp::Dlp, top_up)?;
-        let evo_given = (self.evo_generations.is_some(), self.evo_start.is_some());
-        only_with(evo_given.0, "--evo-generations", TopUp::Evo, top_up)?;
-        only_with(evo_given.1, "--evo-start", TopUp::Evo, top_up)?;
+        only_with(
+            self.evo_generations.is_some(),
+            "--evo-generations",
+            TopUp::Evo,
+            top_up,
+        )?;
+        only_with(self.evo_start.is_some(), "--evo-start", TopUp::Evo, top_up)?;
+        only_with(self.evo_units.is_some(), "--evo-units", TopUp::Evo, top_up)?;
         let (lm, zero_shot) = evaluations(&self.tasks);
         let tasks = tasks_text(&self.tasks);
         if self.tasks.contains(&Task::None) && self.tasks.len() > 1 {
@@ -481,6 +508,7 @@ impl PruneArgs {
             memory_budget: MemoryBudget::resolve(self.memory_budget),
             evo_generations: self.evo_generations.unwrap_or(EVO_GENERATIONS),
             evo_start: self.evo_start.map_or(EvoStart::Neuroal, EvoStart::from),
+            evo_units: self.evo_units.map_or(EvoUnits::Block, EvoUnits::from),
             command_line,
         };
         config.validate()?;

@@ -68,6 +68,26 @@ impl EvoStart {
     }
 }
 
+/// What the evolutionary search gives a level of its own (`--evo-units`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EvoUnits {
+    /// Each block: all its matrices at one level.
+    Block,
+    /// Each block's attention matrices, and its MLP's, apart.
+    Group,
+}
+
+impl EvoUnits {
+    /// Its name on the command line (`--evo-units`) and in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Group => "group",
+        }
+    }
+}
+
 /// Which NeuroAL steps run (`--neuroal-step`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]

@@ -78,6 +78,12 @@ impl Linear {
     pub fn numel(&self) -> usize {
         self.out_features * self.in_features
     }
+
+    /// Whether it belongs to the block's MLP (`mlp.*` for LLaMA-style, Gemma and Phi exports,
+    /// `fc1`/`fc2` for OPT) rather than to its attention.
+    pub fn is_mlp(&self) -> bool {
+        self.module.starts_with("mlp.") || self.role().starts_with("fc")
+    }
 }
 
 /// Why a weight is not pruned.

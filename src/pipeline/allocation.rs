@@ -52,11 +52,13 @@ pub(super) fn per_linear_levels(discovery: &Discovery, per_block: &[f64]) -> Vec
 
 /// Every linear at its block's sparsity (`per_block` in block order), every row alike.
 pub(super) fn plan_from_blocks(discovery: &Discovery, per_block: &[f64]) -> SparsityPlan {
+    plan_from_levels(&per_linear_levels(discovery, per_block))
+}
+
+/// Every linear at its level in `per_linear` (discovery order), every row alike.
+pub(super) fn plan_from_levels(per_linear: &[f64]) -> SparsityPlan {
     SparsityPlan {
-        rules: per_linear_levels(discovery, per_block)
-            .into_iter()
-            .map(MaskRule::Row)
-            .collect(),
+        rules: per_linear.iter().copied().map(MaskRule::Row).collect(),
     }
 }
 

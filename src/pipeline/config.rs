@@ -2,7 +2,7 @@
 //! combinations of options ([`PruneConfig::validate`]), files that must exist and an output
 //! folder that must be writable ([`preflight`]), a tokenizer that must fit the model.
 
-use crate::allocate::{EvoStart, NeuroalStep, TopUp};
+use crate::allocate::{EvoStart, EvoUnits, NeuroalStep, TopUp};
 use crate::atomic::AtomicFile;
 use crate::calib::{Sampling, TextTokenizer};
 use crate::device::{Device, MemoryBudget};
@@ -80,6 +80,8 @@ pub struct PruneConfig {
     pub evo_generations: usize,
     /// Where the evolutionary search starts (`--evo-start`).
     pub evo_start: EvoStart,
+    /// What the evolutionary search gives a level of its own (`--evo-units`).
+    pub evo_units: EvoUnits,
     /// The command line, for the report.
     pub command_line: Vec<String>,
 }

@@ -5,23 +5,24 @@
 //! parent's run is kept); the final pass then prunes sequentially at the chosen levels, as for
 //! every other allocation.
 
-use super::allocation::{blocks, dense_norms, plan_from_blocks, AllocationInputs};
+use super::allocation::{blocks, dense_norms, plan_from_levels, AllocationInputs};
 use super::search;
 use super::sequential::{session, weight_value};
 use super::staged::{Checkpoint, StagedRun};
 use super::PruneConfig;
 use crate::allocate::evo::{search as evolve, EvoSettings, Selection};
-use crate::allocate::{EvoStart, NeuroalStep, SparsityPlan};
+use crate::allocate::{EvoStart, EvoUnits, NeuroalStep, SparsityPlan};
 use crate::error::{Error, Result};
 use crate::eval::kl_divergence;
 use crate::graph::{Discovery, Linear, Partition, StageKind};
 use crate::onnx::OnnxModel;
 use crate::prune::{prune_mask, score_matrix, MaskRule};
-use crate::report::{AllocationDetail, EvoEvaluations, SearchReport};
+use crate::report::{AllocationDetail, EvoEvaluations, EvoUnit, Matrices, SearchReport};
 use crate::runtime::{logits_output, Activation, ModelSession, Runtime};
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::ops::Range;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -82,6 +83,47 @@ fn selection(
     selection
 }
 
+/// Linears that the search gives one level.
+struct Unit {
+    /// Its block and matrices, for the report.
+    unit: EvoUnit,
+    /// Its linears' indices in discovery order.
+    linears: Vec<usize>,
+}
+
+/// The search's units in block order, as `kind` asks: each block, or each block's attention
+/// matrices then its MLP's (a block with only one of the two is one unit).
+fn units(discovery: &Discovery, kind: EvoUnits) -> Vec<Unit> {
+    let mut units = Vec::new();
+    for (&block, linears) in &blocks(discovery) {
+        let (mlp, attention): (Vec<usize>, Vec<usize>) = linears
+            .iter()
+            .partition(|&&i| discovery.linears[i].is_mlp());
+        let groups = match kind {
+            EvoUnits::Group if !mlp.is_empty() && !attention.is_empty() => {
+                vec![(Matrices::Attention, attention), (Matrices::Mlp, mlp)]
+            }
+            _ => vec![(Matrices::All, linears.clone())],
+        };
+        units.extend(groups.into_iter().map(|(matrices, linears)| Unit {
+            unit: EvoUnit { block, matrices },
+            linears,
+        }));
+    }
+    units
+}
+
+/// Every linear's level (discovery order) from its unit's in `levels`.
+fn per_linear(discovery: &Discovery, units: &[Unit], levels: &[f64]) -> Vec<f64> {
+    let mut out = vec![0.0; discovery.linears.len()];
+    for (unit, &level) in units.iter().zip(levels) {
+        for &i in &unit.linears {
+            out[i] = level;
+        }
+    }
+    out
+}
+
 /// What the evolutionary search chose and did.
 pub(crate) struct Searched {
     /// Every linear at its block's chosen level.
@@ -109,9 +151,9 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
         ..
     } = *inputs;
     let started = Instant::now();
-    let groups = blocks(discovery);
+    let units = units(discovery, config.evo_units);
     let (start, neuroal) = match config.evo_start {
-        EvoStart::Uniform => (vec![config.sparsity; groups.len()], None),
+        EvoStart::Uniform => (vec![config.sparsity; units.len()], None),
         EvoStart::Neuroal => {
             let block_only = PruneConfig {
                 neuroal_step: NeuroalStep::Block,
@@ -121,9 +163,9 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
                 config: &block_only,
                 ..*inputs
             })?;
-            let levels = groups
-                .values()
-                .map(|linears| plan.rules[linears[0]].mean_sparsity(1))
+            let levels = units
+                .iter()
+                .map(|unit| plan.rules[unit.linears[0]].mean_sparsity(1))
                 .collect();
             (levels, Some(report))
         }
@@ -131,10 +173,11 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
     let clock = Instant::now();
     let settings = settings(config, discovery.vocab.unwrap_or(LARGEST_VOCAB));
     let last_windows = settings.selection.last().map_or(1, |s| s.windows);
-    let params: Vec<f64> = groups
-        .values()
-        .map(|idx| {
-            idx.iter()
+    let params: Vec<f64> = units
+        .iter()
+        .map(|unit| {
+            unit.linears
+                .iter()
                 .map(|&i| discovery.linears[i].numel() as f64)
                 .sum()
         })
@@ -154,7 +197,9 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
         })
         .sum();
     progress.note(&format!(
-        "  evo: a dense pass over {} windows for the masks, then {} generations of {} offspring selected on {} of {} tokens each: {} window passes through the whole model",
+        "  evo: {} units ({}), a dense pass over {} windows for the masks, then {} generations of {} offspring selected on {} of {} tokens each: {} window passes through the whole model",
+        units.len(),
+        config.evo_units.as_str(),
         windows.len(),
         settings.generations,
         settings.offspring,
@@ -167,8 +212,14 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
         .iter()
         .map(|w| w[..w.len().min(settings.tokens)].to_vec())
         .collect();
-    let forward = RefCell::new(Forward::new(model, discovery, runtime, fitness_windows)?);
-    let variants = RefCell::new(Variants::new(model, discovery, config, &norms, &groups));
+    let forward = RefCell::new(Forward::new(
+        model,
+        discovery,
+        runtime,
+        &units,
+        fitness_windows,
+    )?);
+    let variants = RefCell::new(Variants::new(model, discovery, config, &norms, &units));
     let mut dense_logits = Vec::with_capacity(last_windows);
     let dense = variants.borrow_mut().dense()?;
     forward
@@ -223,6 +274,7 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
     let detail = AllocationDetail::Evo {
         start: config.evo_start,
         settings,
+        units: units.iter().map(|unit| unit.unit).collect(),
         start_sparsity: start,
         sparsity: outcome.levels.clone(),
         start_fitness: outcome.start_fitness,
@@ -236,8 +288,9 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
     };
     // The candidates' weights, runs and the dense logits are no longer needed.
     drop((forward, variants, dense_logits));
+    let levels = per_linear(discovery, &units, &outcome.levels);
     let (plan, neuroal) = if config.neuroal_step == NeuroalStep::Both {
-        let (plan, rows) = search::neuroal_rows(inputs, &outcome.levels)?;
+        let (plan, rows) = search::neuroal_rows(inputs, &levels)?;
         let report = match neuroal {
             Some(mut block) => {
                 block.row = rows.row;
@@ -250,7 +303,7 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
         };
         (plan, Some(report))
     } else {
-        (plan_from_blocks(discovery, &outcome.levels), neuroal)
+        (plan_from_levels(&levels), neuroal)
     };
     Ok(Searched {
         plan,
@@ -260,17 +313,16 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
     })
 }
 
-/// The masked weights of every block at the levels candidates ask for, computed once per block
-/// and level from the dense pass's norms and kept while the parent (or this generation's
-/// offspring) uses them.
+/// The masked weights of every unit at the levels candidates ask for, computed once per unit and
+/// level from the dense pass's norms and kept while the parent (or this generation's offspring)
+/// uses them.
 struct Variants<'a> {
     model: &'a OnnxModel,
     discovery: &'a Discovery,
     config: &'a PruneConfig,
     norms: &'a [Vec<f32>],
-    /// Per block in order, the indices of its linears.
-    blocks: Vec<Vec<usize>>,
-    /// `(block position, level bits)` → its weights as stage inputs.
+    units: &'a [Unit],
+    /// `(unit position, level bits)` → its weights as stage inputs.
     cache: HashMap<(usize, u64), Rc<Vec<Activation>>>,
 }
 
@@ -280,24 +332,25 @@ impl<'a> Variants<'a> {
         discovery: &'a Discovery,
         config: &'a PruneConfig,
         norms: &'a [Vec<f32>],
-        groups: &BTreeMap<usize, Vec<usize>>,
+        units: &'a [Unit],
     ) -> Self {
         Self {
             model,
             discovery,
             config,
             norms,
-            blocks: groups.values().cloned().collect(),
+            units,
             cache: HashMap::new(),
         }
     }
 
-    /// Every block's dense weights.
+    /// Every unit's dense weights.
     fn dense(&mut self) -> Result<Vec<Rc<Vec<Activation>>>> {
-        self.blocks
+        self.units
             .iter()
-            .map(|idx| {
-                let values = idx
+            .map(|unit| {
+                let values = unit
+                    .linears
                     .iter()
                     .map(|&i| weight_value(self.model, &self.discovery.linears[i], None))
                     .collect::<Result<Vec<_>>>()?;
@@ -306,13 +359,14 @@ impl<'a> Variants<'a> {
             .collect()
     }
 
-    /// Every block's weights pruned at its level in `levels`.
+    /// Every unit's weights pruned at its level in `levels`.
     fn weights(&mut self, levels: &[f64]) -> Result<Vec<Rc<Vec<Activation>>>> {
         let mut out = Vec::with_capacity(levels.len());
-        for (b, &level) in levels.iter().enumerate() {
-            let key = (b, level.to_bits());
+        for (u, &level) in levels.iter().enumerate() {
+            let key = (u, level.to_bits());
             if !self.cache.contains_key(&key) {
-                let values = self.blocks[b]
+                let values = self.units[u]
+                    .linears
                     .iter()
                     .map(|&i| self.pruned(&self.discovery.linears[i], &self.norms[i], level))
                     .collect::<Result<Vec<_>>>()?;
@@ -341,18 +395,21 @@ impl<'a> Variants<'a> {
     /// Drops every variant that `levels` (the parent) does not use.
     fn keep_only(&mut self, levels: &[f64]) {
         self.cache
-            .retain(|(b, bits), _| levels.get(*b).map(|l| l.to_bits()) == Some(*bits));
+            .retain(|(u, bits), _| levels.get(*u).map(|l| l.to_bits()) == Some(*bits));
     }
 }
 
-/// The whole model run stage by stage on (the first of) the fitness windows, with every block's
+/// The whole model run stage by stage on (the first of) the fitness windows, with every unit's
 /// weights given, for its logits. Runs it is told to keep are saved before every block, so that a
 /// later run whose first blocks have the same weights starts where they end: an offspring
-/// differs from its parent in a few blocks only.
+/// differs from its parent in a few units only.
 struct Forward<'a> {
     model: &'a OnnxModel,
     discovery: &'a Discovery,
     runtime: &'a Runtime,
+    units: &'a [Unit],
+    /// Per block in order, the positions of its units (consecutive).
+    block_units: Vec<Range<usize>>,
     partition: Partition,
     sessions: HashMap<usize, ModelSession>,
     logits: String,
@@ -360,9 +417,9 @@ struct Forward<'a> {
     saved: Vec<Saved>,
 }
 
-/// A kept run: its blocks' weights, and the run just before each block.
+/// A kept run: its units' weights, and the run just before each block.
 struct Saved {
-    blocks: Vec<Rc<Vec<Activation>>>,
+    units: Vec<Rc<Vec<Activation>>>,
     before: Vec<Checkpoint>,
 }
 
@@ -371,15 +428,27 @@ impl<'a> Forward<'a> {
         model: &'a OnnxModel,
         discovery: &'a Discovery,
         runtime: &'a Runtime,
+        units: &'a [Unit],
         windows: Vec<Vec<i64>>,
     ) -> Result<Self> {
         let logits = logits_output(model.graph()).ok_or_else(|| {
             Error::graph(&model.path, "the graph has no outputs; expected 'logits'")
         })?;
+        let mut block_units: Vec<Range<usize>> = Vec::new();
+        for (u, unit) in units.iter().enumerate() {
+            match block_units.last_mut() {
+                Some(range) if units[range.start].unit.block == unit.unit.block => {
+                    range.end = u + 1
+                }
+                _ => block_units.push(u..u + 1),
+            }
+        }
         Ok(Self {
             model,
             discovery,
             runtime,
+            units,
+            block_units,
             partition: Partition::new(model, discovery)?,
             sessions: HashMap::new(),
             logits,
@@ -388,9 +457,9 @@ impl<'a> Forward<'a> {
         })
     }
 
-    /// Runs the first `n` windows with block `k` (in order) on `weights[k]` and hands each
-    /// window's logits to `each` (window index, logits) in window order; `keep` saves the run for
-    /// later ones to resume from.
+    /// Runs the first `n` windows with unit `u` on `weights[u]` and hands each window's logits
+    /// to `each` (window index, logits) in window order; `keep` saves the run for later ones to
+    /// resume from.
     fn logits(
         &mut self,
         n: usize,
@@ -400,10 +469,15 @@ impl<'a> Forward<'a> {
     ) -> Result<()> {
         // The kept run sharing the most leading blocks (the same weights, not equal ones).
         let shared = |s: &Saved| {
-            s.blocks
+            self.block_units
                 .iter()
-                .zip(weights)
-                .take_while(|(a, b)| Rc::ptr_eq(a, b))
+                .take_while(|range| {
+                    let mut units = (*range).clone();
+                    units.all(|u| match (s.units.get(u), weights.get(u)) {
+                        (Some(a), Some(b)) => Rc::ptr_eq(a, b),
+                        _ => false,
+                    })
+                })
                 .count()
                 .min(s.before.len().saturating_sub(1))
         };
@@ -436,22 +510,29 @@ impl<'a> Forward<'a> {
                 StageKind::Block(block) => self.discovery.block(block).collect(),
                 _ => Vec::new(),
             };
-            let values: &[Activation] = if linears.is_empty() {
-                &[]
-            } else {
+            let mut feeds: Vec<(&str, &Activation)> = Vec::with_capacity(linears.len());
+            if !linears.is_empty() {
                 if keep {
                     before.push(run.checkpoint());
                 }
+                let range = self.block_units.get(position).cloned().unwrap_or_default();
                 position += 1;
-                weights
-                    .get(position - 1)
-                    .ok_or_else(|| Error::internal("--top-up evo: a block without weights"))?
-            };
-            let feeds: Vec<(&str, &Activation)> = linears
-                .iter()
-                .map(|l| l.weight.name.as_str())
-                .zip(values)
-                .collect();
+                for u in range {
+                    let (unit, values) = (&self.units[u], weights.get(u));
+                    let values = values.filter(|v| v.len() == unit.linears.len());
+                    let values = values.ok_or_else(|| {
+                        Error::internal("--top-up evo: a unit without its weights")
+                    })?;
+                    feeds.extend(unit.linears.iter().zip(values.iter()).map(|(&i, value)| {
+                        (self.discovery.linears[i].weight.name.as_str(), value)
+                    }));
+                }
+                if feeds.len() != linears.len() {
+                    return Err(Error::internal(
+                        "--top-up evo: a block's units do not hold its linears",
+                    ));
+                }
+            }
             let stage = session(&mut self.sessions, &mut run, &linears, &[], &[])?;
             run.advance(stage, &feeds, &[], |_, _| Ok(()))?;
         }
@@ -466,7 +547,7 @@ impl<'a> Forward<'a> {
         }
         if keep {
             self.saved.push(Saved {
-                blocks: weights.to_vec(),
+                units: weights.to_vec(),
                 before,
             });
         }
@@ -476,8 +557,8 @@ impl<'a> Forward<'a> {
     /// Drops every kept run but those of `parent`'s weights.
     fn keep_only(&mut self, parent: &[Rc<Vec<Activation>>]) {
         self.saved.retain(|s| {
-            s.blocks.len() == parent.len()
-                && s.blocks.iter().zip(parent).all(|(a, b)| Rc::ptr_eq(a, b))
+            s.units.len() == parent.len()
+                && s.units.iter().zip(parent).all(|(a, b)| Rc::ptr_eq(a, b))
         });
     }
 }

@@ -2,7 +2,9 @@
 //! first calibration windows from the dense weights and scored by neuron alignment; the block-wise
 //! λ first, then the row-wise λ from the best block run's alignment differences.
 
-use super::allocation::{blocks, per_linear_levels, plan_from_blocks, AllocationInputs};
+use super::allocation::{
+    blocks, per_linear_levels, plan_from_blocks, plan_from_levels, AllocationInputs,
+};
 use super::sequential::{Alignment, SequentialPruner};
 use super::PruneConfig;
 use crate::allocate::neuroal::{
@@ -49,17 +51,16 @@ pub(super) fn neuroal(inputs: &AllocationInputs) -> Result<(SparsityPlan, Search
     })
 }
 
-/// NeuroAL's row step (§1.5) on blocks at the given levels (one per block, in order) instead
-/// of its block step's ramp: `--top-up evo` with `--neuroal-step both`. The report holds the
-/// row candidates and the one pass that measured the alignment at those levels.
+/// NeuroAL's row step (§1.5) on matrices at the given levels (`per_linear`, in discovery
+/// order) instead of its block step's ramp: `--top-up evo` with `--neuroal-step both`. The
+/// report holds the row candidates and the one pass that measured the alignment at those levels.
 pub(super) fn neuroal_rows(
     inputs: &AllocationInputs,
-    block_levels: &[f64],
+    per_linear: &[f64],
 ) -> Result<(SparsityPlan, SearchReport)> {
     let discovery = inputs.discovery;
     let windows = &inputs.windows[..inputs.windows.len().min(SEARCH_WINDOWS)];
-    let per_linear = per_linear_levels(discovery, block_levels);
-    let plan = plan_from_blocks(discovery, block_levels);
+    let plan = plan_from_levels(per_linear);
     with_pruners(inputs, |pruners| {
         let (_, alignment) = evaluate(&mut pruners[0], windows, &plan, &Progress::silent())?;
         let report = SearchReport::new(windows.len());
@@ -68,7 +69,7 @@ pub(super) fn neuroal_rows(
             discovery,
             windows,
             inputs.config,
-            &per_linear,
+            per_linear,
             &alignment,
             report,
             inputs.progress,

@@ -50,6 +50,8 @@ pub(crate) struct SequentialPruner<'a> {
     dsnot: bool,
     /// Re-fit the kept weights after each mask (`--reconstruct`).
     reconstruct: bool,
+    /// Feed each block's dense outputs forward instead of its pruned ones.
+    feed_dense: bool,
     /// Where masks are computed (the CPU unless [`Self::with_masker`] says otherwise).
     masker: &'a Masker,
     partition: Partition,
@@ -81,6 +83,7 @@ impl<'a> SequentialPruner<'a> {
             method,
             dsnot,
             reconstruct: false,
+            feed_dense: false,
             masker: &CPU_MASKER,
             partition: Partition::new(model, discovery)?,
             spill: None,
@@ -112,6 +115,14 @@ impl<'a> SequentialPruner<'a> {
         self
     }
 
+    /// Feeds each block's dense outputs forward instead of its pruned ones, so that every
+    /// block's statistics come from the dense model's own hidden states: the masks that
+    /// `--top-up evo` scored (docs/methods.md §5.2). Not with alignment measured.
+    pub fn feed_dense(mut self, feed_dense: bool) -> Self {
+        self.feed_dense = feed_dense;
+        self
+    }
+
     /// Writes the hidden states of a pass's windows to disk once those in memory reach
     /// `policy`'s limit (`None`: all stay in memory).
     pub fn spill_beyond(mut self, policy: Option<SpillPolicy>) -> Self {
@@ -135,9 +146,10 @@ impl<'a> SequentialPruner<'a> {
         self.sums_site
     }
 
-    /// Prunes every linear block by block on `windows` under `plan`, pruned outputs fed forward,
-    /// starting from the model's dense weights. Each pruned matrix goes to `output` as soon as it
-    /// is pruned, when given; `measure` records every linear's [`Alignment`].
+    /// Prunes every linear block by block on `windows` under `plan`, pruned outputs fed forward
+    /// (dense ones with [`Self::feed_dense`]), starting from the model's dense weights. Each
+    /// pruned matrix goes to `output` as soon as it is pruned, when given; `measure` records
+    /// every linear's [`Alignment`].
     pub fn run(
         &mut self,
         windows: &[Vec<i64>],
@@ -147,6 +159,11 @@ impl<'a> SequentialPruner<'a> {
         progress: &Progress,
     ) -> Result<Pass> {
         let (model, discovery, method) = (self.model, self.discovery, self.method);
+        if measure && self.feed_dense {
+            return Err(Error::internal(
+                "alignment is measured with pruned outputs fed forward",
+            ));
+        }
         let clock = Instant::now();
         let mut run = StagedRun::new(model, &self.partition, self.runtime, windows)?
             .spill_beyond(self.spill.clone());
@@ -229,7 +246,8 @@ impl<'a> SequentialPruner<'a> {
                 self.timings.statistics += clock.elapsed().as_secs_f64();
             }
             drop(feeds);
-            drop(dense); // one copy of the block's weights at a time
+            // One copy of the block's weights at a time, unless the dense ones go forward.
+            let dense = if self.feed_dense { dense } else { Vec::new() };
 
             // Prune, then the pruned pass feeds the next block.
             let mut pruned_values = Vec::with_capacity(linears.len());
@@ -246,7 +264,8 @@ impl<'a> SequentialPruner<'a> {
                     l.in_features,
                     Some(&dense_stats[k]),
                     rule,
-                    self.dsnot && !is_mlp(l),
+                    // DSnoT leaves the MLP alone (the reference's skip_layer).
+                    self.dsnot && !l.is_mlp(),
                     self.masker,
                 )?;
                 if let Some(dense_weights) = &dense_weights {
@@ -270,10 +289,15 @@ impl<'a> SequentialPruner<'a> {
                     pruned.write_pruned(model, l, (&weights, &bytes), order.as_deref(), out)?;
                 }
             }
+            let forward = if self.feed_dense {
+                &dense
+            } else {
+                &pruned_values
+            };
             let feeds: Vec<(&str, &Activation)> = linears
                 .iter()
                 .map(|l| l.weight.name.as_str())
-                .zip(&pruned_values)
+                .zip(forward)
                 .collect();
             let clock = Instant::now();
             let measured: &[String] = if measure { &sparse_outputs } else { &[] };
@@ -306,12 +330,6 @@ impl<'a> SequentialPruner<'a> {
             alignment: alignment.into_iter().flatten().collect(),
         })
     }
-}
-
-/// Whether a linear belongs to the MLP, which DSnoT leaves alone (`skip_layer`: "mlp" for
-/// LLaMA-style and Phi models, "fc" for OPT).
-fn is_mlp(linear: &Linear) -> bool {
-    linear.module.starts_with("mlp.") || linear.role().starts_with("fc")
 }
 
 /// The cached session of the next stage, opened on first use.

@@ -117,6 +117,7 @@ fn top_up_parameters(config: &PruneConfig) -> Option<TopUpParameters> {
         }),
         TopUp::Evo => Some(TopUpParameters::Evo {
             start: config.evo_start,
+            units: config.evo_units,
             generations: config.evo_generations,
             search_windows: search::SEARCH_WINDOWS.min(config.nsamples),
             step: config.neuroal_step,

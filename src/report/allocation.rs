@@ -59,11 +59,14 @@ pub enum AllocationDetail {
         start: EvoStart,
         /// How the search ran; generations is --evo-generations, seed is --seed.
         settings: EvoSettings,
-        /// Per block, in block order: the sparsity the search started from.
+        /// The units the search gave a level each, in block order (--evo-units): each block, or
+        /// each block's attention matrices then its MLP's.
+        units: Vec<EvoUnit>,
+        /// Per unit, in the order of units: the sparsity the search started from.
         #[schemars(inner(range(min = 0.0, max = 1.0)))]
         start_sparsity: Vec<f64>,
-        /// Per block, in block order: the sparsity chosen, given to every row of the block's
-        /// matrices; the parameter-weighted mean stays the start's.
+        /// Per unit, in the order of units: the sparsity chosen, given to every row of the
+        /// unit's matrices; the parameter-weighted mean stays the start's.
         #[schemars(inner(range(min = 0.0, max = 1.0)))]
         sparsity: Vec<f64>,
         /// The start's fitness: the mean over the final windows' tokens of KL(dense ‖ pruned) of
@@ -80,6 +83,27 @@ pub enum AllocationDetail {
         #[schemars(range(min = 0.0))]
         seconds: f64,
     },
+}
+
+/// Linears the evolutionary search gives one level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct EvoUnit {
+    /// The decoder block.
+    pub block: usize,
+    /// Which of its matrices.
+    pub matrices: Matrices,
+}
+
+/// A part of a block's prunable matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Matrices {
+    /// Every one.
+    All,
+    /// The attention's projections.
+    Attention,
+    /// The MLP's.
+    Mlp,
 }
 
 /// Fitness evaluations on one window count.

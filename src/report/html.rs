@@ -5,7 +5,7 @@
 mod format;
 mod svg;
 
-use super::{AllocationDetail, BlockSparsity, Report};
+use super::{AllocationDetail, BlockSparsity, Matrices, Report};
 use crate::device::BudgetSource;
 use format::{esc, fixed, human_bytes, label, num, shell_quote};
 use std::path::Path;
@@ -296,6 +296,7 @@ fn allocation(r: &Report) -> Option<String> {
 fn evo_search(r: &Report, detail: &AllocationDetail) -> String {
     let AllocationDetail::Evo {
         start,
+        units,
         start_sparsity,
         sparsity,
         start_fitness,
@@ -307,22 +308,44 @@ fn evo_search(r: &Report, detail: &AllocationDetail) -> String {
     else {
         return String::new();
     };
-    let blocks: Vec<usize> = match r.sparsity.per_block.len() == sparsity.len() {
-        true => r.sparsity.per_block.iter().map(|b| b.block).collect(),
-        false => (0..sparsity.len()).collect(),
-    };
-    let series = |v: &[f64]| blocks.iter().copied().zip(v.iter().copied()).collect();
-    let series = [
-        ("metric", series(start_sparsity)),
-        ("target", series(sparsity)),
-    ];
-    let chart = bar_chart(
-        "evo-levels",
-        &series,
-        1.0,
-        "sparsity",
-        Some((r.sparsity.target, "global target")),
-    );
+    // One chart per kind of unit: whole blocks, or the attention's and the MLP's levels apart.
+    let mut charts = String::new();
+    for (matrices, id, title) in [
+        (Matrices::All, "evo-levels", ""),
+        (
+            Matrices::Attention,
+            "evo-levels-attention",
+            "Attention matrices",
+        ),
+        (Matrices::Mlp, "evo-levels-mlp", "MLP matrices"),
+    ] {
+        let picked: Vec<usize> = (0..units.len())
+            .filter(|&u| units[u].matrices == matrices)
+            .collect();
+        if picked.is_empty() {
+            continue;
+        }
+        let series = |v: &[f64]| {
+            picked
+                .iter()
+                .filter_map(|&u| Some((units[u].block, *v.get(u)?)))
+                .collect()
+        };
+        let series = [
+            ("metric", series(start_sparsity)),
+            ("target", series(sparsity)),
+        ];
+        if !title.is_empty() {
+            charts += &format!("<p class=\"note\">{title}</p>\n");
+        }
+        charts += &bar_chart(
+            id,
+            &series,
+            1.0,
+            "sparsity",
+            Some((r.sparsity.target, "global target")),
+        );
+    }
     // "8 offspring on 1 window(s), the best 2 on 4, the best 1 on 16"
     let mut selection = format!("{} offspring", settings.offspring);
     let mut entering = settings.offspring;
@@ -337,7 +360,7 @@ fn evo_search(r: &Report, detail: &AllocationDetail) -> String {
         "<p class=\"note\">Evolutionary search from {} ({} generations of {selection}, the \
          first {} tokens of each window; {} s). Fitness is KL(dense ‖ pruned) of the next-token \
          distributions, nats per token, lower is better: {} at the start, {} chosen. Bars: the \
-         start's block sparsity (green) and the chosen one.</p>\n{chart}",
+         start's sparsity per block (green) and the chosen one.</p>\n{charts}",
         start.as_str(),
         settings.generations,
         settings.tokens,

@@ -8,7 +8,7 @@ mod html;
 mod schema;
 
 pub use allocation::{
-    AllocationDetail, Candidate, EvoEvaluations, SearchReport, SequentialTimings,
+    AllocationDetail, Candidate, EvoEvaluations, EvoUnit, Matrices, SearchReport, SequentialTimings,
 };
 pub use deployment::{deployment_info, CompressedSizes, ZSTD_LEVEL};
 pub use digest::file_digests;
@@ -227,6 +227,9 @@ pub enum TopUpParameters {
     Evo {
         /// Where the search starts (--evo-start): neuroal (NeuroAL's block step) or uniform.
         start: crate::allocate::EvoStart,
+        /// What gets a level of its own (--evo-units): block (each block) or group (each block's
+        /// attention matrices and its MLP's apart), as allocation.units.
+        units: crate::allocate::EvoUnits,
         /// Generations (--evo-generations), as allocation.settings.generations.
         generations: usize,
         /// Number of calibration windows NeuroAL's block step scores its candidates on, when it

@@ -501,28 +501,120 @@ fn evo_starts_from_the_block_step_keeps_the_total_and_never_worsens_its_fitness(
     crate::harness::assert_loads_from_another_folder(&out);
 }
 
+/// With `--evo-units group`, each block's attention matrices and its MLP's get levels of their
+/// own: the report lists the units (attention then MLP, per block), every matrix takes its unit's
+/// level, and the parameter-weighted mean of the levels stays the target.
+#[test]
+fn evo_with_group_units_gives_attention_and_mlp_levels_of_their_own() {
+    let dir = scratch();
+    let (report, out) = tiny_run(
+        dir.path(),
+        "evo-groups",
+        "--prune-method wanda --top-up evo --evo-units group --neuroal-step block --evo-generations 8",
+    );
+    assert_eq!(report["method"]["top_up_parameters"]["units"], "group");
+    let detail = &report["allocation"];
+    let units: Vec<(u64, String)> = detail["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            let matrices = u["matrices"].as_str().unwrap().to_string();
+            (u["block"].as_u64().unwrap(), matrices)
+        })
+        .collect();
+    let want: Vec<(u64, String)> = (0..3)
+        .flat_map(|b| [(b, "attention".to_string()), (b, "mlp".to_string())])
+        .collect();
+    assert_eq!(units, want);
+    let (start, chosen) = (
+        floats(&detail["start_sparsity"]),
+        floats(&detail["sparsity"]),
+    );
+    // NeuroAL's block step gives both units of a block its level.
+    for pair in start.chunks(2) {
+        assert_eq!(pair[0], pair[1], "{start:?}");
+    }
+    let (mut weighted, mut params) = (0.0, 0.0);
+    let mut moved = false;
+    for m in report["sparsity"]["per_matrix"].as_array().unwrap() {
+        let block = m["block"].as_u64().unwrap() as usize;
+        let module = m["module"].as_str().unwrap();
+        let unit = 2 * block + usize::from(module.starts_with("mlp."));
+        let target = m["target"].as_f64().unwrap();
+        assert!(
+            (target - chosen[unit]).abs() < 1e-12,
+            "{module} of block {block}: {target} against its unit's {}",
+            chosen[unit]
+        );
+        moved |= (chosen[unit] - start[unit]).abs() > 1e-9;
+        let shape = m["shape"].as_array().unwrap();
+        let n = (shape[0].as_u64().unwrap() * shape[1].as_u64().unwrap()) as f64;
+        weighted += target * n;
+        params += n;
+    }
+    assert!(moved, "the search never left its start: {chosen:?}");
+    assert!(
+        (weighted / params - 0.7).abs() < 1e-9,
+        "parameter-weighted mean {}",
+        weighted / params
+    );
+    crate::harness::assert_loads_from_another_folder(&out);
+}
+
 /// Without generations the search's choice is its start, so NeuroAL's row step after it (the
 /// default `--neuroal-step both`) gives NeuroAL's own `both` (from its block step) or `row`
-/// (from uniform blocks), and `--neuroal-step block` gives the start itself.
+/// (from uniform blocks), and `--neuroal-step block` gives the start itself (uniform: NeuroAL's
+/// ramp at λ 0); per group, NeuroAL's start gives each block's two units its level, so the same
+/// again. Magnitude masks read no statistics: evo's final pass, which feeds dense outputs forward,
+/// writes the same masks as NeuroAL's.
 #[test]
 fn evo_without_generations_writes_its_start() {
     let dir = scratch();
     let data = |p: &Path| std::fs::read(p.with_extension("onnx.data")).unwrap();
-    for (start, step, same_as) in [
-        ("neuroal", "block", "--top-up neuroal --neuroal-step block"),
-        ("uniform", "block", "--top-up uniform"),
-        ("neuroal", "both", "--top-up neuroal --neuroal-step both"),
-        ("uniform", "both", "--top-up neuroal --neuroal-step row"),
+    for (start, step, units, same_as) in [
+        (
+            "neuroal",
+            "block",
+            "block",
+            "--top-up neuroal --neuroal-step block",
+        ),
+        (
+            "uniform",
+            "block",
+            "block",
+            "--top-up neuroal --neuroal-step block --neuroal-block-lambda 0",
+        ),
+        (
+            "neuroal",
+            "both",
+            "block",
+            "--top-up neuroal --neuroal-step both",
+        ),
+        (
+            "uniform",
+            "both",
+            "block",
+            "--top-up neuroal --neuroal-step row",
+        ),
+        (
+            "neuroal",
+            "both",
+            "group",
+            "--top-up neuroal --neuroal-step both",
+        ),
     ] {
         let (report, evo) = tiny_run(
             dir.path(),
-            &format!("evo-{start}-{step}"),
-            &format!("--top-up evo --evo-start {start} --neuroal-step {step} --evo-generations 0"),
+            &format!("evo-{start}-{step}-{units}"),
+            &format!("--prune-method magnitude --top-up evo --evo-start {start} --neuroal-step {step} --evo-units {units} --evo-generations 0"),
         );
-        let (other_report, other) = tiny_run(dir.path(), &format!("other-{start}-{step}"), same_as);
+        let name = format!("other-{start}-{step}-{units}");
+        let flags = format!("--prune-method magnitude {same_as}");
+        let (other_report, other) = tiny_run(dir.path(), &name, &flags);
         assert!(
             data(&evo) == data(&other),
-            "{start}, {step}: not the same weights as {same_as}"
+            "{start}, {step}, {units}: not the same weights as {same_as}"
         );
         if step == "both" {
             assert_eq!(report["search"]["row"], other_report["search"]["row"]);
@@ -564,15 +656,14 @@ fn evo_with_the_row_step_keeps_the_chosen_levels_per_matrix() {
     crate::harness::assert_loads_from_another_folder(&out);
 }
 
-/// With magnitude masks (no statistics), the model the search scores is the model written: the
-/// fitness of the levels it chose (the last generation's, reached by runs resumed from their
-/// parent's blocks) must be the KL divergence of the written model from the dense one on the
-/// last selection step's 4 calibration windows (of 5), computed here from both models' logits in
+/// Without the row step, the model the search scores is the model written (Wanda's masks too:
+/// the final pass feeds dense outputs forward, as the search's dense pass did): the fitness of
+/// the levels it chose (the last generation's, reached by runs resumed from their parent's
+/// blocks) must be the KL divergence of the written model from the dense one on the last
+/// selection step's 4 calibration windows (of 5), computed here from both models' logits in
 /// ONNX Runtime.
 #[test]
 fn evo_fitness_is_the_kl_divergence_of_the_model_it_scores() {
-    use neuroal_onnx::progress::Progress;
-    use neuroal_onnx::runtime::{locate_library, CausalLm, Device, Runtime};
     let fx = fixture("tiny/llama");
     let dir = scratch();
     let windows: Vec<Vec<i64>> = (0..5)
@@ -580,12 +671,34 @@ fn evo_fitness_is_the_kl_divergence_of_the_model_it_scores() {
         .collect();
     let file = dir.path().join("windows.json");
     std::fs::write(&file, serde_json::to_string(&windows).unwrap()).unwrap();
-    let out = dir.path().join("evo.onnx");
-    let flags = format!(
-        "--sparsity 0.6 --prune-method magnitude --top-up evo --evo-start uniform --neuroal-step block --evo-generations 4 --calib-windows {} --quiet",
-        file.display()
-    );
-    let report = prune_ok(&fx.model, &out, &flags);
+    // Per group, a block's feeds are its two units' weights. Wanda's masks read the dense
+    // model's hidden states both in the search and in the final pass.
+    for (method, units) in [
+        ("magnitude", "block"),
+        ("magnitude", "group"),
+        ("wanda", "block"),
+        ("wanda", "group"),
+    ] {
+        let out = dir.path().join(format!("evo-{method}-{units}.onnx"));
+        let flags = format!(
+            "--sparsity 0.6 --prune-method {method} --top-up evo --evo-start uniform --evo-units {units} --neuroal-step block --evo-generations 4 --calib-windows {} --quiet",
+            file.display()
+        );
+        let report = prune_ok(&fx.model, &out, &flags);
+        assert_scored_model_is_written(&fx.model, &out, &report, &windows);
+    }
+}
+
+/// The last generation's fitness in `report` is KL(dense ‖ pruned) of `dense` and the written
+/// `pruned`, computed here on the last selection step's windows.
+fn assert_scored_model_is_written(
+    dense: &Path,
+    pruned: &Path,
+    report: &Value,
+    windows: &[Vec<i64>],
+) {
+    use neuroal_onnx::progress::Progress;
+    use neuroal_onnx::runtime::{locate_library, CausalLm, Device, Runtime};
     let detail = &report["allocation"];
     let generations = detail["generations"].as_array().unwrap();
     assert!(
@@ -595,8 +708,8 @@ fn evo_fitness_is_the_kl_divergence_of_the_model_it_scores() {
     let fitness = generations.last().unwrap()["fitness"].as_f64().unwrap();
     let lib = locate_library(None).unwrap();
     let rt = Runtime::new(&lib, Device::Cpu, 1, &Progress::silent()).unwrap();
-    let (dense, _) = inspect(&fx.model).unwrap();
-    let (pruned, _) = inspect(&out).unwrap();
+    let (dense, _) = inspect(dense).unwrap();
+    let (pruned, _) = inspect(pruned).unwrap();
     let (mut dense, mut pruned) = (
         CausalLm::open(&rt, &dense).unwrap(),
         CausalLm::open(&rt, &pruned).unwrap(),

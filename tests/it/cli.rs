@@ -262,6 +262,7 @@ fn evo_is_refused_with_sparsegpt_and_its_flags_and_dlp_s_without_them() {
     for (flag, owner) in [
         ("--evo-generations 3", "evo"),
         ("--evo-start uniform", "evo"),
+        ("--evo-units group", "evo"),
         ("--dlp-alpha 0.1", "dlp"),
     ] {
         let name = flag.split_whitespace().next().unwrap();

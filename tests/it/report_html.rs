@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 /// Where Debian's chromium package puts the browser (`make setup` installs it).
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Prunes `tiny/llama` to 60% with Wanda and `top_up`; returns the JSON report and the page.
+/// Prunes `tiny/llama` to 60% with Wanda and `--top-up top_up` (its first word names the
+/// output); returns the JSON report and the page.
 fn tiny_run(dir: &Path, top_up: &str) -> (Value, String, PathBuf) {
-    let out = dir.join(format!("{top_up}.onnx"));
+    let name = top_up.split_whitespace().next().unwrap_or(top_up);
+    let out = dir.join(format!("{name}.onnx"));
     let flags = format!(
         "--sparsity 0.6 --prune-method wanda --top-up {top_up} --calib {} --nsamples 6 --seqlen 48 \
          --eval-text {} --eval-windows 2 --quiet",
@@ -171,6 +173,43 @@ fn html_numbers_match_the_json() {
             marks(&html, "td", class)[0]["data-value"],
             deployment[key].to_string()
         );
+    }
+}
+
+/// The evolutionary search per group draws one chart of attention levels and one of MLP levels,
+/// each with a start bar and a chosen bar per block, at the report's values.
+#[test]
+fn evo_group_charts_draw_every_unit_level() {
+    let dir = scratch();
+    let (report, html, _) = tiny_run(
+        dir.path(),
+        "evo --evo-units group --neuroal-step block --evo-generations 3",
+    );
+    let detail = &report["allocation"];
+    let units = detail["units"].as_array().expect("units");
+    assert_eq!(units.len(), 6);
+    for (id, matrices) in [
+        ("evo-levels-attention", "attention"),
+        ("evo-levels-mlp", "mlp"),
+    ] {
+        let start = html
+            .find(&format!("<svg id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no chart {id}"));
+        let chart = &html[start..start + html[start..].find("</svg>").expect("closed svg")];
+        for (series, key) in [("metric", "start_sparsity"), ("target", "sparsity")] {
+            let bars = marks(chart, "rect", &format!("bar {series}"));
+            assert_eq!(bars.len(), 3, "{id}: {series} bars");
+            for (u, unit) in units.iter().enumerate() {
+                if unit["matrices"] != matrices {
+                    continue;
+                }
+                let want = [
+                    ("data-block", unit["block"].to_string()),
+                    ("data-value", exact(&detail[key][u])),
+                ];
+                assert!(has_mark(&bars, &want), "{id}: no {series} bar {want:?}");
+            }
+        }
     }
 }
 
