@@ -32,17 +32,19 @@ configs=(  # most informative first, so that a partial run already answers the m
 )
 # The comparison, the rows that answer the most first: the headline rows, then each score's cheap
 # allocations, then re-fitting where it applies (SparseGPT updates its own weights; evo ranks
-# score-based masks, so not with SparseGPT).
-comparison=("wanda neuroal both" "wanda evo both" "sparsegpt neuroal both" "wanda neuroal both reconstruct"
-  "wanda evo both reconstruct" "ria neuroal both" "ria neuroal both reconstruct")
+# score-based masks, so not with SparseGPT). Evo runs with its default step, block (the search
+# alone); every other allocation with both.
+comparison=("wanda neuroal both" "wanda evo block" "sparsegpt neuroal both" "wanda neuroal both reconstruct"
+  "wanda evo block reconstruct" "ria neuroal both" "ria neuroal both reconstruct")
+step_of() { [ "$1" = evo ] && echo block || echo both; }
 for method in wanda sparsegpt ria magnitude; do
   for top_up in uniform owl dlp alpha neuroal evo; do
     [ "$method $top_up" = "sparsegpt evo" ] && continue
-    comparison+=("$method $top_up both")
+    comparison+=("$method $top_up $(step_of $top_up)")
   done
 done
 for method in wanda ria magnitude; do
-  for top_up in uniform owl dlp alpha neuroal evo; do comparison+=("$method $top_up both reconstruct"); done
+  for top_up in uniform owl dlp alpha neuroal evo; do comparison+=("$method $top_up $(step_of $top_up) reconstruct"); done
 done
 # CONFIGS="wanda uniform both,wanda neuroal both" runs only those, in that order; a configuration
 # already run (the comparison repeats its first rows) runs once.

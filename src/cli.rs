@@ -88,9 +88,9 @@ pub struct PruneArgs {
     /// How the sparsity is distributed over blocks and rows.
     #[arg(long, value_enum, default_value = "neuroal")]
     pub top_up: TopUpArg,
-    /// Which NeuroAL search steps to run.
-    #[arg(long, value_enum, default_value = "both")]
-    pub neuroal_step: StepArg,
+    /// Which NeuroAL search steps to run [default: both; block with --top-up evo].
+    #[arg(long, value_enum, value_name = "STEP")]
+    pub neuroal_step: Option<StepArg>,
     /// Use this block-wise λ instead of searching it (e.g. the `search.block_lambda` of an
     /// earlier report, to prune again without the search's cost).
     #[arg(long, value_name = "LAMBDA")]
@@ -468,7 +468,14 @@ impl PruneArgs {
             sparsity: self.sparsity.ok_or_else(|| missing("--sparsity"))?,
             method: self.prune_method.into(),
             top_up,
-            neuroal_step: self.neuroal_step.into(),
+            neuroal_step: self.neuroal_step.map_or(
+                // Evo's search alone writes the model it scored (docs/methods.md §5.2).
+                match top_up {
+                    TopUp::Evo => NeuroalStep::Block,
+                    _ => NeuroalStep::Both,
+                },
+                NeuroalStep::from,
+            ),
             neuroal_lambdas: FixedLambdas {
                 block: self.neuroal_block_lambda,
                 row: self.neuroal_row_lambda,

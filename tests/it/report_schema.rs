@@ -138,13 +138,14 @@ fn an_evo_run_validates() {
         dir.path(),
         "evo",
         &format!(
-            "--sparsity 0.6 --prune-method wanda --top-up evo --evo-generations 2 {}",
+            "--sparsity 0.6 --prune-method wanda --top-up evo --evo-units group --neuroal-step both --evo-generations 2 {}",
             calib()
         ),
     );
     assert_valid(&validator(), &report, "evo");
     assert_eq!(report["allocation"]["top_up"], "evo");
     assert_eq!(report["method"]["top_up_parameters"]["top_up"], "evo");
+    assert_eq!(report["method"]["top_up_parameters"]["units"], "group");
     // NeuroAL's block step as the start, its row step after the search (--neuroal-step both).
     assert!(report["search"]["block_lambda"].is_f64());
     assert!(report["search"]["row_lambda"].is_f64());
@@ -163,6 +164,23 @@ fn an_evo_run_validates() {
     );
     assert_valid(&validator(), &uniform, "evo from uniform");
     assert!(uniform["search"].is_null(), "no NeuroAL step ran");
+    // By default: NeuroAL's block step, the search per block, no row step after it.
+    let default = tiny_run(
+        dir.path(),
+        "evo-default",
+        &format!(
+            "--sparsity 0.6 --prune-method wanda --top-up evo --evo-generations 1 {}",
+            calib()
+        ),
+    );
+    assert_valid(&validator(), &default, "evo by default");
+    let parameters = &default["method"]["top_up_parameters"];
+    assert_eq!(
+        (&parameters["step"], &parameters["units"]),
+        (&"block".into(), &"block".into())
+    );
+    assert!(default["search"]["block_lambda"].is_f64());
+    assert!(default["search"]["row_lambda"].is_null());
 }
 
 #[test]
