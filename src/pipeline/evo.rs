@@ -1,9 +1,9 @@
 //! `--top-up evo` (docs/methods.md §5.2): the allocation searched directly against the dense model's
-//! next-token distributions. Each block's masks at any level come from one dense pass's
-//! statistics, so a candidate costs one forward pass of the whole model on a few calibration
-//! windows and no sequential pass (from its first block that differs from its parent's, when the
-//! parent's run is kept); the final pass then prunes sequentially at the chosen levels, as for
-//! every other allocation.
+//! next-token distributions. Each unit's masks (a block's, or its attention's and its MLP's) at
+//! any level come from one dense pass's statistics, so a candidate costs one forward pass of the
+//! whole model on a few calibration windows and no sequential pass (from its first block that
+//! differs from its parent's, when the parent's run is kept); the final pass then prunes at the
+//! chosen levels with dense outputs fed forward, so that it writes the masks the search scored.
 
 use super::allocation::{blocks, dense_norms, plan_from_levels, AllocationInputs};
 use super::search;
@@ -126,7 +126,7 @@ fn per_linear(discovery: &Discovery, units: &[Unit], levels: &[f64]) -> Vec<f64>
 
 /// What the evolutionary search chose and did.
 pub(crate) struct Searched {
-    /// Every linear at its block's chosen level.
+    /// Every linear at its unit's chosen level (and its rows after NeuroAL's row step).
     pub plan: SparsityPlan,
     /// The search's start, generations and choice, for the report.
     pub detail: AllocationDetail,
@@ -137,8 +137,8 @@ pub(crate) struct Searched {
     pub seconds: f64,
 }
 
-/// Searches per-block sparsity levels from the start `config.evo_start` names (NeuroAL's block
-/// step, or uniform); with `--neuroal-step both`, NeuroAL's row step then spreads each matrix's
+/// Searches per-unit sparsity levels (`config.evo_units`) from the start `config.evo_start`
+/// names (NeuroAL's block step, or uniform); with `--neuroal-step both`, NeuroAL's row step then spreads each matrix's
 /// level over its rows.
 pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
     let AllocationInputs {

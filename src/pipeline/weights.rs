@@ -104,11 +104,12 @@ fn calibrated(
     let (model, discovery) = (&loaded.model, &loaded.discovery);
     let dsnot = config.top_up == TopUp::Dsnot;
     let spill = SpillPolicy::for_job(config);
-    // Evo scored masks from the dense model's hidden states; the final pass writes those.
+    // Evo scored masks from the dense model's hidden states; the final pass writes those, unless
+    // the kept weights are re-fitted: the re-fit follows the pruned stream (docs/methods.md §5.2).
     let mut pruner = SequentialPruner::new(model, discovery, rt, config.method, dsnot)?
         .with_masker(&prepared.masker)
         .reconstruct(config.reconstruct)
-        .feed_dense(config.top_up == TopUp::Evo)
+        .feed_dense(config.top_up == TopUp::Evo && !config.reconstruct)
         .spill_beyond(spill.clone());
     let (mut allocation, mut search) = (None, None);
     let inputs = AllocationInputs {
