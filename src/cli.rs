@@ -180,7 +180,8 @@ pub struct PruneArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// NeuroAL candidates evaluated at a time, each with its own sessions and a share of the
-    /// cores (0: one per core, at most 4, while memory allows). The result does not depend on it.
+    /// cores (0: one per core, at most 4, while memory allows). The result depends on it only
+    /// through the ONNX Runtime threads each job gets, whose sums can change with their number.
     #[arg(long, default_value_t = 0)]
     pub search_jobs: usize,
     /// Memory the job may use, e.g. 4G or 512M (binary units) [default: the memory available

@@ -38,7 +38,8 @@ pub struct FixedLambdas {
 /// returns the plan the final pass uses.
 ///
 /// Candidates run [`search_jobs`] at a time, each job with its own stage sessions and a share of
-/// the cores; the result does not depend on how many run at once.
+/// the cores; the result depends on how many run at once only through ONNX Runtime's thread
+/// count per session (docs/gpu.md, "Reproducing a model").
 pub(super) fn neuroal(inputs: &AllocationInputs) -> Result<(SparsityPlan, SearchReport)> {
     with_pruners(inputs, |pruners| {
         steps(
@@ -114,6 +115,7 @@ fn with_pruners(
     } else {
         vec![runtime]
     };
+    let runtimes_threads = runtimes[0].threads();
     let mut pruners = runtimes
         .into_iter()
         .map(|rt| {
@@ -128,6 +130,7 @@ fn with_pruners(
     let (plan, mut report) = search(&mut pruners)?;
     report.seconds = clock.elapsed().as_secs_f64();
     report.jobs = pruners.len();
+    report.threads_per_job = runtimes_threads;
     for pruner in &pruners {
         report.timings_s.add(&pruner.timings);
     }

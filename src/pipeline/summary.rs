@@ -53,6 +53,7 @@ pub(super) fn report(
             library: rt.library().to_path_buf(),
             device: rt.device(),
             cuda_fallback: rt.fallback_reason(),
+            threads: rt.threads(),
         }),
         input: InputInfo {
             model: config.input.clone(),

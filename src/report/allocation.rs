@@ -155,9 +155,15 @@ pub struct SearchReport {
     pub windows: usize,
     /// Candidates evaluated at a time, each with its own ONNX Runtime sessions and a share of the
     /// cores: --search-jobs, or by default one per core up to 4 while half of the available memory
-    /// holds them. The candidates, scores and choice do not depend on it.
+    /// holds them. The candidates, scores and choice depend on it only through threads_per_job.
     #[schemars(range(min = 1.0))]
     pub jobs: usize,
+    /// ONNX Runtime's intra-op threads per session of each job: the cores (--threads, else all)
+    /// shared between the jobs, or with one job the run's own (onnx_runtime.threads; null when
+    /// ONNX Runtime chose). ONNX Runtime's float sums can change with it, and so can the search's
+    /// scores and choice.
+    #[schemars(range(min = 1.0))]
+    pub threads_per_job: Option<usize>,
     /// Wall time of the whole search, seconds (also timings_s.search).
     #[schemars(range(min = 0.0))]
     pub seconds: f64,
@@ -177,6 +183,7 @@ impl SearchReport {
             row_skipped: None,
             windows,
             jobs: 1,
+            threads_per_job: None,
             seconds: 0.0,
             timings_s: SequentialTimings::default(),
         }

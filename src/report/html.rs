@@ -605,6 +605,7 @@ mod tests {
             row_skipped: Some("SparseGPT <updates>".into()),
             windows: 8,
             jobs: 1,
+            threads_per_job: None,
             seconds: 0.0,
             timings_s: Default::default(),
         });
@@ -644,6 +645,7 @@ mod tests {
             row_skipped: None,
             windows: 8,
             jobs: 1,
+            threads_per_job: None,
             seconds: f64::NAN,
             timings_s: Default::default(),
         });

@@ -116,6 +116,11 @@ pub struct RuntimeInfo {
     pub device: Device,
     /// Why --device auto ran on the CPU instead of CUDA, when it did; null otherwise.
     pub cuda_fallback: Option<String>,
+    /// ONNX Runtime's intra-op threads per session (--threads); null when ONNX Runtime chose
+    /// (one per physical core). Its float sums can change with this number: the same input,
+    /// flags, library and threads give the same model, bit for bit.
+    #[schemars(range(min = 1.0))]
+    pub threads: Option<usize>,
 }
 
 /// The input model.

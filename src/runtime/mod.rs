@@ -315,6 +315,13 @@ impl Runtime {
         version.contains('.').then(|| version.to_string())
     }
 
+    /// The intra-op threads of each session (`--threads`); `None` when ONNX Runtime chooses (one
+    /// per physical core). Its float sums can change with this number, so a job reproduces its
+    /// model bit for bit with the same threads (docs/gpu.md, "Reproducing a model").
+    pub fn threads(&self) -> Option<usize> {
+        (self.threads > 0).then_some(self.threads)
+    }
+
     /// The device sessions run on (known after the first session).
     pub fn device(&self) -> Device {
         self.resolved

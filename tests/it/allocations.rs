@@ -208,9 +208,14 @@ fn candidates_run_side_by_side_give_the_same_search_and_model() {
             std::fs::read(out.with_extension("onnx.data")).unwrap(),
         )
     };
-    let (one, one_data) = run("one", "--search-jobs 1");
-    let (three, three_data) = run("three", "--search-jobs 3");
+    let (one, one_data) = run("one", "--search-jobs 1 --threads 3");
+    let (three, three_data) = run("three", "--search-jobs 3 --threads 3");
     assert_eq!(three["search"]["jobs"], 3);
+    // The report says how many ONNX Runtime threads each job's sessions had: the run's own with
+    // one job, a share of --threads with three.
+    assert_eq!(one["onnx_runtime"]["threads"], 3);
+    assert_eq!(one["search"]["threads_per_job"], 3);
+    assert_eq!(three["search"]["threads_per_job"], 1);
     for step in ["block", "row"] {
         assert_eq!(
             one["search"][step], three["search"][step],
@@ -231,6 +236,10 @@ fn candidates_run_side_by_side_give_the_same_search_and_model() {
     for candidate in [&grid[0], &grid[4], &grid[grid.len() - 1]] {
         let lambda = candidate["lambda"].as_f64().unwrap();
         let (alone, _) = run("alone", &format!("--neuroal-block-lambda {lambda}"));
+        assert!(
+            alone["onnx_runtime"]["threads"].is_null(),
+            "ONNX Runtime chose"
+        );
         assert_eq!(
             alone["search"]["block"][0]["score"], candidate["score"],
             "block λ {lambda}"
