@@ -2,10 +2,11 @@
 # The README's table on --top-up evo: SmolLM2-135M at 70%, calibrated on Austen text (Emma, Mansfield
 # Park, Northanger Abbey, Sense and Sensibility; 32 windows of 512 tokens), perplexity on held-out
 # Persuasion (its first 32 windows of 512 tokens): Wanda with NeuroAL (both steps) and with the
-# evolutionary search alone (the default) and followed by NeuroAL's row step (--neuroal-step both),
-# seeds 0, 1 and 2, and the search with --reconstruct (seed 0). Prints a Markdown table with each
-# job's time without evaluation. Run it on an otherwise idle machine for the times to compare.
-# About 2 hours on 2 cores; finished runs are kept in OUT_DIR and skipped.
+# evolutionary search alone (the default, 20 generations; and 40), and followed by NeuroAL's row
+# step (--neuroal-step both), seeds 0, 1 and 2, and the search with --reconstruct (seed 0). Prints
+# a Markdown table with each job's time without evaluation. Run it on an otherwise idle machine
+# for the times to compare. About 3 hours on 2 cores; finished runs are kept in OUT_DIR and
+# skipped.
 #   scripts/evo-quality.sh [OUT_DIR]   (default out/evo-quality)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,7 @@ source scripts/austen-protocol.sh
 run() { smollm2_run "$out" "$1" "${austen[@]}" "${@:2}"; }
 for seed in 0 1 2; do
   run "wanda-evo-seed$seed" --seed $seed --top-up evo
+  run "wanda-evo-g40-seed$seed" --seed $seed --top-up evo --evo-generations 40
   run "wanda-evo-both-seed$seed" --seed $seed --top-up evo --neuroal-step both
   run "wanda-neuroal-seed$seed" --seed $seed
 done
