@@ -138,8 +138,8 @@ pub(crate) struct Searched {
 }
 
 /// Searches per-unit sparsity levels (`config.evo_units`) from the start `config.evo_start`
-/// names (NeuroAL's block step, or uniform); with `--neuroal-step both`, NeuroAL's row step then spreads each matrix's
-/// level over its rows.
+/// names (NeuroAL's block step, or uniform); with `--neuroal-step both`, NeuroAL's row step then
+/// spreads each matrix's level over its rows.
 pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
     let AllocationInputs {
         model,

@@ -115,7 +115,7 @@ fn with_pruners(
     } else {
         vec![runtime]
     };
-    let runtimes_threads = runtimes[0].threads();
+    let threads_per_job = runtimes[0].threads();
     let mut pruners = runtimes
         .into_iter()
         .map(|rt| {
@@ -130,7 +130,7 @@ fn with_pruners(
     let (plan, mut report) = search(&mut pruners)?;
     report.seconds = clock.elapsed().as_secs_f64();
     report.jobs = pruners.len();
-    report.threads_per_job = runtimes_threads;
+    report.threads_per_job = threads_per_job;
     for pruner in &pruners {
         report.timings_s.add(&pruner.timings);
     }
