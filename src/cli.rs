@@ -179,8 +179,9 @@ pub struct PruneArgs {
     /// ONNX Runtime threads (0: all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// NeuroAL candidates evaluated at a time, each with its own sessions and a share of the
-    /// cores (0: one per core, at most 4, while memory allows). The result depends on it only
+    /// Search candidates evaluated at a time (NeuroAL's, and the evolutionary search's candidate
+    /// windows), each with its own sessions and a share of the cores (0: one per core, at most 4,
+    /// while memory allows). The result depends on it only
     /// through the ONNX Runtime threads each job gets, whose sums can change with their number.
     #[arg(long, default_value_t = 0)]
     pub search_jobs: usize,

@@ -70,14 +70,15 @@ pub struct EvoOutcome {
 }
 
 /// Searches unit levels from `start` (each unit has `params` weights; their weighted mean of
-/// levels stays that of `start`). `fitness(levels, windows)` is lower for better candidates and
-/// must be a function of its arguments; `on_generation` sees each generation as it ends, with
-/// the parent it chose.
+/// levels stays that of `start`). `fitness(candidates, windows)` scores a batch of candidates
+/// (lower is better; one score per candidate, in their order) and must be a function of each
+/// candidate and the window count; a step's candidates come in one batch, so that it may score
+/// them side by side. `on_generation` sees each generation as it ends, with the parent it chose.
 pub fn search(
     start: &[f64],
     params: &[f64],
     settings: &EvoSettings,
-    mut fitness: impl FnMut(&[f64], usize) -> Result<f64>,
+    mut fitness: impl FnMut(&[Vec<f64>], usize) -> Result<Vec<f64>>,
     mut on_generation: impl FnMut(usize, &Generation, &[f64]) -> Result<()>,
 ) -> Result<EvoOutcome> {
     assert_eq!(start.len(), params.len(), "one parameter count per unit");
@@ -92,7 +93,7 @@ pub fn search(
     // Evaluations per step; the parent's count under the last step.
     let mut counts = vec![0usize; steps.len()];
     let mut parent = start.to_vec();
-    let mut parent_fitness = fitness(&parent, last.windows)?;
+    let mut parent_fitness = scores(&mut fitness, std::slice::from_ref(&parent), last.windows)?[0];
     counts[steps.len() - 1] += 1;
     let start_fitness = parent_fitness;
     let mut generations = Vec::with_capacity(settings.generations);
@@ -112,12 +113,9 @@ pub fn search(
         }
         let mut best: Option<(f64, Vec<f64>)> = None;
         for (i, step) in steps.iter().enumerate() {
-            let mut ranked = Vec::with_capacity(candidates.len());
-            for child in candidates {
-                let f = fitness(&child, step.windows)?;
-                counts[i] += 1;
-                ranked.push((f, child));
-            }
+            let scored = scores(&mut fitness, &candidates, step.windows)?;
+            counts[i] += candidates.len();
+            let mut ranked: Vec<(f64, Vec<f64>)> = scored.into_iter().zip(candidates).collect();
             // Stable: equal fitness keeps the order of drawing.
             ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
             ranked.truncate(step.survivors);
@@ -150,6 +148,21 @@ pub fn search(
         generations,
         evaluations: steps.iter().map(|s| s.windows).zip(counts).collect(),
     })
+}
+
+/// `fitness` of `candidates` on `windows`, one score per candidate.
+fn scores(
+    fitness: &mut impl FnMut(&[Vec<f64>], usize) -> Result<Vec<f64>>,
+    candidates: &[Vec<f64>],
+    windows: usize,
+) -> Result<Vec<f64>> {
+    let scores = fitness(candidates, windows)?;
+    assert_eq!(
+        scores.len(),
+        candidates.len(),
+        "the fitness gives one score per candidate"
+    );
+    Ok(scores)
 }
 
 /// A mutation of `parent`: 1 to `max_moves` moves, each adding `step` to one unit's level and
@@ -265,7 +278,7 @@ mod tests {
             &start,
             &params,
             &settings(200),
-            |x, _| Ok(loss(x)),
+            |batch, _| Ok(batch.iter().map(|x| loss(x)).collect()),
             |g, gen, _| {
                 seen.push((g, gen.fitness));
                 Ok(())
@@ -309,9 +322,10 @@ mod tests {
             &[0.7; 6],
             &[1.0, 2.0, 1.0, 3.0, 1.0, 2.0],
             &three,
-            |x, w| {
-                calls.borrow_mut().push((x.to_vec(), w, score(x, w)));
-                Ok(score(x, w))
+            |batch, w| {
+                let mut calls = calls.borrow_mut();
+                calls.extend(batch.iter().map(|x| (x.clone(), w, score(x, w))));
+                Ok(batch.iter().map(|x| score(x, w)).collect())
             },
             |_, generation, parent| {
                 assert_eq!(generation.fitness, score(parent, 16));
@@ -346,7 +360,7 @@ mod tests {
             &[0.7, 0.7],
             &[1.0, 1.0],
             &settings(3),
-            |x, _| Ok((x[0] - 0.75).abs()),
+            |batch, _| Ok(batch.iter().map(|x| (x[0] - 0.75).abs()).collect()),
             |_, _, _| Ok(()),
         )
         .unwrap();
@@ -361,7 +375,12 @@ mod tests {
                 &[0.7; 5],
                 &params,
                 &settings(20),
-                |x, w| Ok(x.iter().enumerate().map(|(i, v)| v * (i + w) as f64).sum()),
+                |batch, w| {
+                    Ok(batch
+                        .iter()
+                        .map(|x| x.iter().enumerate().map(|(i, v)| v * (i + w) as f64).sum())
+                        .collect())
+                },
                 |_, _, _| Ok(()),
             )
             .unwrap()

@@ -7,14 +7,12 @@ use crate::error::{Error, Result};
 use crate::onnx::proto::TypeProto;
 use crate::onnx::WeightDtype;
 use crate::runtime::{symbolic_type, Activation};
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// How much of what a run carries may stay in memory, and where the rest goes.
 #[derive(Clone, Debug)]
@@ -113,7 +111,7 @@ impl Loaded<'_> {
 
 /// A tensor in a [`SpillFile`]; its slot is freed for reuse when the last holder drops it.
 pub(super) struct Spilled {
-    file: Rc<SpillFile>,
+    file: Arc<SpillFile>,
     offset: u64,
     len: u64,
     dtype: WeightDtype,
@@ -144,10 +142,9 @@ struct SpillFile {
     file: File,
     /// The folder it was made in, for messages (the file itself has no name).
     dir: PathBuf,
-    /// Bytes the file spans.
-    end: Cell<u64>,
-    /// Freed slots by length.
-    free: RefCell<HashMap<u64, Vec<u64>>>,
+    /// Where its tensors lie. Runs resumed from a checkpoint on other threads may drop tensors
+    /// (freeing their slots) while the run that spilled them writes new ones.
+    slots: Mutex<Slots>,
     /// The policy's meter of the largest file.
     peak: Arc<AtomicU64>,
 }
@@ -167,8 +164,7 @@ impl SpillFile {
         Ok(Self {
             file,
             dir: dir.to_path_buf(),
-            end: Cell::new(0),
-            free: RefCell::new(HashMap::new()),
+            slots: Mutex::new(Slots::default()),
             peak: policy.peak.clone(),
         })
     }
@@ -183,13 +179,16 @@ impl SpillFile {
     /// Writes `bytes` to a free slot of their length, or at the end.
     fn write(&self, bytes: &[u8]) -> Result<u64> {
         let len = bytes.len() as u64;
-        let reused = self.free.borrow_mut().get_mut(&len).and_then(Vec::pop);
-        let offset = reused.unwrap_or_else(|| {
-            let end = self.end.get();
-            self.end.set(end + len);
-            self.peak.fetch_max(end + len, Ordering::Relaxed);
-            end
-        });
+        let offset = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let reused = slots.free.get_mut(&len).and_then(Vec::pop);
+            reused.unwrap_or_else(|| {
+                let end = slots.end;
+                slots.end += len;
+                self.peak.fetch_max(end + len, Ordering::Relaxed);
+                end
+            })
+        };
         self.file
             .write_all_at(bytes, offset)
             .map_err(|e| self.error(e))?;
@@ -197,14 +196,24 @@ impl SpillFile {
     }
 
     fn release(&self, offset: u64, len: u64) {
-        self.free.borrow_mut().entry(len).or_default().push(offset);
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.free.entry(len).or_default().push(offset);
     }
+}
+
+/// The slots of a [`SpillFile`].
+#[derive(Default)]
+struct Slots {
+    /// Bytes the file spans.
+    end: u64,
+    /// Freed slots by length.
+    free: HashMap<u64, Vec<u64>>,
 }
 
 /// The carried tensors' memory account of one run, and its spill file once one is needed.
 pub(super) struct CarryStore {
     policy: Option<SpillPolicy>,
-    file: Option<Rc<SpillFile>>,
+    file: Option<Arc<SpillFile>>,
     /// Bytes of float tensors held in memory.
     resident: u64,
 }
@@ -240,7 +249,7 @@ impl CarryStore {
             Some(f) => f.clone(),
             None => {
                 let policy = self.policy.as_ref().expect("checked above");
-                let f = Rc::new(SpillFile::create(policy)?);
+                let f = Arc::new(SpillFile::create(policy)?);
                 self.file = Some(f.clone());
                 f
             }

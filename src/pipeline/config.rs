@@ -71,7 +71,8 @@ pub struct PruneConfig {
     pub dlp_alpha: f64,
     /// ONNX Runtime intra-op threads (0: its default).
     pub threads: usize,
-    /// NeuroAL candidates evaluated at a time (0: one per core, at most 4, while memory allows).
+    /// Search candidates (NeuroAL's, or the evolutionary search's windows) evaluated at a time
+    /// (0: one per core, at most 4, while memory allows).
     pub search_jobs: usize,
     /// Memory the job may use (`--memory-budget`, else what was available when it started);
     /// `None` when unknown.

@@ -6,7 +6,7 @@
 //! chosen levels with dense outputs fed forward, so that it writes the masks the search scored.
 
 use super::allocation::{blocks, dense_norms, plan_from_levels, AllocationInputs};
-use super::search;
+use super::search::{self, search_jobs, JobRuntimes};
 use super::sequential::{session, weight_value};
 use super::staged::{Checkpoint, StagedRun};
 use super::PruneConfig;
@@ -21,9 +21,10 @@ use crate::report::{AllocationDetail, EvoEvaluations, EvoUnit, Matrices, SearchR
 use crate::runtime::{logits_output, Activation, ModelSession, Runtime};
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Offspring per generation, all ranked by the first selection step.
@@ -145,6 +146,7 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
         model,
         discovery,
         runtime,
+        masker,
         windows,
         config,
         progress,
@@ -187,13 +189,15 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
         .iter()
         .map(|s| format!("{} window(s)", s.windows))
         .collect();
+    // A step runs only the windows its candidates were not scored on in the step before.
     let passes: usize = settings
         .selection
         .iter()
-        .scan(settings.offspring, |candidates, s| {
-            let scored = *candidates * s.windows;
+        .scan((settings.offspring, 0), |(candidates, scored), s| {
+            let new = *candidates * (s.windows - *scored);
             *candidates = s.survivors;
-            Some(scored)
+            *scored = s.windows;
+            Some(new)
         })
         .sum();
     progress.note(&format!(
@@ -212,54 +216,29 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
         .iter()
         .map(|w| w[..w.len().min(settings.tokens)].to_vec())
         .collect();
-    let forward = RefCell::new(Forward::new(
-        model,
-        discovery,
-        runtime,
-        &units,
-        fitness_windows,
+    let job_runtimes = JobRuntimes::new(inputs, search_jobs(config, masker, discovery))?;
+    let jobs: Vec<Job> = job_runtimes
+        .runtimes(runtime)
+        .into_iter()
+        .map(Job::new)
+        .collect();
+    let (job_count, threads_per_job) = (jobs.len(), jobs[0].runtime.threads());
+    let scorer = RefCell::new(Scorer::new(
+        Forward::new(model, discovery, &units, fitness_windows)?,
+        jobs,
+        Variants::new(model, discovery, config, &norms, &units),
+        &settings.selection,
+        &start,
     )?);
-    let variants = RefCell::new(Variants::new(model, discovery, config, &norms, &units));
-    let mut dense_logits = Vec::with_capacity(last_windows);
-    let dense = variants.borrow_mut().dense()?;
-    forward
-        .borrow_mut()
-        .logits(last_windows, &dense, false, |_, logits| {
-            dense_logits.push(logits);
-            Ok(())
-        })?;
-    drop(dense);
-    // A candidate's logits are compared window by window as they come, so that only the dense
-    // model's are held (at most DENSE_LOGITS_BYTES). Runs on the last step's windows are kept
-    // for later candidates to resume from.
-    let fitness = |levels: &[f64], n: usize| -> Result<f64> {
-        let weights = variants.borrow_mut().weights(levels)?;
-        let keep = n == last_windows;
-        let (mut total, mut tokens) = (0.0, 0usize);
-        forward
-            .borrow_mut()
-            .logits(n, &weights, keep, |window, logits| {
-                let dense = dense_logits.get(window).ok_or_else(|| {
-                    Error::internal("--top-up evo: a window without dense logits")
-                })?;
-                let (sum, count) = kl_sum(dense, &logits)?;
-                total += sum;
-                tokens += count;
-                Ok(())
-            })?;
-        Ok(total / tokens.max(1) as f64)
-    };
     let total = settings.generations;
     progress.item("evo generations", 0, total);
     let outcome = evolve(
         &start,
         &params,
         &settings,
-        fitness,
+        |batch, windows| scorer.borrow_mut().score(batch, windows),
         |g, generation, parent| {
-            let mut variants = variants.borrow_mut();
-            variants.keep_only(parent);
-            forward.borrow_mut().keep_only(&variants.weights(parent)?);
+            scorer.borrow_mut().keep_only(parent);
             progress.item("evo generations", g + 1, total);
             if generation.improved {
                 progress.note(&format!(
@@ -271,6 +250,8 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
             Ok(())
         },
     )?;
+    // The candidates' weights, runs and the dense logits are no longer needed.
+    let window_runs = scorer.into_inner().window_runs;
     let detail = AllocationDetail::Evo {
         start: config.evo_start,
         settings,
@@ -284,10 +265,11 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
             .iter()
             .map(|&(windows, count)| EvoEvaluations { windows, count })
             .collect(),
+        window_runs,
+        jobs: job_count,
+        threads_per_job,
         seconds: clock.elapsed().as_secs_f64(),
     };
-    // The candidates' weights, runs and the dense logits are no longer needed.
-    drop((forward, variants, dense_logits));
     let levels = per_linear(discovery, &units, &outcome.levels);
     let (plan, neuroal) = if config.neuroal_step == NeuroalStep::Both {
         let (plan, rows) = search::neuroal_rows(inputs, &levels)?;
@@ -313,6 +295,183 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
     })
 }
 
+/// Scores candidates on the fitness windows, keeping what later candidates reuse: each
+/// candidate's KL divergence per window (a step scores its candidates only on the windows the
+/// step before did not), and the runs of the parent and of the candidates a step passes on, for
+/// runs that share their first blocks to resume from.
+struct Scorer<'a> {
+    forward: Forward<'a>,
+    jobs: Vec<Job<'a>>,
+    variants: Variants<'a>,
+    selection: &'a [Selection],
+    /// The dense model's logits on every fitness window.
+    dense_logits: Vec<Activation>,
+    /// By candidate (its levels' bits): what has been scored of it.
+    scored: BTreeMap<Vec<u64>, Scored>,
+    /// The parent's key: its run is always kept.
+    parent: Vec<u64>,
+    /// Windows run through the model so far, the dense model's included.
+    window_runs: usize,
+}
+
+/// What the search has scored of a candidate.
+#[derive(Default)]
+struct Scored {
+    /// Per window from the first: `Σ_tokens KL(dense ‖ pruned)` and the token count.
+    windows: Vec<(f64, usize)>,
+    /// Its run on those windows, when kept.
+    run: Option<Saved>,
+}
+
+/// A candidate's key: its levels' bits.
+fn key(levels: &[f64]) -> Vec<u64> {
+    levels.iter().map(|l| l.to_bits()).collect()
+}
+
+impl<'a> Scorer<'a> {
+    /// A scorer whose first parent is `start`; runs the dense model on every fitness window.
+    fn new(
+        forward: Forward<'a>,
+        mut jobs: Vec<Job<'a>>,
+        mut variants: Variants<'a>,
+        selection: &'a [Selection],
+        start: &[f64],
+    ) -> Result<Self> {
+        let dense = variants.dense()?;
+        let tasks: Vec<Task> = (0..forward.windows.len())
+            .map(|window| Task {
+                weights: dense.clone(),
+                window,
+                from: None,
+                keep: false,
+            })
+            .collect();
+        let dense_logits = forward
+            .run_all(&mut jobs, &tasks, |_, logits| Ok(logits))?
+            .into_iter()
+            .map(|(logits, _)| logits)
+            .collect();
+        Ok(Self {
+            forward,
+            jobs,
+            variants,
+            selection,
+            dense_logits,
+            scored: BTreeMap::new(),
+            parent: key(start),
+            window_runs: tasks.len(),
+        })
+    }
+
+    /// The fitness of each of `batch` on the first `n` windows: the mean over their tokens of
+    /// KL(dense ‖ pruned) of the next-token distributions, nats per token.
+    fn score(&mut self, batch: &[Vec<f64>], n: usize) -> Result<Vec<f64>> {
+        let keys: Vec<Vec<u64>> = batch.iter().map(|levels| key(levels)).collect();
+        let weights = batch
+            .iter()
+            .map(|levels| self.variants.weights(levels))
+            .collect::<Result<Vec<_>>>()?;
+        // The windows each candidate still needs: those after the ones it was scored on, when
+        // its kept run holds them to be extended; else every window.
+        let needs: Vec<Range<usize>> = keys
+            .iter()
+            .enumerate()
+            .map(|(c, key)| {
+                let have = self.scored.get(key);
+                let known = have.map_or(0, |s| s.windows.len());
+                let kept = have.and_then(|s| s.run.as_ref()).map_or(0, Saved::windows);
+                if known >= n || keys[..c].contains(key) {
+                    n..n
+                } else if kept == known {
+                    known..n
+                } else {
+                    0..n
+                }
+            })
+            .collect();
+        let results = {
+            let kept: Vec<&Saved> = self
+                .scored
+                .values()
+                .filter_map(|s| s.run.as_ref())
+                .collect();
+            let mut tasks = Vec::new();
+            for (c, windows) in needs.iter().enumerate() {
+                for window in windows.clone() {
+                    tasks.push(Task {
+                        weights: weights[c].clone(),
+                        window,
+                        from: self.forward.resume_point(&kept, &weights[c], window),
+                        keep: true,
+                    });
+                }
+            }
+            self.window_runs += tasks.len();
+            let dense = &self.dense_logits;
+            self.forward
+                .run_all(&mut self.jobs, &tasks, |window, logits| {
+                    let dense = dense.get(window).ok_or_else(|| {
+                        Error::internal("--top-up evo: a window without dense logits")
+                    })?;
+                    kl_sum(dense, &logits)
+                })?
+        };
+        let mut results = results.into_iter();
+        for (c, windows) in needs.iter().enumerate() {
+            if windows.is_empty() {
+                continue;
+            }
+            let entry = self.scored.entry(keys[c].clone()).or_default();
+            entry.windows.truncate(windows.start);
+            if windows.start == 0 {
+                entry.run = None;
+            }
+            for _ in windows.clone() {
+                let (kl, run) = results
+                    .next()
+                    .ok_or_else(|| Error::internal("--top-up evo: a window was not run"))?;
+                let run = run.ok_or_else(|| Error::internal("--top-up evo: a run not kept"))?;
+                entry.windows.push(kl);
+                match &mut entry.run {
+                    Some(kept) => kept.append(run)?,
+                    None => entry.run = Some(run),
+                }
+            }
+        }
+        let scores: Vec<f64> = keys
+            .iter()
+            .map(|key| {
+                let windows = &self.scored[key].windows[..n];
+                let (sum, tokens) = windows
+                    .iter()
+                    .fold((0.0, 0), |(s, t), &(kl, count)| (s + kl, t + count));
+                sum / tokens.max(1) as f64
+            })
+            .collect();
+        // A step before the last passes on its best `survivors`: only their runs are extended.
+        let last = self.selection.last().map_or(n, |s| s.windows);
+        if let Some(step) = self.selection.iter().find(|s| s.windows == n && n < last) {
+            let mut order: Vec<usize> = (0..batch.len()).collect();
+            order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+            for &c in order.iter().skip(step.survivors) {
+                if keys[c] != self.parent {
+                    if let Some(entry) = self.scored.get_mut(&keys[c]) {
+                        entry.run = None;
+                    }
+                }
+            }
+        }
+        Ok(scores)
+    }
+
+    /// Forgets every candidate but `parent`, the generation's choice.
+    fn keep_only(&mut self, parent: &[f64]) {
+        self.parent = key(parent);
+        self.scored.retain(|key, _| *key == self.parent);
+        self.variants.keep_only(parent);
+    }
+}
+
 /// The masked weights of every unit at the levels candidates ask for, computed once per unit and
 /// level from the dense pass's norms and kept while the parent (or this generation's offspring)
 /// uses them.
@@ -323,7 +482,7 @@ struct Variants<'a> {
     norms: &'a [Vec<f32>],
     units: &'a [Unit],
     /// `(unit position, level bits)` → its weights as stage inputs.
-    cache: HashMap<(usize, u64), Rc<Vec<Activation>>>,
+    cache: HashMap<(usize, u64), Arc<Vec<Activation>>>,
 }
 
 impl<'a> Variants<'a> {
@@ -345,7 +504,7 @@ impl<'a> Variants<'a> {
     }
 
     /// Every unit's dense weights.
-    fn dense(&mut self) -> Result<Vec<Rc<Vec<Activation>>>> {
+    fn dense(&mut self) -> Result<Vec<Arc<Vec<Activation>>>> {
         self.units
             .iter()
             .map(|unit| {
@@ -354,13 +513,13 @@ impl<'a> Variants<'a> {
                     .iter()
                     .map(|&i| weight_value(self.model, &self.discovery.linears[i], None))
                     .collect::<Result<Vec<_>>>()?;
-                Ok(Rc::new(values))
+                Ok(Arc::new(values))
             })
             .collect()
     }
 
     /// Every unit's weights pruned at its level in `levels`.
-    fn weights(&mut self, levels: &[f64]) -> Result<Vec<Rc<Vec<Activation>>>> {
+    fn weights(&mut self, levels: &[f64]) -> Result<Vec<Arc<Vec<Activation>>>> {
         let mut out = Vec::with_capacity(levels.len());
         for (u, &level) in levels.iter().enumerate() {
             let key = (u, level.to_bits());
@@ -370,7 +529,7 @@ impl<'a> Variants<'a> {
                     .iter()
                     .map(|&i| self.pruned(&self.discovery.linears[i], &self.norms[i], level))
                     .collect::<Result<Vec<_>>>()?;
-                self.cache.insert(key, Rc::new(values));
+                self.cache.insert(key, Arc::new(values));
             }
             out.push(self.cache[&key].clone());
         }
@@ -399,35 +558,88 @@ impl<'a> Variants<'a> {
     }
 }
 
-/// The whole model run stage by stage on (the first of) the fitness windows, with every unit's
-/// weights given, for its logits. Runs it is told to keep are saved before every block, so that a
-/// later run whose first blocks have the same weights starts where they end: an offspring
-/// differs from its parent in a few units only.
+/// The whole model run stage by stage on one of the fitness windows, with every unit's weights
+/// given, for its logits. A run may be kept, saved before every block, so that a later run
+/// whose first blocks have the same weights starts where they end: an offspring differs from
+/// its parent in a few units only.
 struct Forward<'a> {
     model: &'a OnnxModel,
     discovery: &'a Discovery,
-    runtime: &'a Runtime,
     units: &'a [Unit],
     /// Per block in order, the positions of its units (consecutive).
     block_units: Vec<Range<usize>>,
     partition: Partition,
-    sessions: HashMap<usize, ModelSession>,
     logits: String,
     windows: Vec<Vec<i64>>,
-    saved: Vec<Saved>,
 }
 
-/// A kept run: its units' weights, and the run just before each block.
+/// A job's runtime and its sessions, one per stage, opened on first use.
+struct Job<'r> {
+    runtime: &'r Runtime,
+    sessions: HashMap<usize, ModelSession>,
+}
+
+impl<'r> Job<'r> {
+    fn new(runtime: &'r Runtime) -> Self {
+        Self {
+            runtime,
+            sessions: HashMap::new(),
+        }
+    }
+}
+
+/// One window of a candidate to run.
+struct Task<'s> {
+    /// Every unit's weights.
+    weights: Vec<Arc<Vec<Activation>>>,
+    /// Its position among the fitness windows.
+    window: usize,
+    /// A kept run holding the window, and how many of its leading blocks this run shares.
+    from: Option<(&'s Saved, usize)>,
+    /// Whether to keep the run.
+    keep: bool,
+}
+
+/// What a task gave: its score, and its run when kept.
+type Ran<T> = (T, Option<Saved>);
+
+/// A kept run: its units' weights, and the run just before each block on its windows (the
+/// first ones, in order).
 struct Saved {
-    units: Vec<Rc<Vec<Activation>>>,
+    units: Vec<Arc<Vec<Activation>>>,
     before: Vec<Checkpoint>,
+}
+
+impl Saved {
+    /// Number of windows it holds.
+    fn windows(&self) -> usize {
+        self.before.first().map_or(0, Checkpoint::windows)
+    }
+
+    /// Takes in `later`, a run of the same weights on the windows after its own.
+    fn append(&mut self, later: Saved) -> Result<()> {
+        let same = self.units.len() == later.units.len()
+            && self
+                .units
+                .iter()
+                .zip(&later.units)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        if !same || self.before.len() != later.before.len() {
+            return Err(Error::internal(
+                "--top-up evo: joining runs of different weights",
+            ));
+        }
+        for (mine, theirs) in self.before.iter_mut().zip(&later.before) {
+            mine.append(theirs)?;
+        }
+        Ok(())
+    }
 }
 
 impl<'a> Forward<'a> {
     fn new(
         model: &'a OnnxModel,
         discovery: &'a Discovery,
-        runtime: &'a Runtime,
         units: &'a [Unit],
         windows: Vec<Vec<i64>>,
     ) -> Result<Self> {
@@ -446,64 +658,129 @@ impl<'a> Forward<'a> {
         Ok(Self {
             model,
             discovery,
-            runtime,
             units,
             block_units,
             partition: Partition::new(model, discovery)?,
-            sessions: HashMap::new(),
             logits,
             windows,
-            saved: Vec::new(),
         })
     }
 
-    /// Runs the first `n` windows with unit `u` on `weights[u]` and hands each window's logits
-    /// to `each` (window index, logits) in window order; `keep` saves the run for later ones to
-    /// resume from.
-    fn logits(
-        &mut self,
-        n: usize,
-        weights: &[Rc<Vec<Activation>>],
-        keep: bool,
-        mut each: impl FnMut(usize, Activation) -> Result<()>,
-    ) -> Result<()> {
-        // The kept run sharing the most leading blocks (the same weights, not equal ones).
+    /// The run of `kept` holding `window` that shares the most leading blocks with `weights`
+    /// (the same weights, not equal ones), and how many: `None` when none shares a block.
+    fn resume_point<'s>(
+        &self,
+        kept: &[&'s Saved],
+        weights: &[Arc<Vec<Activation>>],
+        window: usize,
+    ) -> Option<(&'s Saved, usize)> {
         let shared = |s: &Saved| {
             self.block_units
                 .iter()
                 .take_while(|range| {
                     let mut units = (*range).clone();
                     units.all(|u| match (s.units.get(u), weights.get(u)) {
-                        (Some(a), Some(b)) => Rc::ptr_eq(a, b),
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                         _ => false,
                     })
                 })
                 .count()
                 .min(s.before.len().saturating_sub(1))
         };
-        let resume = self
-            .saved
-            .iter()
-            .filter(|s| s.before.first().is_some_and(|c| c.windows() >= n))
-            .map(|s| (shared(s), s))
-            .max_by_key(|(d, _)| *d)
-            .filter(|(d, _)| *d > 0);
-        let (mut run, mut position, mut before) = match resume {
-            Some((d, s)) => (
-                StagedRun::resume(self.model, &self.partition, self.runtime, &s.before[d], n),
-                d,
-                s.before[..d].to_vec(),
-            ),
-            None => (
-                StagedRun::new(
-                    self.model,
-                    &self.partition,
-                    self.runtime,
-                    &self.windows[..n],
-                )?,
-                0,
-                Vec::new(),
-            ),
+        kept.iter()
+            .filter(|s| s.windows() > window)
+            .map(|&s| (s, shared(s)))
+            .max_by_key(|&(_, depth)| depth)
+            .filter(|&(_, depth)| depth > 0)
+    }
+
+    /// Runs `tasks`, as many at a time as there are `jobs`, and hands each one's logits to
+    /// `score` (window, logits); the results come in the order of `tasks`, with the runs kept.
+    fn run_all<T: Send>(
+        &self,
+        jobs: &mut [Job],
+        tasks: &[Task],
+        score: impl Fn(usize, Activation) -> Result<T> + Sync,
+    ) -> Result<Vec<Ran<T>>> {
+        // The longest runs (from the fewest shared blocks) first, so that the jobs end together.
+        let mut order: Vec<usize> = (0..tasks.len()).collect();
+        order.sort_by_key(|&t| tasks[t].from.map_or(0, |(_, depth)| depth));
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let mut results: Vec<Option<Result<Ran<T>>>> =
+            std::iter::repeat_with(|| None).take(tasks.len()).collect();
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = jobs
+                .iter_mut()
+                .take(tasks.len())
+                .map(|job| {
+                    let (next, failed, order, score) = (&next, &failed, &order, &score);
+                    scope.spawn(move || {
+                        let mut mine = Vec::new();
+                        while !failed.load(Ordering::Relaxed) {
+                            let Some(&t) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                                break;
+                            };
+                            let task = &tasks[t];
+                            let result = self
+                                .run(job, task)
+                                .and_then(|(logits, run)| Ok((score(task.window, logits)?, run)));
+                            failed.fetch_or(result.is_err(), Ordering::Relaxed);
+                            mine.push((t, result));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            for worker in workers {
+                // A panicking run is a bug: let it surface as one.
+                for (t, result) in worker
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+                {
+                    results[t] = Some(result);
+                }
+            }
+        });
+        // After a failure the jobs skip what is left: report the failure, not the gaps.
+        let mut out = Vec::with_capacity(tasks.len());
+        let mut gap = false;
+        for result in results {
+            match result {
+                Some(r) => out.push(r?),
+                None => gap = true,
+            }
+        }
+        if gap {
+            return Err(Error::internal(
+                "--top-up evo: a run was skipped without a failure",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Runs `task` on `job`'s sessions: its window's logits, and the run when it is kept.
+    fn run(&self, job: &mut Job, task: &Task) -> Result<(Activation, Option<Saved>)> {
+        let window = task.window..task.window + 1;
+        let (mut run, mut position, mut before) = match task.from {
+            Some((saved, depth)) => {
+                let before: Vec<Checkpoint> = if task.keep {
+                    saved.before[..depth]
+                        .iter()
+                        .map(|c| c.windows_in(window.clone()))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let from = saved.before[depth].windows_in(window.clone());
+                let run = StagedRun::resume(self.model, &self.partition, job.runtime, &from);
+                (run, depth, before)
+            }
+            None => {
+                let windows = &self.windows[window.clone()];
+                let run = StagedRun::new(self.model, &self.partition, job.runtime, windows)?;
+                (run, 0, Vec::new())
+            }
         };
         while !run.at_suffix() {
             let linears: Vec<&Linear> = match run.stage().kind {
@@ -512,13 +789,13 @@ impl<'a> Forward<'a> {
             };
             let mut feeds: Vec<(&str, &Activation)> = Vec::with_capacity(linears.len());
             if !linears.is_empty() {
-                if keep {
+                if task.keep {
                     before.push(run.checkpoint());
                 }
                 let range = self.block_units.get(position).cloned().unwrap_or_default();
                 position += 1;
                 for u in range {
-                    let (unit, values) = (&self.units[u], weights.get(u));
+                    let (unit, values) = (&self.units[u], task.weights.get(u));
                     let values = values.filter(|v| v.len() == unit.linears.len());
                     let values = values.ok_or_else(|| {
                         Error::internal("--top-up evo: a unit without its weights")
@@ -533,33 +810,19 @@ impl<'a> Forward<'a> {
                     ));
                 }
             }
-            let stage = session(&mut self.sessions, &mut run, &linears, &[], &[])?;
+            let stage = session(&mut job.sessions, &mut run, &linears, &[], &[])?;
             run.advance(stage, &feeds, &[], |_, _| Ok(()))?;
         }
-        let suffix = session(&mut self.sessions, &mut run, &[], &[], &[])?;
-        let wanted = [self.logits.clone()];
-        for w in 0..run.windows() {
-            let logits = run
-                .run(suffix, w, &[], &wanted)?
-                .pop()
-                .ok_or_else(|| Error::internal("the suffix gave no logits"))?;
-            each(w, logits)?;
-        }
-        if keep {
-            self.saved.push(Saved {
-                units: weights.to_vec(),
-                before,
-            });
-        }
-        Ok(())
-    }
-
-    /// Drops every kept run but those of `parent`'s weights.
-    fn keep_only(&mut self, parent: &[Rc<Vec<Activation>>]) {
-        self.saved.retain(|s| {
-            s.units.len() == parent.len()
-                && s.units.iter().zip(parent).all(|(a, b)| Rc::ptr_eq(a, b))
+        let suffix = session(&mut job.sessions, &mut run, &[], &[], &[])?;
+        let logits = run
+            .run(suffix, 0, &[], std::slice::from_ref(&self.logits))?
+            .pop()
+            .ok_or_else(|| Error::internal("the suffix gave no logits"))?;
+        let saved = task.keep.then(|| Saved {
+            units: task.weights.clone(),
+            before,
         });
+        Ok((logits, saved))
     }
 }
 

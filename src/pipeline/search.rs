@@ -92,29 +92,12 @@ fn with_pruners(
         masker,
         config,
         spill,
-        progress,
         ..
     } = *inputs;
     let clock = Instant::now();
     let jobs = search_jobs(config, masker, discovery);
-    // One runtime per job, sharing the cores; a single job uses the run's own runtime.
-    let job_runtimes = if jobs > 1 {
-        let cores = match config.threads {
-            0 => available_cores(),
-            n => n,
-        };
-        let threads = (cores / jobs).max(1);
-        (0..jobs)
-            .map(|_| Runtime::new(runtime.library(), config.device, threads, progress))
-            .collect::<Result<Vec<_>>>()?
-    } else {
-        Vec::new()
-    };
-    let runtimes: Vec<&Runtime> = if jobs > 1 {
-        job_runtimes.iter().collect()
-    } else {
-        vec![runtime]
-    };
+    let job_runtimes = JobRuntimes::new(inputs, jobs)?;
+    let runtimes = job_runtimes.runtimes(runtime);
     let threads_per_job = runtimes[0].threads();
     let mut pruners = runtimes
         .into_iter()
@@ -137,16 +120,55 @@ fn with_pruners(
     Ok((plan, report))
 }
 
+/// The runtimes of jobs that run side by side, sharing the cores (`--threads`, else every core).
+pub(super) struct JobRuntimes {
+    /// One per job; none for a single job, which runs on the job's own runtime.
+    own: Vec<Runtime>,
+}
+
+impl JobRuntimes {
+    /// Runtimes for `jobs` jobs.
+    pub fn new(inputs: &AllocationInputs, jobs: usize) -> Result<Self> {
+        let AllocationInputs {
+            runtime,
+            config,
+            progress,
+            ..
+        } = *inputs;
+        if jobs <= 1 {
+            return Ok(Self { own: Vec::new() });
+        }
+        let cores = match config.threads {
+            0 => available_cores(),
+            n => n,
+        };
+        let threads = (cores / jobs).max(1);
+        let own = (0..jobs)
+            .map(|_| Runtime::new(runtime.library(), config.device, threads, progress))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { own })
+    }
+
+    /// One runtime per job: `main` (the job's own) for a single job.
+    pub fn runtimes<'r>(&'r self, main: &'r Runtime) -> Vec<&'r Runtime> {
+        if self.own.is_empty() {
+            vec![main]
+        } else {
+            self.own.iter().collect()
+        }
+    }
+}
+
 /// At most this many candidates run at a time unless `--search-jobs` says otherwise.
 const MAX_AUTO_JOBS: usize = 4;
 
-/// How many candidates run at a time: `--search-jobs`, or one per core up to [`MAX_AUTO_JOBS`]
-/// while half of the memory budget (`--memory-budget`, else the available memory) holds them
-/// all ([`job_memory`]). On 2 cores, two jobs of
-/// one ONNX Runtime thread each finish the search 25% sooner than one job of two threads
-/// (README, "NeuroAL's search"). The CUDA path runs one at a time: its masks and sessions share
-/// one device.
-fn search_jobs(config: &PruneConfig, masker: &Masker, discovery: &Discovery) -> usize {
+/// How many search candidates run at a time (NeuroAL's, or the evolutionary search's candidate
+/// windows): `--search-jobs`, or one per core up to [`MAX_AUTO_JOBS`] while half of the memory
+/// budget (`--memory-budget`, else the available memory) holds them all ([`job_memory`]). On 2
+/// cores, two jobs of one ONNX Runtime thread each finish NeuroAL's search 25% sooner than one
+/// job of two threads (README, "NeuroAL's search"). The CUDA path runs one at a time: its masks
+/// and sessions share one device.
+pub(super) fn search_jobs(config: &PruneConfig, masker: &Masker, discovery: &Discovery) -> usize {
     if config.search_jobs > 0 {
         return config.search_jobs;
     }

@@ -9,7 +9,8 @@ use crate::onnx::{OnnxModel, TensorKey, WeightDtype};
 use crate::prune::ChannelSums;
 use crate::runtime::{Activation, GraphFeeds, ModelSession, Runtime};
 use std::collections::{HashMap, HashSet};
-use std::rc::Rc;
+use std::ops::Range;
+use std::sync::Arc;
 
 /// Windows in flight through a [`Partition`].
 pub struct StagedRun<'a> {
@@ -18,7 +19,7 @@ pub struct StagedRun<'a> {
     runtime: &'a Runtime,
     /// Per window: every tensor a later stage still reads (shared with [`Checkpoint`]s; stages
     /// only ever add new tensors).
-    carry: Vec<HashMap<String, Rc<Carried>>>,
+    carry: Vec<HashMap<String, Arc<Carried>>>,
     /// Where new carried tensors go: memory, or the spill file beyond its policy's limit.
     store: CarryStore,
     /// ONNX types of carried tensors, for declaring stage inputs.
@@ -31,13 +32,33 @@ pub struct StagedRun<'a> {
 #[derive(Clone)]
 pub struct Checkpoint {
     next: usize,
-    carry: Vec<HashMap<String, Rc<Carried>>>,
+    carry: Vec<HashMap<String, Arc<Carried>>>,
 }
 
 impl Checkpoint {
     /// Number of windows it holds.
     pub fn windows(&self) -> usize {
         self.carry.len()
+    }
+
+    /// The windows `windows` of it (positions in it), shared, not copied.
+    pub fn windows_in(&self, windows: Range<usize>) -> Checkpoint {
+        Checkpoint {
+            next: self.next,
+            carry: self.carry[windows].to_vec(),
+        }
+    }
+
+    /// Takes in `later`'s windows after its own: the two must stand before the same stage.
+    pub fn append(&mut self, later: &Checkpoint) -> Result<()> {
+        if later.next != self.next {
+            return Err(Error::internal(format!(
+                "joining a run before stage {} to one before stage {}",
+                later.next, self.next
+            )));
+        }
+        self.carry.extend(later.carry.iter().cloned());
+        Ok(())
     }
 }
 
@@ -56,10 +77,10 @@ impl<'a> StagedRun<'a> {
                 Ok(feeds
                     .values(w)?
                     .into_iter()
-                    .map(|(name, value)| (name, Rc::new(Carried::Resident(value))))
+                    .map(|(name, value)| (name, Arc::new(Carried::Resident(value))))
                     .collect())
             })
-            .collect::<Result<Vec<HashMap<String, Rc<Carried>>>>>()?;
+            .collect::<Result<Vec<HashMap<String, Arc<Carried>>>>>()?;
         Ok(Self {
             model,
             partition,
@@ -107,19 +128,18 @@ impl<'a> StagedRun<'a> {
         }
     }
 
-    /// A run of the first `windows` windows of `checkpoint`, from the stage it had reached.
+    /// A run of `checkpoint`'s windows from the stage it had reached.
     pub fn resume(
         model: &'a OnnxModel,
         partition: &'a Partition,
         runtime: &'a Runtime,
         checkpoint: &Checkpoint,
-        windows: usize,
     ) -> Self {
         Self {
             model,
             partition,
             runtime,
-            carry: checkpoint.carry[..windows.min(checkpoint.carry.len())].to_vec(),
+            carry: checkpoint.carry.clone(),
             store: CarryStore::new(None),
             types: HashMap::new(),
             next: checkpoint.next,
@@ -238,7 +258,7 @@ impl<'a> StagedRun<'a> {
             for (name, value) in outputs.iter().zip(produced) {
                 if still_read.contains(name.as_str()) {
                     let kept = self.store.keep(value)?;
-                    self.carry[w].insert(name.clone(), Rc::new(kept));
+                    self.carry[w].insert(name.clone(), Arc::new(kept));
                 }
             }
             on_capture(w, captured)?;

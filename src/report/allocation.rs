@@ -78,6 +78,19 @@ pub enum AllocationDetail {
         generations: Vec<Generation>,
         /// How many fitness evaluations ran on how many windows.
         evaluations: Vec<EvoEvaluations>,
+        /// Windows run through the whole model (from a candidate's first block that differs
+        /// from a kept run's), the dense model's included: a selection step runs a candidate
+        /// only on the windows the step before did not score it on.
+        window_runs: usize,
+        /// Candidate windows run at a time, each job with its own ONNX Runtime sessions and a
+        /// share of the cores: as NeuroAL's search jobs (--search-jobs). The search depends on
+        /// it only through threads_per_job.
+        #[schemars(range(min = 1.0))]
+        jobs: usize,
+        /// ONNX Runtime threads of each job (null when ONNX Runtime chose). Its float sums can
+        /// change with it, and so can the search's fitness and choice.
+        #[schemars(range(min = 1.0))]
+        threads_per_job: Option<usize>,
         /// Wall time of the search after its start was known (the dense pass, the dense logits
         /// and the generations), seconds; NeuroAL's block step is in search.seconds.
         #[schemars(range(min = 0.0))]

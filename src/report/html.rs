@@ -303,6 +303,8 @@ fn evo_search(r: &Report, detail: &AllocationDetail) -> String {
         generations,
         seconds,
         settings,
+        window_runs,
+        jobs,
         ..
     } = detail
     else {
@@ -358,7 +360,7 @@ fn evo_search(r: &Report, detail: &AllocationDetail) -> String {
     }
     let mut h = format!(
         "<p class=\"note\">Evolutionary search from {} ({} generations of {selection}, the \
-         first {} tokens of each window; {} s). Fitness is KL(dense ‖ pruned) of the next-token \
+         first {} tokens of each window; {window_runs} window runs, {jobs} at a time; {} s). Fitness is KL(dense ‖ pruned) of the next-token \
          distributions, nats per token, lower is better: {} at the start, {} chosen. Bars: the \
          start's sparsity per block (green) and the chosen one.</p>\n{charts}",
         start.as_str(),

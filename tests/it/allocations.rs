@@ -4,7 +4,7 @@
 use crate::harness::{fixture, prune_ok, scratch};
 use neuroal_onnx::pipeline::inspect;
 use neuroal_onnx::prune::{dsnot, prune_mask, wanda, MaskRule};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::Path;
 
 /// Prunes `tiny/llama` to 70% on 10 windows of 48 tokens of Emma with `flags` after those.
@@ -508,6 +508,65 @@ fn evo_starts_from_the_block_step_keeps_the_total_and_never_worsens_its_fitness(
     let steps = &detail["settings"]["selection"];
     assert_eq!(steps[1]["survivors"], 1, "{steps}");
     crate::harness::assert_loads_from_another_folder(&out);
+}
+
+/// The search's candidate windows, run side by side on `--search-jobs` jobs, give the search and
+/// the model of one job with as many ONNX Runtime threads. A selection step runs a candidate
+/// only on the windows the step before did not score it on: the dense model's 4 windows, the
+/// start's 4, then per generation 8 offspring on 1 window and the best 2 on 3 more. Per group,
+/// a move takes `0.02 · P_up / P_down` from a unit of another size, so that no offspring comes
+/// back to its parent (on equal blocks one often does, and is scored from the parent's windows
+/// without a run).
+#[test]
+fn evo_candidates_run_side_by_side_give_the_same_search_and_model() {
+    let dir = scratch();
+    let data = |p: &Path| std::fs::read(p.with_extension("onnx.data")).unwrap();
+    let generations = 5;
+    let flags = format!(
+        "--prune-method wanda --top-up evo --evo-units group --neuroal-step block --evo-generations {generations}"
+    );
+    let (one, one_out) = tiny_run(
+        dir.path(),
+        "one",
+        &format!("{flags} --search-jobs 1 --threads 1"),
+    );
+    let (three, three_out) = tiny_run(
+        dir.path(),
+        "three",
+        &format!("{flags} --search-jobs 3 --threads 3"),
+    );
+    let (one, three) = (&one["allocation"], &three["allocation"]);
+    assert_eq!(
+        (&one["jobs"], &one["threads_per_job"]),
+        (&json!(1), &json!(1))
+    );
+    assert_eq!(
+        (&three["jobs"], &three["threads_per_job"]),
+        (&json!(3), &json!(1))
+    );
+    for field in ["start_fitness", "generations", "sparsity", "evaluations"] {
+        assert_eq!(one[field], three[field], "{field}");
+    }
+    assert!(
+        three["generations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["improved"] == true),
+        "no offspring was chosen: no run was extended from a step's survivor"
+    );
+    assert!(
+        data(&one_out) == data(&three_out),
+        "3 jobs prune another model than 1"
+    );
+    for report in [one, three] {
+        assert_eq!(
+            report["window_runs"].as_u64().unwrap(),
+            4 + 4 + generations * (8 + 2 * 3),
+            "{}",
+            report["evaluations"]
+        );
+    }
 }
 
 /// With `--evo-units group`, each block's attention matrices and its MLP's get levels of their

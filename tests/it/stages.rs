@@ -211,8 +211,10 @@ fn channel_sums_taken_by_onnx_runtime_equal_the_host_sums_under_either_reduce_su
     }
 }
 
-/// A run resumed from a checkpoint before any block (all windows, or only the first) gives the
-/// uninterrupted run's logits bit for bit: the evolutionary search resumes offspring there.
+/// A run resumed from a checkpoint before any block gives the
+/// uninterrupted run's logits bit for bit, on all its windows, on either one alone, and on the
+/// two taken apart and joined again: the evolutionary search resumes offspring there, one window
+/// at a time, and joins a candidate's windows into one kept run.
 #[test]
 fn a_run_resumed_from_a_checkpoint_gives_the_same_logits() {
     let rt = runtime();
@@ -245,13 +247,27 @@ fn a_run_resumed_from_a_checkpoint_gives_the_same_logits() {
     let expected = logits(&mut StagedRun::new(&model, &partition, &rt, &windows).unwrap());
     assert_eq!(checkpoints.len(), 1 + partition.blocks().count());
     for (k, checkpoint) in checkpoints.iter().enumerate() {
-        let mut both = StagedRun::resume(&model, &partition, &rt, checkpoint, 2);
+        let mut both = StagedRun::resume(&model, &partition, &rt, checkpoint);
         assert_eq!(logits(&mut both), expected, "resumed before stage {k}");
-        let mut first = StagedRun::resume(&model, &partition, &rt, checkpoint, 1);
+        // One window of it alone, and the two windows taken apart and joined again in order.
+        let (first, second) = (checkpoint.windows_in(0..1), checkpoint.windows_in(1..2));
+        for (part, want, what) in [
+            (&first, &expected[..1], "first"),
+            (&second, &expected[1..], "second"),
+        ] {
+            let mut run = StagedRun::resume(&model, &partition, &rt, part);
+            assert_eq!(logits(&mut run), want, "{what} window, before stage {k}");
+        }
+        let mut joined = first.clone();
+        joined.append(&second).unwrap();
+        let mut run = StagedRun::resume(&model, &partition, &rt, &joined);
         assert_eq!(
-            logits(&mut first),
-            expected[..1],
-            "first window, before stage {k}"
+            logits(&mut run),
+            expected,
+            "joined windows, before stage {k}"
         );
     }
+    // Runs standing before different stages do not join.
+    let mut early = checkpoints[0].windows_in(0..1);
+    assert!(early.append(&checkpoints[1].windows_in(1..2)).is_err());
 }
