@@ -2,8 +2,9 @@
 # The README's table on --top-up evo: SmolLM2-135M at 70%, calibrated on Austen text (Emma, Mansfield
 # Park, Northanger Abbey, Sense and Sensibility; 32 windows of 512 tokens), perplexity on held-out
 # Persuasion (its first 32 windows of 512 tokens): Wanda with NeuroAL (both steps) and with the
-# evolutionary search alone (the default, 20 generations; and 40), and followed by NeuroAL's row
-# step (--neuroal-step both), seeds 0, 1 and 2, and the search with --reconstruct (seed 0). Prints
+# evolutionary search alone (the default, 40 generations; and 20), and with 20 generations followed
+# by NeuroAL's row step (--neuroal-step both), seeds 0, 1 and 2, and 20 generations with
+# --reconstruct (seed 0). Prints
 # a Markdown table with each job's time without evaluation. Run it on an otherwise idle machine
 # for the times to compare. About 3 hours on 2 cores; finished runs are kept in OUT_DIR and
 # skipped.
@@ -16,11 +17,11 @@ source scripts/austen-protocol.sh
 run() { smollm2_run "$out" "$1" "${austen[@]}" "${@:2}"; }
 for seed in 0 1 2; do
   run "wanda-evo-seed$seed" --seed $seed --top-up evo
-  run "wanda-evo-g40-seed$seed" --seed $seed --top-up evo --evo-generations 40
-  run "wanda-evo-both-seed$seed" --seed $seed --top-up evo --neuroal-step both
+  run "wanda-evo-g20-seed$seed" --seed $seed --top-up evo --evo-generations 20
+  run "wanda-evo-g20-both-seed$seed" --seed $seed --top-up evo --evo-generations 20 --neuroal-step both
   run "wanda-neuroal-seed$seed" --seed $seed
 done
-run "wanda-evo-reconstruct-seed0" --seed 0 --top-up evo --reconstruct
+run "wanda-evo-g20-reconstruct-seed0" --seed 0 --top-up evo --evo-generations 20 --reconstruct
 python3 - "$out" <<'PY'
 import glob, json, os, statistics, sys
 groups = {}

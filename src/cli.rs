@@ -160,7 +160,7 @@ pub struct PruneArgs {
     /// DLP sparsity spread α, only with --top-up dlp [default: 0.15].
     #[arg(long, value_name = "ALPHA")]
     pub dlp_alpha: Option<f64>,
-    /// Generations of the evolutionary search, only with --top-up evo [default: 20].
+    /// Generations of the evolutionary search, only with --top-up evo [default: 40].
     #[arg(long, value_name = "N")]
     pub evo_generations: Option<usize>,
     /// Where the evolutionary search starts, only with --top-up evo [default: neuroal].
@@ -362,7 +362,7 @@ const ALPHA_EPSILON: f64 = 0.3;
 /// `--dlp-alpha` when not given (the authors' default).
 const DLP_ALPHA: f64 = 0.15;
 /// `--evo-generations` when not given (docs/methods.md §5.2).
-const EVO_GENERATIONS: usize = 20;
+const EVO_GENERATIONS: usize = 40;
 
 /// Which evaluations a `--tasks` list asks for: `(lm, zero_shot)`.
 fn evaluations(tasks: &[Task]) -> (bool, bool) {
