@@ -6,7 +6,7 @@
 //! chosen levels with dense outputs fed forward, so that it writes the masks the search scored.
 
 use super::allocation::{blocks, dense_norms, plan_from_levels, AllocationInputs};
-use super::search::{self, search_jobs, JobRuntimes};
+use super::search::{self, search_jobs, side_by_side, JobRuntimes};
 use super::sequential::{session, weight_value};
 use super::staged::{Checkpoint, StagedRun};
 use super::PruneConfig;
@@ -23,7 +23,6 @@ use rayon::prelude::*;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -705,58 +704,11 @@ impl<'a> Forward<'a> {
         // The longest runs (from the fewest shared blocks) first, so that the jobs end together.
         let mut order: Vec<usize> = (0..tasks.len()).collect();
         order.sort_by_key(|&t| tasks[t].from.map_or(0, |(_, depth)| depth));
-        let next = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let mut results: Vec<Option<Result<Ran<T>>>> =
-            std::iter::repeat_with(|| None).take(tasks.len()).collect();
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = jobs
-                .iter_mut()
-                .take(tasks.len())
-                .map(|job| {
-                    let (next, failed, order, score) = (&next, &failed, &order, &score);
-                    scope.spawn(move || {
-                        let mut mine = Vec::new();
-                        while !failed.load(Ordering::Relaxed) {
-                            let Some(&t) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                                break;
-                            };
-                            let task = &tasks[t];
-                            let result = self
-                                .run(job, task)
-                                .and_then(|(logits, run)| Ok((score(task.window, logits)?, run)));
-                            failed.fetch_or(result.is_err(), Ordering::Relaxed);
-                            mine.push((t, result));
-                        }
-                        mine
-                    })
-                })
-                .collect();
-            for worker in workers {
-                // A panicking run is a bug: let it surface as one.
-                for (t, result) in worker
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-                {
-                    results[t] = Some(result);
-                }
-            }
-        });
-        // After a failure the jobs skip what is left: report the failure, not the gaps.
-        let mut out = Vec::with_capacity(tasks.len());
-        let mut gap = false;
-        for result in results {
-            match result {
-                Some(r) => out.push(r?),
-                None => gap = true,
-            }
-        }
-        if gap {
-            return Err(Error::internal(
-                "--top-up evo: a run was skipped without a failure",
-            ));
-        }
-        Ok(out)
+        side_by_side(jobs, &order, "--top-up evo: candidate windows", |job, t| {
+            let task = &tasks[t];
+            let (logits, run) = self.run(job, task)?;
+            Ok((score(task.window, logits)?, run))
+        })
     }
 
     /// Runs `task` on `job`'s sessions: its window's logits, and the run when it is kept.

@@ -351,41 +351,62 @@ fn evaluate_all(
     let total = plans.len();
     let jobs = pruners.len().clamp(1, total.max(1));
     let done = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
     progress.note(&format!(
         "  {label}: {total} pruned passes over {} windows × {} tokens, {jobs} at a time",
         windows.len(),
         windows.first().map_or(0, Vec::len)
     ));
     progress.item(label, 0, total);
-    let mut results: Vec<Option<Result<Scored>>> =
-        std::iter::repeat_with(|| None).take(total).collect();
+    let mut workers: Vec<(&mut SequentialPruner, Progress)> = pruners
+        .iter_mut()
+        .enumerate()
+        .map(|(job, pruner)| (pruner, progress.job(label, job)))
+        .collect();
+    let order: Vec<usize> = (0..total).collect();
+    side_by_side(&mut workers, &order, label, |(pruner, job_progress), i| {
+        let scored = evaluate(pruner, windows, &plans[i], job_progress);
+        progress.item(label, done.fetch_add(1, Ordering::Relaxed) + 1, total);
+        scored
+    })
+}
+
+/// Runs `run(worker, item)` on every item of `order` (a permutation of `0..order.len()`), as
+/// many at a time as there are `workers`, each taking the next item in `order` until none is
+/// left or one has failed; the results come in item order, so that they do not depend on which
+/// worker ran what. `what` names the items in the error for one skipped without a failure.
+pub(super) fn side_by_side<W: Send, T: Send>(
+    workers: &mut [W],
+    order: &[usize],
+    what: &str,
+    run: impl Fn(&mut W, usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let total = order.len();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let mut results: Vec<Option<Result<T>>> = std::iter::repeat_with(|| None).take(total).collect();
     std::thread::scope(|scope| {
-        let workers: Vec<_> = pruners[..jobs]
+        let handles: Vec<_> = workers
             .iter_mut()
-            .enumerate()
-            .map(|(job, pruner)| {
-                let (done, failed) = (&done, &failed);
-                let job_progress = progress.job(label, job);
+            .take(total)
+            .map(|worker| {
+                let (next, failed, run) = (&next, &failed, &run);
                 scope.spawn(move || {
                     let mut mine = Vec::new();
-                    // Job j takes candidates j, j + jobs, j + 2·jobs, …
-                    for i in (job..total).step_by(jobs) {
-                        if failed.load(Ordering::Relaxed) {
+                    while !failed.load(Ordering::Relaxed) {
+                        let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
                             break;
-                        }
-                        let result = evaluate(pruner, windows, &plans[i], &job_progress);
+                        };
+                        let result = run(worker, i);
                         failed.fetch_or(result.is_err(), Ordering::Relaxed);
                         mine.push((i, result));
-                        progress.item(label, done.fetch_add(1, Ordering::Relaxed) + 1, total);
                     }
                     mine
                 })
             })
             .collect();
-        for worker in workers {
-            // A panicking candidate is a bug: let it surface as one.
-            for (i, result) in worker
+        for handle in handles {
+            // A panicking item is a bug: let it surface as one.
+            for (i, result) in handle
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p))
             {
@@ -393,21 +414,21 @@ fn evaluate_all(
             }
         }
     });
-    // After a failure the jobs skip what is left: report the failure, not the gaps.
-    let mut scored = Vec::with_capacity(total);
+    // After a failure the workers skip what is left: report the failure, not the gaps.
+    let mut out = Vec::with_capacity(total);
     let mut gap = false;
     for result in results {
         match result {
-            Some(r) => scored.push(r?),
+            Some(r) => out.push(r?),
             None => gap = true,
         }
     }
     if gap {
         return Err(crate::error::Error::internal(format!(
-            "{label}: a candidate was skipped without a failure"
+            "{what}: an item was skipped without a failure"
         )));
     }
-    Ok(scored)
+    Ok(out)
 }
 
 /// Prunes a candidate on `windows` and scores it: Σ of every linear's misalignment.
