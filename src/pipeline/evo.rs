@@ -200,7 +200,7 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
         })
         .sum();
     progress.note(&format!(
-        "  evo: {} units ({}), a dense pass over {} windows for the masks, then {} generations of {} offspring selected on {} of {} tokens each: {} window passes through the whole model",
+        "  evo: {} units ({}), a dense pass over {} windows for the masks, then {} generations of {} offspring selected on {} of {} tokens each: {} window runs through the whole model, the dense model's included",
         units.len(),
         config.evo_units.as_str(),
         windows.len(),
@@ -208,7 +208,7 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
         settings.offspring,
         steps.join(", then "),
         settings.tokens,
-        last_windows + settings.generations * passes
+        2 * last_windows + settings.generations * passes
     ));
     let norms = dense_norms(inputs)?;
     let fitness_windows: Vec<Vec<i64>> = windows[..last_windows]
