@@ -226,7 +226,6 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
         Forward::new(model, discovery, &units, fitness_windows)?,
         jobs,
         Variants::new(model, discovery, config, &norms, &units),
-        &settings.selection,
         &start,
     )?);
     let total = settings.generations;
@@ -296,13 +295,12 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
 
 /// Scores candidates on the fitness windows, keeping what later candidates reuse: each
 /// candidate's KL divergence per window (a step scores its candidates only on the windows the
-/// step before did not), and the runs of the parent and of the candidates a step passes on, for
-/// runs that share their first blocks to resume from.
+/// step before did not), and the runs of the parent and of the step's candidates, for runs that
+/// share their first blocks to resume from.
 struct Scorer<'a> {
     forward: Forward<'a>,
     jobs: Vec<Job<'a>>,
     variants: Variants<'a>,
-    selection: &'a [Selection],
     /// The dense model's logits on every fitness window.
     dense_logits: Vec<Activation>,
     /// By candidate (its levels' bits): what has been scored of it.
@@ -333,7 +331,6 @@ impl<'a> Scorer<'a> {
         forward: Forward<'a>,
         mut jobs: Vec<Job<'a>>,
         mut variants: Variants<'a>,
-        selection: &'a [Selection],
         start: &[f64],
     ) -> Result<Self> {
         let dense = variants.dense()?;
@@ -354,7 +351,6 @@ impl<'a> Scorer<'a> {
             forward,
             jobs,
             variants,
-            selection,
             dense_logits,
             scored: BTreeMap::new(),
             parent: key(start),
@@ -366,6 +362,10 @@ impl<'a> Scorer<'a> {
     /// KL(dense ‖ pruned) of the next-token distributions, nats per token.
     fn score(&mut self, batch: &[Vec<f64>], n: usize) -> Result<Vec<f64>> {
         let keys: Vec<Vec<u64>> = batch.iter().map(|levels| key(levels)).collect();
+        // A step scores the candidates the step before passed on: the others' runs and scores
+        // are no longer needed (the parent's run stays, for every candidate to resume from).
+        self.scored
+            .retain(|key, _| *key == self.parent || keys.contains(key));
         let weights = batch
             .iter()
             .map(|levels| self.variants.weights(levels))
@@ -447,26 +447,13 @@ impl<'a> Scorer<'a> {
                 sum / tokens.max(1) as f64
             })
             .collect();
-        // A step before the last passes on its best `survivors`: only their runs are extended.
-        let last = self.selection.last().map_or(n, |s| s.windows);
-        if let Some(step) = self.selection.iter().find(|s| s.windows == n && n < last) {
-            let mut order: Vec<usize> = (0..batch.len()).collect();
-            order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-            for &c in order.iter().skip(step.survivors) {
-                if keys[c] != self.parent {
-                    if let Some(entry) = self.scored.get_mut(&keys[c]) {
-                        entry.run = None;
-                    }
-                }
-            }
-        }
         Ok(scores)
     }
 
-    /// Forgets every candidate but `parent`, the generation's choice.
+    /// Takes `parent`, the generation's choice, as the parent, and drops every variant it
+    /// does not use (the next step's scoring drops the other candidates).
     fn keep_only(&mut self, parent: &[f64]) {
         self.parent = key(parent);
-        self.scored.retain(|key, _| *key == self.parent);
         self.variants.keep_only(parent);
     }
 }
