@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's allocation and comparison tables: a real model at the given sparsities, Wanda with
+# The allocation tables of docs/results.md and the README's comparison: a real model at the given sparsities, Wanda with
 # every allocation (uniform, OWL, AlphaPruning, DSnoT, NeuroAL block/row/both), magnitude and SparseGPT
 # with uniform, OWL and NeuroAL; calibration 32 windows of 512 tokens from four Austen novels,
 # evaluation on the first EVAL_WINDOWS (64) windows of 512 tokens of Persuasion. Prints a Markdown

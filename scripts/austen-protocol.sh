@@ -1,5 +1,5 @@
-# Sourced by the quality scripts (from the repository root): the Austen protocol of the README's
-# tables, and a runner.
+# Sourced by the quality scripts (from the repository root): the Austen protocol of the tables in
+# docs/results.md and the README, and a runner.
 #   austen: calibration on Emma, Mansfield Park, Northanger Abbey and Sense and Sensibility, 32 x 512;
 #   eval:   perplexity on held-out Persuasion, its first 32 windows of 512 tokens.
 books=.cache/fixtures/austen

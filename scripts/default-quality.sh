@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's table on the default path's quality: SmolLM2-135M, Wanda + NeuroAL at 70%, perplexity
+# The default path's quality table in docs/results.md: SmolLM2-135M, Wanda + NeuroAL at 70%, perplexity
 # on held-out Persuasion (its first 32 windows of 512 tokens; Persuasion is never a calibration text)
 # for calibration on
 #   - text the model writes itself at the default size (no calibration flag), seeds 0, 1 and 2;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's table on --top-up evo: SmolLM2-135M at 70%, calibrated on Austen text (Emma, Mansfield
+# The table on --top-up evo in docs/results.md: SmolLM2-135M at 70%, calibrated on Austen text (Emma, Mansfield
 # Park, Northanger Abbey, Sense and Sensibility; 32 windows of 512 tokens), perplexity on held-out
 # Persuasion (its first 32 windows of 512 tokens): Wanda with NeuroAL (both steps) and with the
 # evolutionary search alone (the default, 40 generations; and 20), and with 20 generations followed

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's 2:4 table: SmolLM2-135M pruned to the 2:4 pattern, calibrated on Austen text (Emma,
+# The 2:4 table of docs/results.md: SmolLM2-135M pruned to the 2:4 pattern, calibrated on Austen text (Emma,
 # Mansfield Park, Northanger Abbey and Sense and Sensibility; 32 windows of 512 tokens), perplexity
 # on held-out Persuasion (its first 32 windows of 512 tokens), seed 0: magnitude, Wanda, SparseGPT
 # and RIA (whose groups follow its channel permutation), Wanda and RIA also with --reconstruct.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's quality table: SmolLM2-135M pruned with every base method at 50% and 70% (uniform
+# The base-method table of docs/results.md: SmolLM2-135M pruned with every base method at 50% and 70% (uniform
 # allocation), calibrated on 32 windows of 512 tokens from four Austen novels, evaluated on the
 # first 64 windows of 512 tokens of Persuasion (never calibration text). Prints a Markdown table.
 #   scripts/quality-table.sh [OUT_DIR]        (after `make setup build`; about 15 min on 2 cores)

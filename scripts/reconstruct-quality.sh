@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's table on --reconstruct: SmolLM2-135M at 70%, calibrated on Austen text (Emma,
+# The table on --reconstruct in docs/results.md: SmolLM2-135M at 70%, calibrated on Austen text (Emma,
 # Mansfield Park, Northanger Abbey, Sense and Sensibility; 32 windows of 512 tokens), perplexity on
 # held-out Persuasion (its first 32 windows of 512 tokens): Wanda, SparseGPT, magnitude and RIA with
 # uniform allocation or NeuroAL, with and without re-fitting the kept weights. Wanda + NeuroAL runs

@@ -118,8 +118,8 @@ pub struct Sampling {
 
 impl Default for Sampling {
     /// Temperature 1 within the 0.95 nucleus: the best of the settings measured for Wanda at 70%
-    /// on SmolLM2 (README, "The headline command"); the tail of the whole distribution is mostly
-    /// noise that calibrates worse.
+    /// on SmolLM2 (docs/results.md, "The headline command"); the tail of the whole distribution
+    /// is mostly noise that calibrates worse.
     fn default() -> Self {
         Self {
             temperature: 1.0,

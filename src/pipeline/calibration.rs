@@ -181,8 +181,8 @@ impl Calibration {
     /// writing and stay in the window (docs/methods.md §4.1, "Window prefix"). Otherwise the BOS
     /// token (or token 0) only prompts: each window holds the `seqlen` tokens written after it,
     /// as a window cut from text holds text; SmolLM2, whose tokenizer adds no BOS, calibrates
-    /// worse with it kept (README, "The headline command"). A dropped prompt still takes one of
-    /// the model's `max_positions`.
+    /// worse with it kept (docs/results.md, "The headline command"). A dropped prompt still
+    /// takes one of the model's `max_positions`.
     pub fn generate(
         config: &PruneConfig,
         seqlen: usize,

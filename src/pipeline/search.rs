@@ -166,8 +166,8 @@ const MAX_AUTO_JOBS: usize = 4;
 /// windows): `--search-jobs`, or one per core up to [`MAX_AUTO_JOBS`] while half of the memory
 /// budget (`--memory-budget`, else the available memory) holds them all ([`job_memory`]). On 2
 /// cores, two jobs of one ONNX Runtime thread each finish NeuroAL's search 25% sooner than one
-/// job of two threads (README, "NeuroAL's search"). The CUDA path runs one at a time: its masks
-/// and sessions share one device.
+/// job of two threads (docs/results.md, "Speed and memory"). The CUDA path runs one at a time:
+/// its masks and sessions share one device.
 pub(super) fn search_jobs(config: &PruneConfig, masker: &Masker, discovery: &Discovery) -> usize {
     if config.search_jobs > 0 {
         return config.search_jobs;

@@ -2,7 +2,7 @@
 //! sliding-window attention, GeGLU, a single KV head, a 262,144-token tied vocabulary, and a
 //! tokenizer that puts `<bos>` before every text). Small calibration and short evaluation, so that
 //! the suite stays inside its time budget; the full protocol is `scripts/allocation-table.sh`
-//! with `MODEL=gemma3` (README, "Second model: Gemma 3 270M").
+//! with `MODEL=gemma3` (docs/results.md, "Second model: Gemma 3 270M").
 
 use crate::harness::{assert_loads_from_another_folder, austen, fixture, prune_ok, scratch};
 use neuroal_onnx::calib::TextTokenizer;

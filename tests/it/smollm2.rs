@@ -58,8 +58,8 @@ fn magnitude_at_70_percent_on_smollm2() {
     let eval = &report["evaluation"][0];
     let dense = eval["dense"]["perplexity"].as_f64().unwrap();
     let pruned = eval["pruned"]["perplexity"].as_f64().unwrap();
-    // A trained model on clean prose; magnitude pruning at 70% hurts it badly (README, "Base
-    // methods, uniform allocation": 35 dense, about 13,900 pruned).
+    // A trained model on clean prose; magnitude pruning at 70% hurts it badly (docs/results.md,
+    // "Base methods, uniform allocation": 35 dense, about 13,900 pruned).
     assert!((5.0..60.0).contains(&dense), "dense perplexity {dense}");
     assert!(pruned > 2.0 * dense, "pruned {pruned} vs dense {dense}");
     // The pruned model is a valid model with the same linears.
