@@ -17,7 +17,9 @@ use crate::eval::kl_divergence;
 use crate::graph::{Discovery, Linear, Partition, StageKind};
 use crate::onnx::OnnxModel;
 use crate::prune::{prune_mask, score_matrix, MaskRule};
-use crate::report::{AllocationDetail, EvoEvaluations, EvoUnit, Matrices, SearchReport};
+use crate::report::{
+    AllocationDetail, EvoEvaluations, EvoTimings, EvoUnit, Matrices, SearchReport,
+};
 use crate::runtime::{logits_output, Activation, ModelSession, Runtime};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -249,7 +251,8 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
         },
     )?;
     // The candidates' weights, runs and the dense logits are no longer needed.
-    let window_runs = scorer.into_inner().window_runs;
+    let scorer = scorer.into_inner();
+    let (window_runs, timings_s) = (scorer.window_runs, Box::new(scorer.timings()));
     let detail = AllocationDetail::Evo {
         start: config.evo_start,
         settings,
@@ -267,6 +270,7 @@ pub(super) fn evo(inputs: &AllocationInputs) -> Result<Searched> {
         jobs: job_count,
         threads_per_job,
         seconds: clock.elapsed().as_secs_f64(),
+        timings_s,
     };
     let levels = per_linear(discovery, &units, &outcome.levels);
     let (plan, neuroal) = if config.neuroal_step == NeuroalStep::Both {
@@ -309,6 +313,8 @@ struct Scorer<'a> {
     parent: Vec<u64>,
     /// Windows run through the model so far, the dense model's included.
     window_runs: usize,
+    /// Seconds spent masking the units' weights.
+    masks: f64,
 }
 
 /// What the search has scored of a candidate.
@@ -355,7 +361,20 @@ impl<'a> Scorer<'a> {
             scored: BTreeMap::new(),
             parent: key(start),
             window_runs: tasks.len(),
+            masks: 0.0,
         })
+    }
+
+    /// Where the time went: the jobs' window runs and fitness, and the masks.
+    fn timings(&self) -> EvoTimings {
+        let mut timings = EvoTimings {
+            masks: self.masks,
+            ..EvoTimings::default()
+        };
+        for job in &self.jobs {
+            timings.add(&job.timings);
+        }
+        timings
     }
 
     /// The fitness of each of `batch` on the first `n` windows: the mean over their tokens of
@@ -366,10 +385,12 @@ impl<'a> Scorer<'a> {
         // are no longer needed (the parent's run stays, for every candidate to resume from).
         self.scored
             .retain(|key, _| *key == self.parent || keys.contains(key));
+        let clock = Instant::now();
         let weights = batch
             .iter()
             .map(|levels| self.variants.weights(levels))
             .collect::<Result<Vec<_>>>()?;
+        self.masks += clock.elapsed().as_secs_f64();
         // The windows each candidate still needs: those after the ones it was scored on, when
         // its kept run holds them to be extended; else every window.
         let needs: Vec<Range<usize>> = keys
@@ -559,10 +580,11 @@ struct Forward<'a> {
     windows: Vec<Vec<i64>>,
 }
 
-/// A job's runtime and its sessions, one per stage, opened on first use.
+/// A job's runtime, its sessions (one per stage, opened on first use) and where its time went.
 struct Job<'r> {
     runtime: &'r Runtime,
     sessions: HashMap<usize, ModelSession>,
+    timings: EvoTimings,
 }
 
 impl<'r> Job<'r> {
@@ -570,6 +592,7 @@ impl<'r> Job<'r> {
         Self {
             runtime,
             sessions: HashMap::new(),
+            timings: EvoTimings::default(),
         }
     }
 }
@@ -694,12 +717,16 @@ impl<'a> Forward<'a> {
         side_by_side(jobs, &order, "--top-up evo: candidate windows", |job, t| {
             let task = &tasks[t];
             let (logits, run) = self.run(job, task)?;
-            Ok((score(task.window, logits)?, run))
+            let clock = Instant::now();
+            let scored = score(task.window, logits)?;
+            job.timings.fitness += clock.elapsed().as_secs_f64();
+            Ok((scored, run))
         })
     }
 
     /// Runs `task` on `job`'s sessions: its window's logits, and the run when it is kept.
     fn run(&self, job: &mut Job, task: &Task) -> Result<(Activation, Option<Saved>)> {
+        let clock = Instant::now();
         let window = task.window..task.window + 1;
         let (mut run, mut position, mut before) = match task.from {
             Some((saved, depth)) => {
@@ -752,11 +779,14 @@ impl<'a> Forward<'a> {
             let stage = session(&mut job.sessions, &mut run, &linears, &[], &[])?;
             run.advance(stage, &feeds, &[], |_, _| Ok(()))?;
         }
+        job.timings.blocks += clock.elapsed().as_secs_f64();
+        let clock = Instant::now();
         let suffix = session(&mut job.sessions, &mut run, &[], &[], &[])?;
         let logits = run
             .run(suffix, 0, &[], std::slice::from_ref(&self.logits))?
             .pop()
             .ok_or_else(|| Error::internal("the suffix gave no logits"))?;
+        job.timings.head += clock.elapsed().as_secs_f64();
         let saved = task.keep.then(|| Saved {
             units: task.weights.clone(),
             before,

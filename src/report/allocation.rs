@@ -95,7 +95,42 @@ pub enum AllocationDetail {
         /// and the generations), seconds; NeuroAL's block step is in search.seconds.
         #[schemars(range(min = 0.0))]
         seconds: f64,
+        /// Where the generations' time went (the dense pass for the masks is not in it).
+        // Boxed: inline, it would make every allocation's detail larger.
+        timings_s: Box<EvoTimings>,
     },
+}
+
+/// Where the evolutionary search's time went, in seconds. The window runs' parts are summed over
+/// the jobs, which run side by side: together they can exceed the wall time up to `jobs` times.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct EvoTimings {
+    /// ONNX Runtime: the runs of the embedding and the decoder blocks (each window run from its
+    /// first block that differs from a kept run's), their sessions' opening included.
+    #[schemars(range(min = 0.0))]
+    pub blocks: f64,
+    /// ONNX Runtime: the runs of the model's suffix (the final norm and the LM head, whose
+    /// product grows with the vocabulary) on every window run, its session's opening included.
+    #[schemars(range(min = 0.0))]
+    pub head: f64,
+    /// KL(dense ‖ pruned) of each window run's logits against the dense model's (a pass over
+    /// both models' logits).
+    #[schemars(range(min = 0.0))]
+    pub fitness: f64,
+    /// Masking the units' weights at the levels the candidates ask for, once per unit and level
+    /// (between the window runs, not side by side with them).
+    #[schemars(range(min = 0.0))]
+    pub masks: f64,
+}
+
+impl EvoTimings {
+    /// Adds `other`'s times to these.
+    pub fn add(&mut self, other: &EvoTimings) {
+        self.blocks += other.blocks;
+        self.head += other.head;
+        self.fitness += other.fitness;
+        self.masks += other.masks;
+    }
 }
 
 /// Linears the evolutionary search gives one level.

@@ -305,6 +305,7 @@ fn evo_search(r: &Report, detail: &AllocationDetail) -> String {
         settings,
         window_runs,
         jobs,
+        timings_s,
         ..
     } = detail
     else {
@@ -360,13 +361,19 @@ fn evo_search(r: &Report, detail: &AllocationDetail) -> String {
     }
     let mut h = format!(
         "<p class=\"note\">Evolutionary search from {} ({} generations of {selection}, the \
-         first {} tokens of each window; {window_runs} window runs, {jobs} at a time; {} s). Fitness is KL(dense ‖ pruned) of the next-token \
-         distributions, nats per token, lower is better: {} at the start, {} chosen. Bars: the \
-         start's sparsity per block (green) and the chosen one.</p>\n{charts}",
+         first {} tokens of each window; {window_runs} window runs, {jobs} at a time; {} s: \
+         blocks {} s, LM head {} s, fitness {} s summed over the jobs, masks {} s). Fitness is \
+         KL(dense ‖ pruned) of the next-token distributions, nats per token, lower is better: {} \
+         at the start, {} chosen. Bars: the start's sparsity per block (green) and the chosen \
+         one.</p>\n{charts}",
         start.as_str(),
         settings.generations,
         settings.tokens,
         fixed(*seconds, 1),
+        fixed(timings_s.blocks, 1),
+        fixed(timings_s.head, 1),
+        fixed(timings_s.fitness, 1),
+        fixed(timings_s.masks, 1),
         fixed(*start_fitness, 5),
         fixed(generations.last().map_or(*start_fitness, |g| g.fitness), 5),
     );

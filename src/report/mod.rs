@@ -8,7 +8,8 @@ mod html;
 mod schema;
 
 pub use allocation::{
-    AllocationDetail, Candidate, EvoEvaluations, EvoUnit, Matrices, SearchReport, SequentialTimings,
+    AllocationDetail, Candidate, EvoEvaluations, EvoTimings, EvoUnit, Matrices, SearchReport,
+    SequentialTimings,
 };
 pub use deployment::{deployment_info, CompressedSizes, ZSTD_LEVEL};
 pub use digest::file_digests;

@@ -566,6 +566,22 @@ fn evo_candidates_run_side_by_side_give_the_same_search_and_model() {
             "{}",
             report["evaluations"]
         );
+        // Every part of a generation took time, and the parts that run side by side add up to
+        // at most the jobs' wall time.
+        let timings = &report["timings_s"];
+        let part = |name: &str| timings[name].as_f64().unwrap();
+        for name in ["blocks", "head", "fitness", "masks"] {
+            assert!(part(name) > 0.0, "{name}: {timings}");
+        }
+        let (seconds, jobs) = (
+            report["seconds"].as_f64().unwrap(),
+            report["jobs"].as_f64().unwrap(),
+        );
+        assert!(
+            part("blocks") + part("head") + part("fitness") <= jobs * seconds,
+            "{timings} over {jobs} job(s) in {seconds} s"
+        );
+        assert!(part("masks") <= seconds, "{timings} in {seconds} s");
     }
 }
 
