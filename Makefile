@@ -95,11 +95,12 @@ demo-setup: $(ORT_LIB) $(VENV_OK)
 demo: demo-setup build
 	scripts/demo.sh
 
-## bench: the CPU mask path (criterion), one Wanda pass on SmolLM2 (stage times, peak RSS), NeuroAL search vs final pass,
+## bench: the CPU mask path, the evaluation arithmetic and the re-fit against ADMM (criterion), one Wanda pass on SmolLM2 (stage times, peak RSS), NeuroAL search vs final pass,
 ## the headline command with no other flag (stage times, peak RSS), and whole jobs' peak memory.
 bench: setup build
 	cargo bench --bench masks
 	cargo bench --bench evaluation
+	cargo bench --bench reconstruct
 	scripts/bench-wanda.sh
 	scripts/bench-search.sh
 	scripts/bench-default.sh
