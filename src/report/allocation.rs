@@ -95,7 +95,8 @@ pub enum AllocationDetail {
         /// and the generations), seconds; NeuroAL's block step is in search.seconds.
         #[schemars(range(min = 0.0))]
         seconds: f64,
-        /// Where the generations' time went (the dense pass for the masks is not in it).
+        /// Where the window runs (the dense model's included) and the masks took their time; the
+        /// dense pass for the masks' statistics is not in it.
         // Boxed: inline, it would make every allocation's detail larger.
         timings_s: Box<EvoTimings>,
     },
